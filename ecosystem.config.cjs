@@ -1,0 +1,70 @@
+/**
+ * PM2's entry for the reboot path when the dump is missing or stale:
+ *
+ *   PM2_RELEASE_CONFIG=/path/to/pm2-release.config.json pm2 start ecosystem.config.cjs && pm2 save
+ *
+ * It starts the app from the release pm2-release recorded as active (<releasesDir>/active.json), with the
+ * same name, script, args, cwd and env a deploy used. It deliberately depends on nothing but Node: it must
+ * work even if pm2-release's own build is broken.
+ *
+ * Config lookup: $PM2_RELEASE_CONFIG, else pm2-release.config.json in the current directory, else beside
+ * this file, else the defaults (releasesDir ~/executor/frontend-releases).
+ */
+'use strict';
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const RELEASE_ID = /^\d{8}T\d{6}Z-[0-9a-f]{7,40}$/;
+
+function expandHome(p) {
+  const home = process.env.HOME || os.homedir();
+  if (p === '~') return home;
+  return p.startsWith('~/') ? path.join(home, p.slice(2)) : p;
+}
+
+function findConfig() {
+  const candidates = [
+    process.env.PM2_RELEASE_CONFIG,
+    path.join(process.cwd(), 'pm2-release.config.json'),
+    path.join(__dirname, 'pm2-release.config.json'),
+  ].filter(Boolean);
+  for (const c of candidates) {
+    const file = path.resolve(expandHome(c));
+    if (fs.existsSync(file)) return file;
+    if (c === process.env.PM2_RELEASE_CONFIG) throw new Error(`pm2-release: PM2_RELEASE_CONFIG names ${file}, which does not exist`);
+  }
+  return undefined;
+}
+
+function releasesDir() {
+  const file = findConfig();
+  if (!file) return expandHome('~/executor/frontend-releases');
+  const config = JSON.parse(fs.readFileSync(file, 'utf8'));
+  return path.resolve(path.dirname(file), expandHome(config.releasesDir || '~/executor/frontend-releases'));
+}
+
+function activeApp() {
+  const dir = releasesDir();
+  const statePath = path.join(dir, 'active.json');
+  if (!fs.existsSync(statePath)) throw new Error(`pm2-release: no active release recorded in ${dir} (deploy one first)`);
+  const state = JSON.parse(fs.readFileSync(statePath, 'utf8'));
+  const app = state.app;
+  if (!RELEASE_ID.test(state.active) || !app || typeof app.cwd !== 'string')
+    throw new Error(`pm2-release: ${statePath} is not a valid state file`);
+  // The recorded cwd must be inside the active release, which must be complete.
+  const releaseDir = path.join(dir, state.active);
+  if (path.relative(releaseDir, app.cwd).startsWith('..')) throw new Error(`pm2-release: ${statePath} points outside ${releaseDir}`);
+  const manifest = JSON.parse(fs.readFileSync(path.join(releaseDir, '.pm2-release', 'manifest.json'), 'utf8'));
+  if (manifest.status !== 'ready') throw new Error(`pm2-release: active release ${state.active} is ${manifest.status}, not ready`);
+  return {
+    name: app.name,
+    script: app.script,
+    args: app.args,
+    cwd: app.cwd,
+    env: app.env,
+    ...(app.execMode === 'cluster' ? { exec_mode: 'cluster', instances: app.instances || 1 } : {}),
+  };
+}
+
+module.exports = { apps: [activeApp()] };

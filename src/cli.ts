@@ -1,0 +1,247 @@
+/**
+ * The CLI: argv → options → one API call → human text or exactly one JSON object on stdout.
+ * Logs go to stderr. Never exits the process itself (bin.ts does); returns the exit code.
+ */
+import { createRequire } from 'node:module';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { ExitCode, ReleaseError, asReleaseError, firstLine } from './errors.js';
+import { createLogger, type Logger } from './log.js';
+import * as api from './index.js';
+import { formatActivate, formatBuild, formatDeploy, formatError, formatList, formatPrune, formatStatus } from './format.js';
+
+export interface Io {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  env: Record<string, string | undefined>;
+  cwd: string;
+  stderrIsTTY: boolean;
+  signal?: AbortSignal;
+  /** Tests pass a logger to capture logs; otherwise pino on stderr. */
+  logger?: Logger;
+}
+
+export interface GlobalOptions {
+  config?: string;
+  json: boolean;
+  verbose: boolean;
+  quiet: boolean;
+}
+
+export type Invocation =
+  | { command: 'deploy'; ref?: string; waitMs?: number }
+  | { command: 'build'; ref?: string; waitMs?: number }
+  | { command: 'activate'; id: string; waitMs?: number }
+  | { command: 'rollback'; waitMs?: number }
+  | { command: 'list' }
+  | { command: 'status' }
+  | { command: 'prune'; keep?: number; dryRun: boolean; waitMs?: number };
+
+export interface Parsed {
+  global: GlobalOptions;
+  invocation?: Invocation;
+  /** Text commander printed for --help / --version (exit 0). */
+  output?: string;
+}
+
+const DEFAULT_WAIT_S = 300;
+
+function positiveInt(name: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value) || Number(value) < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
+    return Number(value);
+  };
+}
+
+function waitOption(): Option {
+  return new Option('--wait [seconds]', `wait for another operation's lock (default ${DEFAULT_WAIT_S} s) instead of failing`).argParser(positiveInt('--wait'));
+}
+
+function waitMs(v: unknown): number | undefined {
+  if (v === undefined || v === false) return undefined;
+  return (v === true ? DEFAULT_WAIT_S : Number(v)) * 1000;
+}
+
+/** Pure: argv (without node and script) → what to run. Throws CommanderError on bad usage. */
+export function parseArgv(argv: string[]): Parsed {
+  let invocation: Invocation | undefined;
+  let output = '';
+  const program = new Command('pm2-release')
+    .description('Immutable releases for a Node.js app run by PM2: build aside, switch, health-check, roll back.')
+    .version(VERSION, '-V, --version')
+    .option('-c, --config <file>', 'JSON config file (else ./pm2-release.config.json, else $PM2_RELEASE_CONFIG, else defaults)')
+    .option('--json', 'print exactly one JSON object on stdout', false)
+    .option('-v, --verbose', 'debug logs and stack traces', false)
+    .option('-q, --quiet', 'only warnings and errors on stderr', false)
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => (output += s), writeErr: (s) => (output += s) })
+    .showSuggestionAfterError(true)
+    .addHelpText('after', `
+Examples:
+  pm2-release deploy                  release the workspace HEAD and switch PM2 to it
+  pm2-release deploy --ref v1.4.2     release a tag or sha
+  pm2-release list                    releases, newest first
+  pm2-release rollback                back to the release that was active before
+  pm2-release activate 20261121T204233Z-3f2a9c1
+  pm2-release status --json
+
+Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health failed (reverted),
+6 git/pm2/filesystem failure, 1 internal error, 130 cancelled.`);
+
+  program
+    .command('deploy')
+    .description('build a release of REF (default HEAD), switch PM2 to it, check health, save, prune old releases')
+    .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
+    .addOption(waitOption())
+    .addHelpText('after', '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json')
+    .action((o) => {
+      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait) };
+    });
+  program
+    .command('build')
+    .description('build a release of REF without activating it (archive, env files, install, build, prune caches)')
+    .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
+    .addOption(waitOption())
+    .addHelpText('after', '\nExample:\n  pm2-release build --ref HEAD && pm2-release activate <id>')
+    .action((o) => {
+      invocation = { command: 'build', ref: o.ref, waitMs: waitMs(o.wait) };
+    });
+  program
+    .command('activate')
+    .description('switch PM2 to a retained ready release (no install, no build)')
+    .argument('<id>', 'release id, as shown by `pm2-release list`')
+    .addOption(waitOption())
+    .addHelpText('after', '\nExample:\n  pm2-release activate 20261121T204233Z-3f2a9c1')
+    .action((id: string, o) => {
+      invocation = { command: 'activate', id, waitMs: waitMs(o.wait) };
+    });
+  program
+    .command('rollback')
+    .description('activate the release that was active before the current one')
+    .addOption(waitOption())
+    .addHelpText('after', '\nExample:\n  pm2-release rollback --json')
+    .action((o) => {
+      invocation = { command: 'rollback', waitMs: waitMs(o.wait) };
+    });
+  program
+    .command('list')
+    .description('releases, newest first: id, sha, status, active, created, size')
+    .addHelpText('after', '\nExample:\n  pm2-release list --json')
+    .action(() => {
+      invocation = { command: 'list' };
+    });
+  program
+    .command('status')
+    .description("the app's PM2 state, the active release, its health, and drift between PM2 and the record")
+    .addHelpText('after', '\nExample:\n  pm2-release status')
+    .action(() => {
+      invocation = { command: 'status' };
+    });
+  program
+    .command('prune')
+    .description('delete old releases (never the active one, the rollback target, or one being built)')
+    .option('-k, --keep <n>', 'ready releases to keep, the active one included', positiveInt('--keep'))
+    .option('-n, --dry-run', 'show what would be removed', false)
+    .addOption(waitOption())
+    .addHelpText('after', '\nExamples:\n  pm2-release prune --dry-run\n  pm2-release prune --keep 3')
+    .action((o) => {
+      invocation = { command: 'prune', keep: o.keep, dryRun: !!o.dryRun, waitMs: waitMs(o.wait) };
+    });
+
+  try {
+    program.parse(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError && (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help')) {
+      return { global: globals(program), output };
+    }
+    if (err instanceof CommanderError) (err as CommanderError & { output?: string }).output = output;
+    throw err;
+  }
+  if (!invocation) return { global: globals(program), output: program.helpInformation() };
+  return { global: globals(program), invocation };
+}
+
+function globals(program: Command): GlobalOptions {
+  const o = program.opts();
+  return { config: o.config, json: !!o.json, verbose: !!o.verbose, quiet: !!o.quiet };
+}
+
+export const VERSION: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+
+/** Maps any thrown value to the exit code the CLI returns. */
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof CommanderError) return ExitCode.usage;
+  return asReleaseError(err).exitCode;
+}
+
+export async function main(argv: string[], io: Io): Promise<number> {
+  const wantsJson = argv.includes('--json');
+  let parsed: Parsed;
+  try {
+    parsed = parseArgv(argv);
+  } catch (err) {
+    const msg = err instanceof CommanderError ? err.message.replace(/^error: /, '') : String(err);
+    if (wantsJson) io.stdout(JSON.stringify({ ok: false, error: { code: 'USAGE', phase: 'config', message: firstLine(msg) } }) + '\n');
+    else io.stderr(`${firstLine(msg)}\n(see pm2-release --help)\n`);
+    return ExitCode.usage;
+  }
+  if (!parsed.invocation) {
+    io.stdout(parsed.output ?? '');
+    return ExitCode.ok;
+  }
+  const { global: g, invocation: inv } = parsed;
+  const logger =
+    io.logger ??
+    createLogger({ level: g.verbose ? 'debug' : g.quiet ? 'warn' : 'info', pretty: io.stderrIsTTY && !g.json });
+  const common = { configPath: g.config, cwd: io.cwd, env: io.env, logger, signal: io.signal, trigger: 'cli' as const };
+
+  try {
+    let text: string;
+    let result: object;
+    switch (inv.command) {
+      case 'deploy': {
+        const r = await api.deploy({ ...common, ref: inv.ref, waitMs: inv.waitMs });
+        [result, text] = [r, formatDeploy(r)];
+        break;
+      }
+      case 'build': {
+        const r = await api.build({ ...common, ref: inv.ref, waitMs: inv.waitMs });
+        [result, text] = [r, formatBuild(r)];
+        break;
+      }
+      case 'activate': {
+        const r = await api.activate({ ...common, id: inv.id, waitMs: inv.waitMs });
+        [result, text] = [r, formatActivate(r)];
+        break;
+      }
+      case 'rollback': {
+        const r = await api.rollback({ ...common, waitMs: inv.waitMs });
+        [result, text] = [r, formatActivate(r)];
+        break;
+      }
+      case 'list': {
+        const r = await api.list(common);
+        [result, text] = [r, formatList(r)];
+        break;
+      }
+      case 'status': {
+        const r = await api.status(common);
+        [result, text] = [r, formatStatus(r)];
+        break;
+      }
+      case 'prune': {
+        const r = await api.prune({ ...common, keep: inv.keep, dryRun: inv.dryRun, waitMs: inv.waitMs });
+        [result, text] = [r, formatPrune(r)];
+        break;
+      }
+    }
+    if (g.json) io.stdout(JSON.stringify(result) + '\n');
+    else io.stdout(text);
+    return ExitCode.ok;
+  } catch (err) {
+    const e = asReleaseError(err);
+    if (g.json) io.stdout(JSON.stringify({ ok: false, error: e.toJSON() }) + '\n');
+    else io.stderr(formatError(e, g.verbose));
+    if (!(err instanceof ReleaseError) && g.verbose) logger.error({ err }, 'internal error');
+    return e.exitCode;
+  }
+}

@@ -1,0 +1,287 @@
+/**
+ * Configuration: defaults < config file < environment variables < flags.
+ * Returns data ({config, warnings, source}) or throws one ConfigError listing every problem.
+ * Reads no global state: the caller passes cwd, env and home (the CLI reads them once, at the edge).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+
+export const CONFIG_FILE_NAME = 'pm2-release.config.json';
+
+const PM2_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+const argv = z.array(z.string().min(1)).min(1, 'must name a command');
+const relativePath = z
+  .string()
+  .min(1)
+  .refine((p) => !path.isAbsolute(p), 'must be a relative path')
+  .refine((p) => !p.split(/[\\/]/).includes('..'), "must not contain '..'");
+
+const healthcheckSchema = z.strictObject({
+  /** `{port}` is replaced by the app's port (from `app.env[app.portEnv]`, or the verify port). */
+  url: z.string().min(1).optional(),
+  expectStatus: z.array(z.number().int().min(100).max(599)).min(1).optional(),
+  timeoutMs: z.number().int().min(100).max(600_000).optional(),
+  /** The app must stay online with no PM2 restart for this long after it first answers. */
+  settleMs: z.number().int().min(0).max(120_000).optional(),
+});
+
+const appSchema = z.strictObject({
+  name: z.string().regex(PM2_NAME, 'must be a PM2 app name ([A-Za-z0-9._-], at most 64)').optional(),
+  dir: z.union([z.literal('.'), relativePath]).optional(),
+  envFiles: z
+    .array(z.string().regex(/^[^/\\]+$/, 'must be a file name, not a path').refine((f) => f !== '.' && f !== '..', 'must be a file name'))
+    .optional(),
+  install: argv.optional(),
+  build: z.array(z.string().min(1)).optional(),
+  prune: z.array(relativePath).optional(),
+  script: z.string().min(1).optional(),
+  args: z.array(z.string()).optional(),
+  env: z.record(z.string().regex(ENV_NAME, 'must be an environment variable name'), z.string()).optional(),
+  portEnv: z.string().regex(ENV_NAME, 'must be an environment variable name').optional(),
+  healthcheck: healthcheckSchema.optional(),
+});
+
+const fileSchema = z.strictObject({
+  $schema: z.string().optional(),
+  workspace: z.string().min(1).optional(),
+  releasesDir: z.string().min(1).optional(),
+  keep: z.number().int().min(1).max(100).optional(),
+  app: appSchema.optional(),
+});
+
+export type ConfigFile = z.infer<typeof fileSchema>;
+
+export interface HealthcheckConfig {
+  url: string;
+  expectStatus: number[];
+  timeoutMs: number;
+  settleMs: number;
+}
+
+export interface AppConfig {
+  name: string;
+  dir: string;
+  envFiles: string[];
+  install: string[];
+  build: string[];
+  prune: string[];
+  script: string;
+  args: string[];
+  env: Record<string, string>;
+  portEnv: string;
+  healthcheck: HealthcheckConfig;
+}
+
+export interface Config {
+  workspace: string;
+  releasesDir: string;
+  keep: number;
+  app: AppConfig;
+}
+
+export interface LoadedConfig {
+  config: Config;
+  warnings: string[];
+  /** Where the config came from: a file path, or "defaults". */
+  source: string;
+}
+
+export const DEFAULTS = {
+  workspace: '~/executor/workspace',
+  releasesDir: '~/executor/frontend-releases',
+  keep: 2,
+  app: {
+    name: 'frontend-dev',
+    dir: 'frontend',
+    envFiles: ['.env', '.env.local', '.env.production', '.env.production.local'],
+    install: ['npm', 'ci'],
+    build: ['npm', 'run', 'build'],
+    prune: ['.next', '.turbo', 'build/cache'],
+    script: 'npm',
+    args: ['run', 'start'],
+    env: { FRONT_PORT: '3001' } as Record<string, string>,
+    portEnv: 'FRONT_PORT',
+    healthcheck: {
+      url: 'http://127.0.0.1:{port}/',
+      expectStatus: [200],
+      timeoutMs: 60_000,
+      settleMs: 1_500,
+    },
+  },
+} as const;
+
+export interface LoadConfigOptions {
+  /** `--config FILE`. */
+  configPath?: string;
+  /** A config object given directly (library callers); validated like a file. */
+  config?: unknown;
+  cwd: string;
+  env: Record<string, string | undefined>;
+  home: string;
+  /** Flag overrides, already parsed. */
+  overrides?: { keep?: number };
+}
+
+export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
+  const warnings: string[] = [];
+  let raw: unknown = {};
+  let source = 'defaults';
+  let baseDir = opts.cwd;
+
+  if (opts.config !== undefined) {
+    raw = opts.config;
+    source = 'options';
+  } else {
+    const file = locateConfigFile(opts);
+    if (file) {
+      source = file;
+      baseDir = path.dirname(file);
+      let text: string;
+      try {
+        text = fs.readFileSync(file, 'utf8');
+      } catch (err) {
+        throw new ConfigError([`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`], file);
+      }
+      try {
+        raw = JSON.parse(text);
+      } catch (err) {
+        throw new ConfigError([`not valid JSON: ${(err as Error).message}`], file);
+      }
+    }
+  }
+
+  const parsed = fileSchema.safeParse(raw);
+  const problems: string[] = [];
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) problems.push(describeIssue(issue));
+    // Report a bad environment override in the same error: one pass fixes everything.
+    const k = opts.env.FRONTEND_RELEASES_KEEP;
+    if (k !== undefined && k !== '' && !isKeep(parseStrictInt(k))) problems.push(keepEnvProblem(k));
+    throw new ConfigError(problems, source);
+  }
+  const file = parsed.data;
+  const app = file.app ?? {};
+  const hc = app.healthcheck ?? {};
+
+  const config: Config = {
+    workspace: resolvePath(file.workspace ?? DEFAULTS.workspace, baseDir, opts.home),
+    releasesDir: resolvePath(file.releasesDir ?? DEFAULTS.releasesDir, baseDir, opts.home),
+    keep: file.keep ?? DEFAULTS.keep,
+    app: {
+      name: app.name ?? DEFAULTS.app.name,
+      dir: app.dir ?? DEFAULTS.app.dir,
+      envFiles: app.envFiles ?? [...DEFAULTS.app.envFiles],
+      install: app.install ?? [...DEFAULTS.app.install],
+      build: app.build ?? [...DEFAULTS.app.build],
+      prune: app.prune ?? [...DEFAULTS.app.prune],
+      script: app.script ?? DEFAULTS.app.script,
+      args: app.args ?? [...DEFAULTS.app.args],
+      env: app.env ?? { ...DEFAULTS.app.env },
+      portEnv: app.portEnv ?? DEFAULTS.app.portEnv,
+      healthcheck: {
+        url: hc.url ?? DEFAULTS.app.healthcheck.url,
+        expectStatus: hc.expectStatus ?? [...DEFAULTS.app.healthcheck.expectStatus],
+        timeoutMs: hc.timeoutMs ?? DEFAULTS.app.healthcheck.timeoutMs,
+        settleMs: hc.settleMs ?? DEFAULTS.app.healthcheck.settleMs,
+      },
+    },
+  };
+
+  // Environment variables sit above the file, below flags.
+  const envKeep = opts.env.FRONTEND_RELEASES_KEEP;
+  if (envKeep !== undefined && envKeep !== '') {
+    const n = parseStrictInt(envKeep);
+    if (!isKeep(n)) problems.push(keepEnvProblem(envKeep));
+    else config.keep = n;
+  }
+  if (opts.overrides?.keep !== undefined) {
+    const n = opts.overrides.keep;
+    if (!Number.isInteger(n) || n < 1 || n > 100) problems.push(`--keep: must be an integer from 1 to 100`);
+    else config.keep = n;
+  }
+
+  // Cross-field rules.
+  const port = config.app.env[config.app.portEnv];
+  if (port === undefined) {
+    if (config.app.healthcheck.url.includes('{port}'))
+      problems.push(`app.env.${config.app.portEnv}: must be set (app.portEnv names it, and app.healthcheck.url uses {port})`);
+  } else if (!isPort(port)) {
+    problems.push(`app.env.${config.app.portEnv}: must be a TCP port number (1-65535)`);
+  }
+  try {
+    const u = new URL(config.app.healthcheck.url.replaceAll('{port}', '1'));
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') problems.push('app.healthcheck.url: must be an http(s) URL');
+  } catch {
+    problems.push('app.healthcheck.url: must be a URL');
+  }
+  if (config.app.envFiles.length !== new Set(config.app.envFiles).size) problems.push('app.envFiles: lists a file twice');
+  if (config.workspace === config.releasesDir || isInside(config.releasesDir, config.workspace))
+    problems.push('releasesDir: must not be the workspace or inside it (releases would be archived into releases)');
+  if (config.app.build.length === 0) warnings.push('app.build is empty: releases are not built, only installed');
+
+  if (problems.length > 0) throw new ConfigError(problems, source);
+  return { config, warnings, source };
+}
+
+function locateConfigFile(opts: LoadConfigOptions): string | undefined {
+  if (opts.configPath) return path.resolve(opts.cwd, expandHome(opts.configPath, opts.home));
+  const local = path.join(opts.cwd, CONFIG_FILE_NAME);
+  if (fs.existsSync(local)) return local;
+  const fromEnv = opts.env.PM2_RELEASE_CONFIG;
+  if (fromEnv) return path.resolve(opts.cwd, expandHome(fromEnv, opts.home));
+  return undefined;
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const where = issue.path.length ? issue.path.join('.') : '(top level)';
+  if (issue.code === 'unrecognized_keys') return `${where === '(top level)' ? '' : where + ': '}unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+  return `${where}: ${issue.message}`;
+}
+
+export function expandHome(p: string, home: string): string {
+  if (p === '~') return home;
+  if (p.startsWith('~/')) return path.join(home, p.slice(2));
+  return p;
+}
+
+function resolvePath(p: string, baseDir: string, home: string): string {
+  return path.resolve(baseDir, expandHome(p, home));
+}
+
+function isKeep(n: number | undefined): n is number {
+  return n !== undefined && n >= 1 && n <= 100;
+}
+
+function keepEnvProblem(value: string): string {
+  return `FRONTEND_RELEASES_KEEP: must be an integer from 1 to 100 (got ${JSON.stringify(value.slice(0, 20))})`;
+}
+
+function parseStrictInt(s: string): number | undefined {
+  return /^\d+$/.test(s.trim()) ? Number(s.trim()) : undefined;
+}
+
+export function isPort(s: string): boolean {
+  const n = parseStrictInt(s);
+  return n !== undefined && n >= 1 && n <= 65535;
+}
+
+/** True when `child` is strictly inside `parent` (both absolute, normalised). */
+export function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel !== '' && rel !== '..' && !rel.startsWith('..' + path.sep) && !path.isAbsolute(rel);
+}
+
+/** The app's port from its configured env. */
+export function appPort(app: AppConfig): number | undefined {
+  const v = app.env[app.portEnv];
+  return v !== undefined && isPort(v) ? Number(v) : undefined;
+}
+
+/** Health URL with `{port}` substituted. */
+export function healthUrl(app: AppConfig, port: number | undefined): string {
+  return app.healthcheck.url.replaceAll('{port}', String(port ?? ''));
+}

@@ -1,0 +1,147 @@
+/**
+ * The one gateway for child processes (the only importer of execa): argv arrays, never a shell string,
+ * an explicit cwd, the command logged as `$ cmd`, the tail of its output kept for error messages.
+ */
+import fs from 'node:fs';
+import { execa, type ResultPromise } from 'execa';
+import type { Logger } from './log.js';
+import type { Redactor } from './log.js';
+
+export interface RunOptions {
+  cwd: string;
+  /** Extra variables on top of the inherited environment (or of `baseEnv`). */
+  env?: Record<string, string | undefined>;
+  /** The environment the child starts from; default: the parent's. */
+  baseEnv?: Record<string, string | undefined>;
+  logger: Logger;
+  /** Append stdout and stderr to this file (the release build log). */
+  logFile?: string;
+  /** Called for each output line (already redacted). */
+  onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  signal?: AbortSignal;
+  timeoutMs?: number;
+  /** Keep stdout in the result (default true); large outputs should set false and use onLine. */
+  captureStdout?: boolean;
+  redactor?: Redactor;
+  /** Feed to stdin. */
+  input?: string;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+/** A command that could not start or exited non-zero. */
+export class CommandFailure extends Error {
+  constructor(
+    readonly command: string,
+    readonly exitCode: number | undefined,
+    readonly tail: string,
+    readonly reason: string,
+  ) {
+    super(`${command}: ${reason}`);
+  }
+}
+
+const TAIL_LINES = 30;
+
+export function formatCommand(argv: readonly string[]): string {
+  return argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`)).join(' ');
+}
+
+export async function run(argv: readonly string[], opts: RunOptions): Promise<RunResult> {
+  const [file, ...args] = argv;
+  if (!file) throw new Error('run: empty argv');
+  const shown = formatCommand(argv);
+  opts.logger.debug({ cwd: opts.cwd }, `$ ${shown}`);
+
+  const tail: string[] = [];
+  const log = opts.logFile ? fs.createWriteStream(opts.logFile, { flags: 'a', mode: 0o600 }) : undefined;
+  log?.write(`$ ${shown}\n`);
+
+  const child: ResultPromise = execa(file, args, {
+    cwd: opts.cwd,
+    env: { ...(opts.baseEnv ?? process.env), ...opts.env },
+    extendEnv: false,
+    stdin: opts.input !== undefined ? 'pipe' : 'ignore',
+    input: opts.input,
+    buffer: false,
+    reject: false,
+    cancelSignal: opts.signal,
+    // Kill the whole group on abort or timeout: npm scripts spawn grandchildren (next build, node-gyp).
+    detached: true,
+    forceKillAfterDelay: 5_000,
+    timeout: opts.timeoutMs,
+    stripFinalNewline: false,
+  });
+
+  let stdout = '';
+  let stderr = '';
+  const onData = (stream: 'stdout' | 'stderr') => {
+    let partial = '';
+    return (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      if (stream === 'stdout' && opts.captureStdout !== false) stdout += text;
+      if (stream === 'stderr') stderr += text;
+      const redacted = opts.redactor ? opts.redactor.redact(text) : text;
+      log?.write(redacted);
+      partial += redacted;
+      const lines = partial.split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        tail.push(line);
+        if (tail.length > TAIL_LINES) tail.shift();
+        opts.onLine?.(line, stream);
+      }
+    };
+  };
+  child.stdout?.on('data', onData('stdout'));
+  child.stderr?.on('data', onData('stderr'));
+
+  // When the parent is aborted we kill the child's whole process group, not just the child.
+  const killGroup = () => {
+    if (child.pid) {
+      try {
+        process.kill(-child.pid, 'SIGTERM');
+      } catch {
+        /* already gone */
+      }
+    }
+  };
+  opts.signal?.addEventListener('abort', killGroup, { once: true });
+
+  const result = await child;
+  opts.signal?.removeEventListener('abort', killGroup);
+  if (log) await new Promise<void>((resolve) => log.end(resolve));
+
+  const tailText = tail.join('\n');
+  if (result.failed) {
+    let reason: string;
+    if (result.isCanceled) reason = 'cancelled';
+    else if (result.timedOut) reason = `timed out after ${opts.timeoutMs} ms`;
+    else if (result.exitCode === undefined && result.signal) reason = `killed by ${result.signal}`;
+    else if (result.exitCode === undefined) reason = `could not start (${(result as { code?: string }).code ?? 'unknown error'})`;
+    else reason = `exited with code ${result.exitCode}`;
+    throw new CommandFailure(shown, result.exitCode, tailText, reason);
+  }
+  return { stdout, stderr, exitCode: result.exitCode ?? 0 };
+}
+
+/** Starts a command whose stdout is consumed as a stream (git archive into tar). */
+export function spawnStream(argv: readonly string[], opts: { cwd: string; logger: Logger; signal?: AbortSignal; env?: Record<string, string | undefined> }) {
+  const [file, ...args] = argv;
+  if (!file) throw new Error('spawnStream: empty argv');
+  opts.logger.debug({ cwd: opts.cwd }, `$ ${formatCommand(argv)}`);
+  return execa(file, args, {
+    cwd: opts.cwd,
+    env: opts.env,
+    stdin: 'ignore',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: { stdout: false, stderr: true },
+    reject: false,
+    cancelSignal: opts.signal,
+  });
+}

@@ -1,0 +1,96 @@
+/** Human output: aligned tables and one-line summaries. Pure functions of the typed results. */
+import type { ReleaseError } from './errors.js';
+import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
+
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n') + '\n';
+}
+
+export function bytes(n: number | null): string {
+  if (n === null) return '-';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
+}
+
+export function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)}s`;
+}
+
+export function shortTime(iso: string | null): string {
+  return iso ? iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-';
+}
+
+function total(d: Record<string, number>): number {
+  return Object.values(d).reduce((a, b) => a + b, 0);
+}
+
+export function formatDeploy(r: DeployResult): string {
+  const removed = r.removed.length ? `; removed ${r.removed.map((x) => x.id).join(', ')}` : '';
+  return (
+    warnings(r.warnings) +
+    `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` +
+    `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n`
+  );
+}
+
+export function formatBuild(r: BuildResult): string {
+  return warnings(r.warnings) + `built ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))}; activate it with: pm2-release activate ${r.release.id}\n`;
+}
+
+export function formatActivate(r: ActivateResult): string {
+  const verb = r.action === 'rollback' ? 'rolled back to' : 'activated';
+  return warnings(r.warnings) + `${verb} ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
+}
+
+export function formatList(r: ListResult): string {
+  if (r.releases.length === 0) return 'no releases yet (run `pm2-release deploy`)\n';
+  return table(
+    ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'SIZE'],
+    r.releases.map((x: ReleaseInfo) => [x.active ? '*' : '', x.id, x.shortSha ?? '-', x.status, shortTime(x.createdAt), bytes(x.sizeBytes)]),
+  );
+}
+
+export function formatStatus(r: StatusResult): string {
+  const rows: string[][] = [
+    ['app', r.app],
+    ['pm2', r.pm2 ? `${r.pm2.status} (pid ${r.pm2.pid}, id ${r.pm2.pmId}, restarts ${r.pm2.restarts}${r.pm2.processes > 1 ? `, ${r.pm2.processes} processes` : ''})` : 'not running'],
+    ['cwd', r.pm2?.cwd ?? '-'],
+    ['active', r.active ? `${r.active.id} (${r.active.shortSha})` : '-'],
+    ['recorded', r.recorded ?? '-'],
+    ['health', `${r.health.ok ? 'ok' : 'FAILING'} ${r.health.url} → ${r.health.status ?? r.health.error ?? '-'}`],
+    ['drift', r.drift.detected ? `YES: ${r.drift.reason}` : 'none'],
+  ];
+  const w = Math.max(...rows.map((x) => x[0]!.length));
+  return warnings(r.warnings) + rows.map(([k, v]) => `${k!.padEnd(w)}  ${v}`).join('\n') + '\n';
+}
+
+export function formatPrune(r: PruneResult): string {
+  const verb = r.dryRun ? 'would remove' : 'removed';
+  if (r.removed.length === 0) return `nothing to remove (keeping ${r.kept.length}: ${r.kept.join(', ') || '-'})\n`;
+  return r.removed.map((x) => `${verb} ${x.id}: ${x.reason}`).join('\n') + `\nkept ${r.kept.join(', ') || '-'}\n`;
+}
+
+export function formatError(e: ReleaseError, verbose: boolean): string {
+  let out = `error: ${e.message} [${e.code} in ${e.phase}]\n`;
+  if (e.outputTail) out += e.outputTail.split('\n').slice(-15).map((l) => `  | ${l}`).join('\n') + '\n';
+  if (e.hint) out += `hint: ${e.hint}\n`;
+  if (e.logFile) out += `log: ${e.logFile}\n`;
+  if (verbose && e.stack) out += e.stack + '\n';
+  return out;
+}
+
+function warnings(list: string[]): string {
+  return list.map((w) => `warning: ${w}\n`).join('');
+}

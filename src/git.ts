@@ -1,0 +1,107 @@
+/** Everything that talks to git: resolve a ref, stream `git archive` into a release directory. */
+import fs from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar';
+import { CommandFailure, run, spawnStream } from './exec.js';
+import { BuildError, EnvironmentError, UsageError } from './errors.js';
+import type { Logger } from './log.js';
+
+/** Refs come from the CLI and webhooks: refuse anything git could read as an option or a pathspec trick. */
+const REF_PATTERN = /^(?!-)(?!.*\.\.)(?!.*[\s~^:?*[\\]@\{)[\x21-\x7e]{1,200}$/;
+
+export function validateRef(ref: string): void {
+  if (ref === 'HEAD' || /^[0-9a-f]{7,40}$/.test(ref)) return;
+  if (!REF_PATTERN.test(ref) || ref.endsWith('.lock') || ref.endsWith('/') || ref.endsWith('.'))
+    throw new UsageError('REF_INVALID', `invalid git ref ${JSON.stringify(ref)}`, {
+      phase: 'resolve',
+      hint: 'pass a branch, tag or commit sha',
+    });
+}
+
+export async function ensureRepository(workspace: string, logger: Logger): Promise<void> {
+  if (!fs.existsSync(workspace))
+    throw new UsageError('WORKSPACE_MISSING', `workspace ${workspace} does not exist`, {
+      phase: 'resolve',
+      hint: 'set "workspace" in the config to the git checkout that holds the app',
+    });
+  try {
+    const { stdout } = await run(['git', 'rev-parse', '--is-inside-work-tree'], { cwd: workspace, logger });
+    if (stdout.trim() !== 'true') throw new Error('not a work tree');
+  } catch {
+    throw new UsageError('WORKSPACE_NOT_GIT', `workspace ${workspace} is not a git work tree`, {
+      phase: 'resolve',
+      hint: 'point "workspace" at a git clone of the app',
+    });
+  }
+}
+
+export async function resolveRef(workspace: string, ref: string, logger: Logger): Promise<string> {
+  validateRef(ref);
+  try {
+    const { stdout } = await run(['git', 'rev-parse', '--verify', '--quiet', `${ref}^{commit}`], { cwd: workspace, logger });
+    const sha = stdout.trim();
+    if (!/^[0-9a-f]{40}$/.test(sha)) throw new Error(`unexpected rev-parse output`);
+    return sha;
+  } catch (err) {
+    if (!(err instanceof CommandFailure)) throw err;
+    const shallow = await isShallow(workspace, logger);
+    throw new UsageError('REF_NOT_FOUND', `ref ${JSON.stringify(ref)} does not resolve to a commit in ${workspace}`, {
+      phase: 'resolve',
+      hint: shallow
+        ? 'the workspace is a shallow clone: fetch the commit (git fetch --unshallow) or pass a ref it has'
+        : 'check the ref with `git log`; fetch it first if it only exists on the remote',
+    });
+  }
+}
+
+async function isShallow(workspace: string, logger: Logger): Promise<boolean> {
+  try {
+    const { stdout } = await run(['git', 'rev-parse', '--is-shallow-repository'], { cwd: workspace, logger });
+    return stdout.trim() === 'true';
+  } catch {
+    return false;
+  }
+}
+
+/** Uncommitted changes are only worth a warning: releases come from commits, not from the work tree. */
+export async function isDirty(workspace: string, logger: Logger): Promise<boolean> {
+  try {
+    const { stdout } = await run(['git', 'status', '--porcelain', '--untracked-files=no'], { cwd: workspace, logger });
+    return stdout.trim() !== '';
+  } catch {
+    return false;
+  }
+}
+
+export async function commitSubject(workspace: string, sha: string, logger: Logger): Promise<string | undefined> {
+  try {
+    const { stdout } = await run(['git', 'log', '-1', '--format=%s', sha], { cwd: workspace, logger });
+    return stdout.trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** `git archive <sha>` streamed straight into tar extraction at `dest` (no temporary tarball). */
+export async function archive(workspace: string, sha: string, dest: string, logger: Logger, signal?: AbortSignal): Promise<void> {
+  const child = spawnStream(['git', 'archive', '--format=tar', sha], { cwd: workspace, logger, signal });
+  if (!child.stdout) throw new Error('git archive: no stdout');
+  let extractError: unknown;
+  try {
+    await pipeline(child.stdout, tar.x({ cwd: dest, strict: true, preserveOwner: false }), { signal });
+  } catch (err) {
+    extractError = err;
+    child.kill();
+  }
+  const result = await child;
+  if (result.failed || extractError) {
+    const stderr = typeof result.stderr === 'string' ? result.stderr.trim().split('\n').slice(-5).join(' | ') : '';
+    const reason = signal?.aborted ? 'cancelled' : stderr || (extractError instanceof Error ? extractError.message : `git archive exited ${result.exitCode}`);
+    const Err = extractError && !result.failed ? EnvironmentError : BuildError;
+    throw new Err('ARCHIVE_FAILED', `archive of ${sha.slice(0, 12)} failed: ${reason}`, {
+      phase: 'archive',
+      hint: 'check disk space in the releases dir and that the commit exists in the workspace',
+      cause: extractError,
+    });
+  }
+}

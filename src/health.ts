@@ -1,0 +1,164 @@
+/** Health: HTTP checks on loopback, PM2 stability, and waiting for a port to be released. */
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export interface HttpCheck {
+  url: string;
+  expectStatus: number[];
+}
+
+export interface ProbeResult {
+  url: string;
+  ok: boolean;
+  status?: number;
+  error?: string;
+}
+
+/** One GET, no redirects followed (a 301/302 is an answer), bounded by `timeoutMs`. */
+export async function probe(check: HttpCheck, timeoutMs = 2_000): Promise<ProbeResult> {
+  try {
+    const res = await fetch(check.url, { redirect: 'manual', signal: AbortSignal.timeout(timeoutMs), headers: { 'user-agent': 'pm2-release-health' } });
+    await res.body?.cancel().catch(() => undefined);
+    return { url: check.url, ok: check.expectStatus.includes(res.status), status: res.status };
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause;
+    return { url: check.url, ok: false, error: cause?.code ?? (err as Error).name ?? 'error' };
+  }
+}
+
+export async function probeAll(checks: HttpCheck[], timeoutMs?: number): Promise<ProbeResult[]> {
+  return Promise.all(checks.map((c) => probe(c, timeoutMs)));
+}
+
+export interface StabilitySample {
+  /** online, errored, stopped, launching… as PM2 reports it; `missing` when the process is gone. */
+  status: string;
+  restarts: number;
+}
+
+export interface WaitHealthyOptions {
+  checks: HttpCheck[];
+  timeoutMs: number;
+  settleMs: number;
+  /** Samples the PM2 processes under test. */
+  sample: () => Promise<StabilitySample[]>;
+  signal?: AbortSignal;
+  intervalMs?: number;
+}
+
+export interface HealthOutcome {
+  ok: boolean;
+  /** One line: why it is not healthy. */
+  reason?: string;
+  probes: ProbeResult[];
+  elapsedMs: number;
+}
+
+/**
+ * Healthy = every HTTP check answers an expected status, and then for `settleMs` the PM2 processes stay
+ * online with no restart while the checks keep passing. A crash loop answers between restarts, which is
+ * why a single good answer is not enough.
+ */
+export async function waitHealthy(opts: WaitHealthyOptions): Promise<HealthOutcome> {
+  const started = Date.now();
+  const interval = opts.intervalMs ?? 200;
+  const deadline = started + opts.timeoutMs;
+  let healthySince: number | undefined;
+  let probes: ProbeResult[] = [];
+  let reason = 'no answer yet';
+  while (true) {
+    if (opts.signal?.aborted) return { ok: false, reason: 'cancelled', probes, elapsedMs: Date.now() - started };
+    const samples = await opts.sample();
+    const bad = samples.find((s) => s.status !== 'online' && s.status !== 'launching');
+    const restarted = samples.find((s) => s.restarts > 0);
+    if (samples.length === 0 || bad) {
+      reason = samples.length === 0 ? 'the PM2 process is gone' : `PM2 shows the app ${bad!.status}`;
+      return { ok: false, reason, probes, elapsedMs: Date.now() - started };
+    }
+    if (restarted) {
+      reason = `PM2 restarted the app ${restarted.restarts} time(s): it crashes after starting`;
+      return { ok: false, reason, probes, elapsedMs: Date.now() - started };
+    }
+    probes = await probeAll(opts.checks);
+    const failing = probes.find((p) => !p.ok);
+    if (!failing) {
+      healthySince ??= Date.now();
+      if (Date.now() - healthySince >= opts.settleMs) return { ok: true, probes, elapsedMs: Date.now() - started };
+    } else {
+      healthySince = undefined;
+      reason = failing.status !== undefined ? `${failing.url} answered ${failing.status}` : `${failing.url}: ${failing.error}`;
+    }
+    if (Date.now() >= deadline)
+      return { ok: false, reason: `not healthy after ${opts.timeoutMs} ms: ${reason}`, probes, elapsedMs: Date.now() - started };
+    await sleep(interval);
+  }
+}
+
+/** True when nothing accepts connections on 127.0.0.1:port (nor on ::1, where Node servers often listen). */
+export async function portFree(port: number): Promise<boolean> {
+  const a = await accepts('127.0.0.1', port);
+  if (a) return false;
+  return !(await accepts('::1', port));
+}
+
+function accepts(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port });
+    const done = (v: boolean) => {
+      sock.destroy();
+      resolve(v);
+    };
+    sock.setTimeout(1_000, () => done(false));
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+  });
+}
+
+export async function waitPortFree(port: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (true) {
+    if (await portFree(port)) return true;
+    if (Date.now() >= deadline || signal?.aborted) return false;
+    await sleep(100);
+  }
+}
+
+/** A free loopback port picked by the kernel. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** The pid holding a TCP port, from /proc (Linux), when visible to us. */
+export async function portHolder(port: number): Promise<number | undefined> {
+  const { readFile, readdir, readlink } = await import('node:fs/promises');
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    const text = await readFile(table, 'utf8').catch(() => '');
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols.length < 10) continue;
+      const localPort = parseInt(cols[1]!.split(':')[1] ?? '', 16);
+      if (localPort === port && cols[3] === '0A') inodes.add(cols[9]!); // 0A = LISTEN
+    }
+  }
+  if (inodes.size === 0) return undefined;
+  const pids = await readdir('/proc').catch(() => [] as string[]);
+  for (const pid of pids) {
+    if (!/^\d+$/.test(pid)) continue;
+    const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+    for (const fd of fds) {
+      const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+      const m = /^socket:\[(\d+)\]$/.exec(target);
+      if (m && inodes.has(m[1]!)) return Number(pid);
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,33 @@
+/**
+ * pm2-release library API. Importing this module has no side effects: every call takes its options
+ * (config or config path, ref, logger, onEvent, signal) and returns the same typed result the CLI prints
+ * with --json, or throws a ReleaseError.
+ */
+export { deploy, build, type DeployOptions, type BuildOptions } from './operations/deploy.js';
+export { activate, rollback, type ActivateOptions, type RollbackOptions } from './operations/activate.js';
+export { list, status, prune, type ListOptions, type StatusOptions, type PruneOptions } from './operations/inspect.js';
+export type { CommonOptions, ReleaseEvent, Trigger } from './operations/context.js';
+export type {
+  ReleaseInfo,
+  DeployResult,
+  BuildResult,
+  ActivateResult,
+  ListResult,
+  StatusResult,
+  PruneResult,
+  Pm2State,
+} from './operations/results.js';
+export { loadConfig, DEFAULTS, CONFIG_FILE_NAME, type Config, type AppConfig, type LoadedConfig } from './config.js';
+export {
+  ReleaseError,
+  ConfigError,
+  UsageError,
+  LockError,
+  BuildError,
+  SwitchError,
+  EnvironmentError,
+  ExitCode,
+  type Phase,
+} from './errors.js';
+export { createLogger, silentLogger, type Logger } from './log.js';
+export { makeReleaseId, isReleaseId, parseReleaseId, planRetention } from './release/naming.js';

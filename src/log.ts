@@ -1,0 +1,80 @@
+/**
+ * Logging. pino writes to stderr (pretty on a TTY); library callers pass their own logger or get a silent one.
+ * Env values never reach a log line: objects are redacted by key (pino `redact`), free text (command output
+ * tails, error messages) by value through a Redactor that knows every secret value we have read.
+ */
+import { pino, type Logger } from 'pino';
+import pinoPretty from 'pino-pretty';
+
+export type { Logger } from 'pino';
+
+/** Keys whose values are censored wherever they appear (one or two levels deep). */
+export const REDACT_PATHS = [
+  'env',
+  '*.env',
+  '*.*.env',
+  'pm2_env',
+  '*.pm2_env',
+  'secret',
+  '*.secret',
+  'token',
+  '*.token',
+  'password',
+  '*.password',
+  'authorization',
+  '*.authorization',
+  'headers.authorization',
+  '*.headers.authorization',
+];
+
+export interface LoggerOptions {
+  level?: string;
+  pretty?: boolean;
+  /** File descriptor or path; default 2 (stderr). */
+  destination?: number | string;
+}
+
+export function createLogger(opts: LoggerOptions = {}): Logger {
+  const level = opts.level ?? 'info';
+  const redact = { paths: REDACT_PATHS, censor: '[redacted]' };
+  if (opts.pretty) {
+    // pino-pretty as a synchronous stream, not a transport: no worker thread, so nothing is lost when the
+    // process exits right after a failure.
+    return pino({ level, redact, base: undefined }, prettyStream(opts.destination ?? 2));
+  }
+  return pino({ level, redact, base: undefined }, pino.destination({ dest: opts.destination ?? 2, sync: true }));
+}
+
+function prettyStream(dest: number | string) {
+  return pinoPretty({ destination: dest, sync: true, colorize: true, translateTime: 'HH:MM:ss', ignore: 'pid,hostname' });
+}
+
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}
+
+/**
+ * Masks known secret values in free text. Values shorter than 4 characters are not masked: they would
+ * turn ordinary words into noise and are not secrets worth the name.
+ */
+export class Redactor {
+  private values = new Set<string>();
+
+  add(...values: (string | undefined)[]): void {
+    for (const v of values) if (v !== undefined && v.length >= 4) this.values.add(v);
+  }
+
+  addEnv(env: Record<string, string | undefined>, skip: (key: string) => boolean = () => false): void {
+    for (const [k, v] of Object.entries(env)) if (!skip(k)) this.add(v);
+  }
+
+  redact(text: string): string {
+    if (this.values.size === 0 || text === '') return text;
+    // Longest first, so a value that contains another is masked whole.
+    let out = text;
+    for (const v of [...this.values].sort((a, b) => b.length - a.length)) {
+      if (out.includes(v)) out = out.split(v).join('[redacted]');
+    }
+    return out;
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * What every operation receives: config, logger, the environment for child processes, progress events,
+ * cancellation, and the PM2 and release-store gateways. Built once per call from the caller's options.
+ */
+import os from 'node:os';
+import { loadConfig, type Config } from '../config.js';
+import { asReleaseError, ExitCode, ReleaseError, type Phase } from '../errors.js';
+import { Redactor, silentLogger, type Logger } from '../log.js';
+import { Pm2 } from '../pm2/client.js';
+import { ReleaseStore } from '../release/store.js';
+
+export type Trigger = 'cli' | 'api' | 'webhook' | 'schedule';
+
+export type ReleaseEvent =
+  | { type: 'phase'; phase: Phase; state: 'start' }
+  | { type: 'phase'; phase: Phase; state: 'end'; durationMs: number }
+  | { type: 'phase'; phase: Phase; state: 'fail'; durationMs: number; code: string; message: string }
+  | { type: 'output'; phase: Phase; stream: 'stdout' | 'stderr'; line: string }
+  | { type: 'warning'; message: string };
+
+/** Options every API call accepts. */
+export interface CommonOptions {
+  /** A config object (validated like a file). */
+  config?: unknown;
+  /** Path of a JSON config file. */
+  configPath?: string;
+  /** Directory used to find `pm2-release.config.json` and to resolve relative paths (default: process.cwd()). */
+  cwd?: string;
+  /** Environment for config lookup and child processes (default: process.env). */
+  env?: Record<string, string | undefined>;
+  logger?: Logger;
+  onEvent?: (event: ReleaseEvent) => void;
+  signal?: AbortSignal;
+  trigger?: Trigger;
+}
+
+export interface Context {
+  config: Config;
+  warnings: string[];
+  configSource: string;
+  logger: Logger;
+  env: Record<string, string | undefined>;
+  signal?: AbortSignal;
+  trigger: Trigger;
+  redactor: Redactor;
+  pm2: Pm2;
+  store: ReleaseStore;
+  durations: Record<string, number>;
+  emit(event: ReleaseEvent): void;
+  now(): Date;
+}
+
+export function createContext(opts: CommonOptions, overrides?: { keep?: number }): Context {
+  const env = opts.env ?? process.env;
+  const logger = opts.logger ?? silentLogger();
+  const { config, warnings, source } = loadConfig({
+    config: opts.config,
+    configPath: opts.configPath,
+    cwd: opts.cwd ?? process.cwd(),
+    env,
+    home: env.HOME ?? os.homedir(),
+    overrides,
+  });
+  const redactor = new Redactor();
+  // The app's configured env may hold tokens; the port and release identifiers are not secrets.
+  redactor.addEnv(config.app.env, (k) => k === config.app.portEnv);
+  for (const w of warnings) logger.warn(w);
+  const ctx: Context = {
+    config,
+    warnings: [...warnings],
+    configSource: source,
+    logger,
+    env,
+    signal: opts.signal,
+    trigger: opts.trigger ?? 'api',
+    redactor,
+    pm2: new Pm2({ env, logger, redactor }),
+    store: new ReleaseStore(config.releasesDir, config.app.dir),
+    durations: {},
+    emit(event) {
+      try {
+        opts.onEvent?.(event);
+      } catch (err) {
+        logger.warn({ err: (err as Error).message }, 'onEvent callback threw; ignored');
+      }
+    },
+    now: () => new Date(),
+  };
+  return ctx;
+}
+
+/** Runs one phase: emits start/end events, records its duration, tags errors with the phase. */
+export async function phase<T>(ctx: Context, name: Phase, fn: () => Promise<T>): Promise<T> {
+  const started = performance.now();
+  ctx.emit({ type: 'phase', phase: name, state: 'start' });
+  ctx.logger.info({ phase: name }, `${name}…`);
+  try {
+    if (ctx.signal?.aborted) throw cancelled(name);
+    const result = await fn();
+    const durationMs = Math.round(performance.now() - started);
+    ctx.durations[name] = (ctx.durations[name] ?? 0) + durationMs;
+    ctx.emit({ type: 'phase', phase: name, state: 'end', durationMs });
+    ctx.logger.debug({ phase: name, durationMs }, `${name} done`);
+    return result;
+  } catch (err) {
+    const durationMs = Math.round(performance.now() - started);
+    ctx.durations[name] = (ctx.durations[name] ?? 0) + durationMs;
+    const e = ctx.signal?.aborted && !(err instanceof ReleaseError && err.code === 'CANCELLED') ? cancelled(name) : asReleaseError(err, name);
+    ctx.emit({ type: 'phase', phase: name, state: 'fail', durationMs, code: e.code, message: e.message });
+    throw e;
+  }
+}
+
+export function cancelled(phase: Phase): ReleaseError {
+  return new ReleaseError('CANCELLED', ExitCode.cancelled, `cancelled during ${phase}`, { phase, hint: 'the live app was left as it was' });
+}
+
+export function warn(ctx: Context, message: string): void {
+  ctx.warnings.push(message);
+  ctx.logger.warn(message);
+  ctx.emit({ type: 'warning', message });
+}

@@ -1,0 +1,82 @@
+/** list, status and prune. */
+import { appPort, healthUrl } from '../config.js';
+import { probe } from '../health.js';
+import { createContext, phase, type CommonOptions } from './context.js';
+import { withLock } from './deploy.js';
+import { applyRetention, retentionPlan } from './retain.js';
+import { releaseInfo, type ListResult, type PruneResult, type StatusResult } from './results.js';
+import { currentRelease, samePath } from './switch-release.js';
+
+export type ListOptions = CommonOptions;
+
+export async function list(opts: ListOptions = {}): Promise<ListResult> {
+  const ctx = createContext(opts);
+  const active = await currentRelease(ctx);
+  const releases = await ctx.store.list();
+  return {
+    ok: true,
+    active,
+    releases: releases.map((r) => releaseInfo(r, active, ctx.store.buildLog(r.id))),
+  };
+}
+
+export type StatusOptions = CommonOptions;
+
+export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
+  const ctx = createContext(opts);
+  const name = ctx.config.app.name;
+  const procs = await phase(ctx, 'status', () => ctx.pm2.processes(name));
+  const releases = await ctx.store.list();
+  const state = await ctx.store.readState();
+  const proc = procs[0];
+  const served = proc ? releases.find((r) => samePath(r.cwd, proc.cwd)) : undefined;
+  const url = healthUrl(ctx.config.app, appPort(ctx.config.app));
+  const h = await probe({ url, expectStatus: ctx.config.app.healthcheck.expectStatus });
+
+  let reason: string | null = null;
+  if (!proc && state) reason = `PM2 has no app named ${name}, but ${state.active} is recorded as active`;
+  else if (proc && !served) reason = `PM2 runs ${name} from ${proc.cwd}, which is not a retained release`;
+  else if (proc && served && state && served.id !== state.active)
+    reason = `PM2 serves ${served.id} but ${state.active} is recorded as active (an interrupted switch?)`;
+  else if (procs.some((p) => p.cwd !== proc?.cwd)) reason = `PM2 runs ${name} from several directories`;
+
+  return {
+    ok: true,
+    app: name,
+    active: served ? releaseInfo(served, served.id, ctx.store.buildLog(served.id)) : null,
+    recorded: state?.active ?? null,
+    pm2: proc
+      ? {
+          name,
+          status: proc.status,
+          pid: proc.pid,
+          pmId: proc.pmId,
+          cwd: proc.cwd,
+          restarts: proc.restarts,
+          uptimeSince: proc.uptimeSince ? new Date(proc.uptimeSince).toISOString() : null,
+          releaseId: proc.releaseId ?? null,
+          processes: procs.length,
+        }
+      : null,
+    health: { url, ok: h.ok, status: h.status ?? null, error: h.error ?? null },
+    drift: { detected: reason !== null, reason },
+    warnings: ctx.warnings,
+  };
+}
+
+export interface PruneOptions extends CommonOptions {
+  keep?: number;
+  dryRun?: boolean;
+  waitMs?: number;
+}
+
+export async function prune(opts: PruneOptions = {}): Promise<PruneResult> {
+  const ctx = createContext(opts, { keep: opts.keep });
+  const run = async (): Promise<PruneResult> => {
+    const plan = await retentionPlan(ctx);
+    const removed = opts.dryRun ? plan.remove : await phase(ctx, 'retain', () => applyRetention(ctx, plan));
+    return { ok: true, action: 'prune', dryRun: !!opts.dryRun, keep: ctx.config.keep, kept: plan.keep, removed };
+  };
+  // A dry run changes nothing, so it needs no lock (and works while a deploy runs).
+  return opts.dryRun ? run() : withLock(ctx, 'prune', opts.waitMs, run);
+}

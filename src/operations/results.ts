@@ -1,0 +1,115 @@
+/** The typed results every operation returns; the CLI prints them as-is with --json. Keep them stable. */
+import type { ReleaseRecord } from '../release/store.js';
+import type { RetentionStatus } from '../release/naming.js';
+
+export interface ReleaseInfo {
+  id: string;
+  sha: string | null;
+  shortSha: string | null;
+  ref: string | null;
+  subject: string | null;
+  status: RetentionStatus;
+  active: boolean;
+  createdAt: string | null;
+  finishedAt: string | null;
+  /** The release root (the archived commit). */
+  dir: string;
+  /** The app's directory inside it: PM2's cwd when active. */
+  cwd: string;
+  sizeBytes: number | null;
+  buildLog: string;
+  durationsMs: Record<string, number>;
+  error: { code: string; phase: string; message: string } | null;
+}
+
+export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string): ReleaseInfo {
+  const m = r.manifest;
+  return {
+    id: r.id,
+    sha: m?.sha ?? null,
+    shortSha: m?.sha ? m.sha.slice(0, 7) : null,
+    ref: m?.ref ?? null,
+    subject: m?.subject ?? null,
+    status: r.status,
+    active: r.id === activeId,
+    createdAt: m?.createdAt ?? null,
+    finishedAt: m?.finishedAt ?? null,
+    dir: r.dir,
+    cwd: r.cwd,
+    sizeBytes: m?.sizeBytes ?? null,
+    buildLog,
+    durationsMs: m?.durationsMs ?? {},
+    error: m?.error ?? null,
+  };
+}
+
+export interface DeployResult {
+  ok: true;
+  action: 'deploy';
+  release: ReleaseInfo;
+  /** The release that served before, or null on a first deploy / adoption of a non-release app. */
+  previous: string | null;
+  url: string;
+  durationsMs: Record<string, number>;
+  removed: { id: string; reason: string }[];
+  warnings: string[];
+}
+
+export interface BuildResult {
+  ok: true;
+  action: 'build';
+  release: ReleaseInfo;
+  durationsMs: Record<string, number>;
+  warnings: string[];
+}
+
+export interface ActivateResult {
+  ok: true;
+  action: 'activate' | 'rollback';
+  release: ReleaseInfo;
+  previous: string | null;
+  url: string;
+  durationsMs: Record<string, number>;
+  warnings: string[];
+}
+
+export interface ListResult {
+  ok: true;
+  active: string | null;
+  releases: ReleaseInfo[];
+}
+
+export interface Pm2State {
+  name: string;
+  status: string;
+  pid: number;
+  pmId: number;
+  cwd: string;
+  restarts: number;
+  uptimeSince: string | null;
+  releaseId: string | null;
+  /** How many PM2 processes carry the app's name. */
+  processes: number;
+}
+
+export interface StatusResult {
+  ok: true;
+  app: string;
+  /** The release PM2 serves, found by its cwd. */
+  active: ReleaseInfo | null;
+  /** The release pm2-release last recorded as active. */
+  recorded: string | null;
+  pm2: Pm2State | null;
+  health: { url: string; ok: boolean; status: number | null; error: string | null };
+  drift: { detected: boolean; reason: string | null };
+  warnings: string[];
+}
+
+export interface PruneResult {
+  ok: true;
+  action: 'prune';
+  dryRun: boolean;
+  keep: number;
+  kept: string[];
+  removed: { id: string; reason: string }[];
+}

@@ -1,0 +1,117 @@
+/**
+ * The one path by which a ready release becomes the live one (deploy, activate and rollback all use it):
+ * switch PM2 → health gate → pm2 save → record as active. If the switch or the health gate fails, the app
+ * is put back as it was, the dump is saved again, and a SwitchError naming the phase is thrown.
+ */
+import { appPort, healthUrl } from '../config.js';
+import { ReleaseError, SwitchError } from '../errors.js';
+import { waitHealthy, type HealthOutcome } from '../health.js';
+import { strategyFor } from '../pm2/switch.js';
+import type { AppDefinition, ReleaseRecord } from '../release/store.js';
+import { phase, warn, type Context } from './context.js';
+
+export interface SwitchResult {
+  app: AppDefinition;
+  previous: string | null;
+  health: HealthOutcome;
+  url: string;
+}
+
+/** Variables PM2 would copy from our own environment into the app that belong to the outer npm run. */
+const OUTER_NPM_VARS = /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$)/;
+
+export function childEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = {};
+  for (const [k, v] of Object.entries(env)) if (!OUTER_NPM_VARS.test(k)) out[k] = v;
+  return out;
+}
+
+export function appDefinition(ctx: Context, release: ReleaseRecord): AppDefinition {
+  const sha = release.manifest?.sha ?? '';
+  return {
+    name: ctx.config.app.name,
+    script: ctx.config.app.script,
+    args: [...ctx.config.app.args],
+    cwd: release.cwd,
+    env: { ...ctx.config.app.env, RELEASE_ID: release.id, RELEASE_SHA: sha },
+  };
+}
+
+/** The release PM2 serves now, by its cwd (the ground truth), else by the recorded state. */
+export async function currentRelease(ctx: Context): Promise<string | null> {
+  const procs = await ctx.pm2.processes(ctx.config.app.name).catch(() => []);
+  for (const p of procs) {
+    const records = await ctx.store.list();
+    const hit = records.find((r) => samePath(r.cwd, p.cwd));
+    if (hit) return hit.id;
+  }
+  return (await ctx.store.readState())?.active ?? null;
+}
+
+export function samePath(a: string, b: string): boolean {
+  return a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
+}
+
+export async function switchToRelease(ctx: Context, release: ReleaseRecord): Promise<SwitchResult> {
+  if (release.status !== 'ready') throw new Error(`release ${release.id} is ${release.status}, not ready`);
+  const app = appDefinition(ctx, release);
+  const port = appPort(ctx.config.app);
+  const url = healthUrl(ctx.config.app, port);
+  const previous = await currentRelease(ctx);
+  const strategy = strategyFor('restart');
+
+  // The env we hand to the pm2 CLI becomes the app's env: the caller's, minus the outer npm run's variables.
+  const pm2Env = childEnv(ctx.env);
+  const handle = await phase(ctx, 'switch', () =>
+    strategy.switch({
+      pm2: ctx.pm2.withEnv(pm2Env),
+      logger: ctx.logger,
+      target: app,
+      port,
+      signal: ctx.signal,
+    }),
+  );
+
+  const health = await phase(ctx, 'health', async () => {
+    const outcome = await waitHealthy({
+      checks: [{ url, expectStatus: ctx.config.app.healthcheck.expectStatus }],
+      timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+      settleMs: ctx.config.app.healthcheck.settleMs,
+      signal: ctx.signal,
+      sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+    });
+    if (!outcome.ok) {
+      ctx.logger.error(`release ${release.id} is not healthy: ${outcome.reason}; putting ${previous ?? 'the previous app'} back`);
+      let reverted = 'no previous app to put back';
+      try {
+        await handle.revert();
+        if (handle.before) {
+          await ctx.pm2.save();
+          reverted = `${previous ?? 'the previous app'} is serving again`;
+        }
+      } catch (err) {
+        reverted = `putting the previous app back failed too: ${(err as Error).message}`;
+        ctx.logger.error(reverted);
+      }
+      throw new SwitchError('HEALTH_FAILED', `release ${release.id} failed its health check (${outcome.reason}); ${reverted}`, {
+        phase: 'health',
+        hint: `see the app's output with \`pm2 logs ${app.name} --lines 100\``,
+        releaseId: release.id,
+      });
+    }
+    return outcome;
+  });
+
+  await phase(ctx, 'save', async () => {
+    try {
+      await ctx.pm2.save();
+    } catch (err) {
+      // The new release serves and is healthy; only the reboot path is stale. Say so loudly, don't undo.
+      if (err instanceof ReleaseError) warn(ctx, `pm2 save failed (${err.message}): a reboot would bring back the previous release; run \`pm2 save\``);
+      else throw err;
+    }
+    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now());
+  });
+
+  return { app, previous: previous === release.id ? null : previous, health, url };
+}

@@ -1,0 +1,244 @@
+/**
+ * Everything that talks to PM2 goes through here, through its CLI (the same binary the VM's systemd unit
+ * runs), so the daemon we drive is the one operators see. Outputs that carry the apps' environments
+ * (`jlist`) are parsed here and never logged or returned whole: callers get the fields they need.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { CommandFailure, run } from '../exec.js';
+import { EnvironmentError } from '../errors.js';
+import type { Logger, Redactor } from '../log.js';
+import type { AppDefinition } from '../release/store.js';
+
+export interface Pm2Process {
+  pmId: number;
+  name: string;
+  pid: number;
+  status: string;
+  cwd: string;
+  restarts: number;
+  execMode: string;
+  uptimeSince?: number;
+  releaseId?: string;
+  releaseSha?: string;
+}
+
+/** What we need to start an app again exactly as it ran (the revert path). Holds env values: never log it. */
+export interface Pm2Snapshot {
+  name: string;
+  script: string;
+  args: string[];
+  cwd: string;
+  interpreter?: string;
+  env: Record<string, string>;
+}
+
+export interface Pm2Options {
+  /** Environment for the pm2 CLI (PM2_HOME, PATH). */
+  env: Record<string, string | undefined>;
+  logger: Logger;
+  redactor?: Redactor;
+  bin?: string;
+}
+
+/**
+ * The pm2 binary: `PM2_RELEASE_PM2` when set, else `pm2` on PATH (the one systemd runs; a CLI/daemon
+ * version mismatch makes PM2 print warnings), else the copy bundled with pm2-release.
+ */
+export function resolvePm2Bin(env: Record<string, string | undefined>): string {
+  if (env.PM2_RELEASE_PM2) return env.PM2_RELEASE_PM2;
+  for (const dir of (env.PATH ?? '').split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, 'pm2');
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      return candidate;
+    } catch {
+      /* keep looking */
+    }
+  }
+  return bundledPm2Bin();
+}
+
+export function bundledPm2Bin(): string {
+  const require = createRequire(import.meta.url);
+  return path.join(path.dirname(require.resolve('pm2/package.json')), 'bin', 'pm2');
+}
+
+/** PM2_HOME as PM2 computes it (lib/paths.js): $PM2_HOME, else $HOME/.pm2. */
+export function pm2Home(env: Record<string, string | undefined>): string {
+  return env.PM2_HOME ?? path.join(env.HOME ?? os.homedir(), '.pm2');
+}
+
+export class Pm2 {
+  readonly bin: string;
+  constructor(private readonly opts: Pm2Options) {
+    this.bin = opts.bin ?? resolvePm2Bin(opts.env);
+  }
+
+  /** The same daemon, with another environment for the CLI (and so for the apps it starts). */
+  withEnv(env: Record<string, string | undefined>): Pm2 {
+    return new Pm2({ ...this.opts, env, bin: this.bin });
+  }
+
+  get home(): string {
+    return pm2Home(this.opts.env);
+  }
+  get dumpPath(): string {
+    return path.join(this.home, 'dump.pm2');
+  }
+
+  private async pm2(args: string[], extraEnv?: Record<string, string | undefined>, baseEnv?: Record<string, string | undefined>) {
+    try {
+      return await run([this.bin, ...args], {
+        cwd: os.tmpdir(),
+        logger: this.opts.logger,
+        baseEnv: baseEnv ?? this.opts.env,
+        env: extraEnv,
+        redactor: this.opts.redactor,
+        timeoutMs: 60_000,
+      });
+    } catch (err) {
+      if (err instanceof CommandFailure)
+        throw new EnvironmentError('PM2_FAILED', `pm2 ${args[0]} failed: ${err.reason}${err.tail ? ` (${lastLine(err.tail)})` : ''}`, {
+          phase: 'switch',
+          hint: `check the PM2 daemon: PM2_HOME=${this.home} ${this.bin} status`,
+          cause: err,
+        });
+      throw err;
+    }
+  }
+
+  /** `pm2 jlist`, parsed defensively (PM2 may print warnings around the JSON). Raw entries hold env values. */
+  async jlistRaw(): Promise<RawProcess[]> {
+    const { stdout } = await this.pm2(['jlist']);
+    return parseJlist(stdout);
+  }
+
+  async list(): Promise<Pm2Process[]> {
+    return (await this.jlistRaw()).map(toProcess);
+  }
+
+  async processes(name: string): Promise<Pm2Process[]> {
+    return (await this.list()).filter((p) => p.name === name);
+  }
+
+  /** Everything needed to start this app again as it runs now. */
+  async snapshot(name: string): Promise<Pm2Snapshot | undefined> {
+    const raw = (await this.jlistRaw()).find((p) => p.name === name);
+    if (!raw) return undefined;
+    const e = raw.pm2_env ?? {};
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(e.env ?? {})) if (typeof v === 'string') env[k] = v;
+    return {
+      name,
+      script: String(e.pm_exec_path ?? ''),
+      args: Array.isArray(e.args) ? e.args.map(String) : typeof e.args === 'string' ? [e.args] : [],
+      cwd: String(e.pm_cwd ?? ''),
+      interpreter: typeof e.exec_interpreter === 'string' ? e.exec_interpreter : undefined,
+      env,
+    };
+  }
+
+  /**
+   * Starts an app the way the seed runbook does (`FRONT_PORT=3001 pm2 start npm --name X -- run start`
+   * from the release directory): its env is the pm2 CLI's environment, which PM2 copies into the app.
+   */
+  async start(app: AppDefinition): Promise<void> {
+    await this.pm2(['start', app.script, '--name', app.name, '--cwd', app.cwd, '--', ...app.args], app.env);
+  }
+
+  /** Starts an app again from a snapshot (the revert path), with exactly the environment it had. */
+  async startSnapshot(snap: Pm2Snapshot): Promise<void> {
+    const args = ['start', snap.script, '--name', snap.name, '--cwd', snap.cwd];
+    args.push('--', ...snap.args);
+    // The snapshot env replaces ours, but PM2_HOME and PATH must still point at this daemon and its node.
+    await this.pm2(args, { PM2_HOME: this.opts.env.PM2_HOME, PATH: this.opts.env.PATH }, snap.env);
+  }
+
+  async delete(nameOrId: string | number): Promise<void> {
+    await this.pm2(['delete', String(nameOrId)]);
+  }
+
+  /** `pm2 save`, then the dump (it holds every app's env: tokens, passwords) made readable by its owner only. */
+  async save(): Promise<void> {
+    await this.pm2(['save', '--force']);
+    for (const f of [this.dumpPath, `${this.dumpPath}.bak`]) {
+      await fsp.chmod(f, 0o600).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+    }
+  }
+
+  async version(): Promise<string> {
+    const { stdout } = await this.pm2(['--version']);
+    return lastLine(stdout).trim();
+  }
+}
+
+interface RawProcess {
+  pid?: number;
+  name?: string;
+  pm_id?: number;
+  pm2_env?: {
+    status?: string;
+    pm_cwd?: string;
+    pm_exec_path?: string;
+    exec_interpreter?: string;
+    exec_mode?: string;
+    args?: unknown;
+    restart_time?: number;
+    pm_uptime?: number;
+    env?: Record<string, unknown>;
+    [key: string]: unknown;
+  };
+}
+
+export function parseJlist(stdout: string): RawProcess[] {
+  const trimmed = stdout.trim();
+  const attempts = [trimmed];
+  // Warnings (e.g. "In-memory PM2 is out-of-date") can precede or follow the JSON array.
+  const start = trimmed.indexOf('[');
+  const end = trimmed.lastIndexOf(']');
+  if (start >= 0 && end > start) attempts.push(trimmed.slice(start, end + 1));
+  for (const line of trimmed.split('\n')) if (line.trim().startsWith('[')) attempts.push(line.trim());
+  for (const text of attempts) {
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (Array.isArray(parsed)) return parsed.filter((p): p is RawProcess => typeof p === 'object' && p !== null);
+    } catch {
+      /* next attempt */
+    }
+  }
+  // Never echo the output: it holds environments.
+  throw new EnvironmentError('PM2_OUTPUT', 'could not parse `pm2 jlist` output', {
+    phase: 'status',
+    hint: 'run `pm2 jlist` by hand and check for errors from the daemon',
+  });
+}
+
+function toProcess(raw: RawProcess): Pm2Process {
+  const e = raw.pm2_env ?? {};
+  const env = (e.env ?? {}) as Record<string, unknown>;
+  const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
+  return {
+    pmId: Number(raw.pm_id ?? -1),
+    name: String(raw.name ?? ''),
+    pid: Number(raw.pid ?? 0),
+    status: String(e.status ?? 'unknown'),
+    cwd: String(e.pm_cwd ?? ''),
+    restarts: Number(e.restart_time ?? 0),
+    execMode: String(e.exec_mode ?? ''),
+    uptimeSince: typeof e.pm_uptime === 'number' ? e.pm_uptime : undefined,
+    releaseId: str(env.RELEASE_ID) ?? str(e.RELEASE_ID),
+    releaseSha: str(env.RELEASE_SHA) ?? str(e.RELEASE_SHA),
+  };
+}
+
+function lastLine(text: string): string {
+  const lines = text.trim().split('\n');
+  return lines[lines.length - 1] ?? '';
+}

@@ -1,0 +1,147 @@
+/**
+ * Turns an archived commit into a ready release: env files, install, build, cache pruning, size.
+ * Everything happens inside the new release directory; nothing here touches PM2 or the live app.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { CommandFailure, run } from '../exec.js';
+import { BuildError, UsageError, type Phase } from '../errors.js';
+import { isInside } from '../config.js';
+import type { Context } from '../operations/context.js';
+
+/**
+ * Copies the untracked env files that exist in the live app dir. Mode is kept but never looser than 0600:
+ * they hold secrets. A symlink is followed only when it stays inside the workspace.
+ */
+export async function copyEnvFiles(ctx: Context, fromDir: string, toDir: string): Promise<string[]> {
+  const workspaceReal = await fsp.realpath(ctx.config.workspace);
+  const copied: string[] = [];
+  for (const name of ctx.config.app.envFiles) {
+    const src = path.join(fromDir, name);
+    const lst = await fsp.lstat(src).catch(() => undefined);
+    if (!lst) continue;
+    let real = src;
+    if (lst.isSymbolicLink()) {
+      real = await fsp.realpath(src).catch(() => '');
+      if (!real || !isInside(real, workspaceReal))
+        throw new UsageError('ENV_FILE_UNSAFE', `env file ${name} is a symlink pointing outside the workspace`, {
+          phase: 'env',
+          hint: `replace ${src} with a regular file`,
+        });
+    }
+    const st = await fsp.stat(real);
+    if (!st.isFile()) throw new UsageError('ENV_FILE_UNSAFE', `env file ${name} is not a regular file`, { phase: 'env' });
+    const text = await fsp.readFile(real, 'utf8');
+    // Values read from env files are secrets: mask them in every later output.
+    for (const v of Object.values(parseEnvFile(text))) ctx.redactor.add(v);
+    const dest = path.join(toDir, name);
+    await fsp.rm(dest, { force: true }); // a tracked file of the same name must not win over the live one
+    await fsp.writeFile(dest, text, { mode: 0o600 });
+    await fsp.chmod(dest, st.mode & 0o600);
+    copied.push(name);
+  }
+  return copied;
+}
+
+/** KEY=VALUE lines (dotenv syntax, enough to know which values to redact). */
+export function parseEnvFile(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const raw of text.split(/\r?\n/)) {
+    const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)\s*$/.exec(raw);
+    if (!m) continue;
+    let v = m[2]!.trim();
+    if ((v.startsWith('"') && v.endsWith('"')) || (v.startsWith("'") && v.endsWith("'"))) v = v.slice(1, -1);
+    else v = v.replace(/\s+#.*$/, '');
+    out[m[1]!] = v;
+  }
+  return out;
+}
+
+export async function lockfileHash(appCwd: string): Promise<string | undefined> {
+  const text = await fsp.readFile(path.join(appCwd, 'package-lock.json')).catch(() => undefined);
+  return text ? crypto.createHash('sha256').update(text).digest('hex') : undefined;
+}
+
+/** Environment for install and build: quiet npm, no update checks, no network audit on every deploy. */
+export function buildEnv(ctx: Context, releaseId: string, sha: string): Record<string, string | undefined> {
+  return {
+    ...ctx.env,
+    npm_config_update_notifier: 'false',
+    npm_config_fund: 'false',
+    npm_config_audit: 'false',
+    RELEASE_ID: releaseId,
+    RELEASE_SHA: sha,
+  };
+}
+
+export async function runStep(ctx: Context, step: Phase, argv: string[], cwd: string, logFile: string, env: Record<string, string | undefined>): Promise<void> {
+  try {
+    await run(argv, {
+      cwd,
+      logger: ctx.logger,
+      baseEnv: env,
+      logFile,
+      redactor: ctx.redactor,
+      signal: ctx.signal,
+      captureStdout: false,
+      onLine: (line, stream) => ctx.emit({ type: 'output', phase: step, stream, line }),
+    });
+  } catch (err) {
+    if (err instanceof CommandFailure)
+      throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${err.command} ${err.reason}`, {
+        phase: step,
+        hint: `read the build log; the live app was not touched`,
+        logFile,
+        outputTail: ctx.redactor.redact(err.tail),
+        cause: err,
+      });
+    throw err;
+  }
+}
+
+export async function requireAppDir(appCwd: string, appDir: string, sha: string): Promise<void> {
+  const pkg = path.join(appCwd, 'package.json');
+  if (!fs.existsSync(pkg))
+    throw new BuildError('APP_DIR_MISSING', `commit ${sha.slice(0, 7)} has no ${appDir === '.' ? '' : appDir + '/'}package.json`, {
+      phase: 'archive',
+      hint: 'check app.dir in the config against the repository layout',
+    });
+}
+
+export async function requireLockfile(ctx: Context, appCwd: string, logFile: string): Promise<void> {
+  const [cmd, sub] = ctx.config.app.install;
+  if (cmd === 'npm' && (sub === 'ci' || sub === 'clean-install') && !fs.existsSync(path.join(appCwd, 'package-lock.json')))
+    throw new BuildError('LOCKFILE_MISSING', `package-lock.json is missing in the release: npm ci cannot install`, {
+      phase: 'install',
+      hint: 'commit package-lock.json (npm install --package-lock-only) or change app.install',
+      logFile,
+    });
+}
+
+/** Removes non-runtime caches; each path is relative to the app dir and must stay inside it. */
+export async function pruneCaches(ctx: Context, appCwd: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const rel of ctx.config.app.prune) {
+    const target = path.resolve(appCwd, rel);
+    if (!isInside(target, appCwd)) continue;
+    if (fs.existsSync(target)) {
+      await fsp.rm(target, { recursive: true, force: true });
+      removed.push(rel);
+    }
+  }
+  return removed;
+}
+
+export async function toolVersions(ctx: Context, cwd: string): Promise<{ node: string; npm?: string }> {
+  const get = async (argv: string[]) => {
+    try {
+      return (await run(argv, { cwd, logger: ctx.logger, baseEnv: ctx.env })).stdout.trim();
+    } catch {
+      return undefined;
+    }
+  };
+  const [node, npm] = await Promise.all([get(['node', '--version']), get(['npm', '--version'])]);
+  return { node: node ?? process.version, npm };
+}

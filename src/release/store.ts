@@ -1,0 +1,274 @@
+/**
+ * Releases on disk: one directory per release under releasesDir, each with a manifest written atomically,
+ * plus the `active.json` state (which release PM2 serves, the activation history, the PM2 app definition
+ * that ecosystem.config.cjs starts on reboot) and a `current` symlink for operators.
+ *
+ *   <releasesDir>/<id>/                  the archived commit
+ *   <releasesDir>/<id>/.pm2-release/     manifest.json, build.log
+ *   <releasesDir>/active.json            state (mode 0600: it holds the app's configured env)
+ *   <releasesDir>/current -> <id>        convenience link, swapped atomically
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import writeFileAtomic from 'write-file-atomic';
+import { UsageError } from '../errors.js';
+import { isReleaseId, newestFirst, parseReleaseId, type RetentionStatus } from './naming.js';
+
+export const META_DIR = '.pm2-release';
+export const MANIFEST_FILE = 'manifest.json';
+export const BUILD_LOG = 'build.log';
+export const STATE_FILE = 'active.json';
+export const CURRENT_LINK = 'current';
+export const MANIFEST_VERSION = 1;
+
+export type ReleaseStatus = 'building' | 'ready' | 'failed';
+
+export interface Manifest {
+  version: typeof MANIFEST_VERSION;
+  id: string;
+  sha: string;
+  ref: string;
+  subject?: string;
+  status: ReleaseStatus;
+  appDir: string;
+  createdAt: string;
+  finishedAt?: string;
+  durationsMs: Record<string, number>;
+  builder: { pid: number; host: string };
+  node: string;
+  npm?: string;
+  lockfileHash?: string;
+  sizeBytes?: number;
+  envFiles: string[];
+  error?: { code: string; phase: string; message: string };
+}
+
+/** PM2 app definition as started (and as ecosystem.config.cjs starts it after a reboot). */
+export interface AppDefinition {
+  name: string;
+  script: string;
+  args: string[];
+  cwd: string;
+  env: Record<string, string>;
+}
+
+export interface ActiveState {
+  version: 1;
+  active: string;
+  sha: string;
+  activatedAt: string;
+  /** Newest last; bounded. */
+  activations: string[];
+  app: AppDefinition;
+}
+
+export interface ReleaseRecord {
+  id: string;
+  dir: string;
+  /** The app's directory inside the release (PM2's cwd). */
+  cwd: string;
+  /** 'incomplete': no readable manifest, or a build whose process is gone. */
+  status: RetentionStatus;
+  manifest?: Manifest;
+}
+
+const ACTIVATIONS_KEPT = 50;
+
+export class ReleaseStore {
+  constructor(
+    readonly releasesDir: string,
+    readonly appDir: string,
+  ) {}
+
+  releaseDir(id: string): string {
+    return path.join(this.releasesDir, id);
+  }
+  appCwd(id: string): string {
+    return path.join(this.releasesDir, id, this.appDir);
+  }
+  metaDir(id: string): string {
+    return path.join(this.releasesDir, id, META_DIR);
+  }
+  buildLog(id: string): string {
+    return path.join(this.metaDir(id), BUILD_LOG);
+  }
+  get statePath(): string {
+    return path.join(this.releasesDir, STATE_FILE);
+  }
+
+  async ensureDir(): Promise<void> {
+    await fsp.mkdir(this.releasesDir, { recursive: true });
+  }
+
+  /** Creates the release directory and its `building` manifest; fails if the id is taken. */
+  async create(manifest: Manifest): Promise<void> {
+    await this.ensureDir();
+    await fsp.mkdir(this.releaseDir(manifest.id)); // throws EEXIST rather than reuse a directory
+    await fsp.mkdir(this.metaDir(manifest.id));
+    await this.writeManifest(manifest);
+  }
+
+  async writeManifest(manifest: Manifest): Promise<void> {
+    await writeFileAtomic(path.join(this.metaDir(manifest.id), MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n', { mode: 0o644 });
+  }
+
+  async readManifest(id: string): Promise<Manifest | undefined> {
+    try {
+      const m = JSON.parse(await fsp.readFile(path.join(this.metaDir(id), MANIFEST_FILE), 'utf8')) as Manifest;
+      if (m && m.id === id && typeof m.sha === 'string' && ['building', 'ready', 'failed'].includes(m.status)) return m;
+      return undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** All release directories, newest first, with their effective status. */
+  async list(): Promise<ReleaseRecord[]> {
+    let names: string[];
+    try {
+      names = await fsp.readdir(this.releasesDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const records: ReleaseRecord[] = [];
+    for (const id of names) {
+      if (!isReleaseId(id)) continue;
+      const st = await fsp.lstat(this.releaseDir(id)).catch(() => undefined);
+      if (!st?.isDirectory()) continue;
+      const manifest = await this.readManifest(id);
+      let status: RetentionStatus = manifest?.status ?? 'incomplete';
+      if (status === 'building' && manifest && !builderAlive(manifest.builder)) status = 'incomplete';
+      records.push({ id, dir: this.releaseDir(id), cwd: this.appCwd(id), status, manifest });
+    }
+    return newestFirst(records);
+  }
+
+  async get(id: string): Promise<ReleaseRecord | undefined> {
+    return (await this.list()).find((r) => r.id === id);
+  }
+
+  /**
+   * Validates a release id that came from outside (CLI, config, webhook) and returns its record.
+   * Refuses anything that is not a plain id, and any release directory that is a symlink or resolves
+   * outside releasesDir.
+   */
+  async resolveId(id: string): Promise<ReleaseRecord> {
+    if (typeof id !== 'string' || !isReleaseId(id) || !parseReleaseId(id))
+      throw new UsageError('RELEASE_ID_INVALID', `invalid release id ${JSON.stringify(String(id).slice(0, 80))}`, {
+        phase: 'activate',
+        hint: 'use an id from `pm2-release list` (e.g. 20261121T204233Z-3f2a9c1)',
+      });
+    const dir = this.releaseDir(id);
+    const st = await fsp.lstat(dir).catch(() => undefined);
+    if (!st)
+      throw new UsageError('RELEASE_NOT_FOUND', `release ${id} does not exist in ${this.releasesDir}`, {
+        phase: 'activate',
+        hint: 'see `pm2-release list` for retained releases',
+      });
+    if (!st.isDirectory())
+      throw new UsageError('RELEASE_ID_INVALID', `release ${id} is not a directory (symlinks are refused)`, { phase: 'activate' });
+    const real = await fsp.realpath(dir);
+    const root = await fsp.realpath(this.releasesDir);
+    if (path.dirname(real) !== root)
+      throw new UsageError('RELEASE_ID_INVALID', `release ${id} resolves outside ${this.releasesDir}`, { phase: 'activate' });
+    const record = await this.get(id);
+    if (!record) throw new UsageError('RELEASE_NOT_FOUND', `release ${id} not found`, { phase: 'activate' });
+    return record;
+  }
+
+  async remove(id: string): Promise<void> {
+    if (!isReleaseId(id)) throw new Error(`refusing to remove ${id}`);
+    // Rename first so a half-deleted release is never mistaken for a release (the name no longer matches).
+    const doomed = path.join(this.releasesDir, `.removing-${id}-${process.pid}`);
+    await fsp.rename(this.releaseDir(id), doomed);
+    await fsp.rm(doomed, { recursive: true, force: true });
+  }
+
+  /** Leftovers of interrupted removals. */
+  async sweepRemovals(): Promise<string[]> {
+    const names = await fsp.readdir(this.releasesDir).catch(() => [] as string[]);
+    const swept: string[] = [];
+    for (const n of names) {
+      if (n.startsWith('.removing-')) {
+        await fsp.rm(path.join(this.releasesDir, n), { recursive: true, force: true });
+        swept.push(n);
+      }
+    }
+    return swept;
+  }
+
+  async readState(): Promise<ActiveState | undefined> {
+    try {
+      const s = JSON.parse(await fsp.readFile(this.statePath, 'utf8')) as ActiveState;
+      if (s && typeof s.active === 'string' && isReleaseId(s.active) && Array.isArray(s.activations)) return s;
+      return undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Records `id` as active. Written after PM2 serves it and `pm2 save` succeeded. */
+  async writeActive(id: string, sha: string, app: AppDefinition, at: Date): Promise<ActiveState> {
+    const prev = await this.readState();
+    const activations = [...(prev?.activations ?? []), id].slice(-ACTIVATIONS_KEPT);
+    const state: ActiveState = { version: 1, active: id, sha, activatedAt: at.toISOString(), activations, app };
+    await writeFileAtomic(this.statePath, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
+    await this.pointCurrent(id);
+    return state;
+  }
+
+  /** `current -> <id>`, replaced with a rename so it is never missing or half-written. */
+  private async pointCurrent(id: string): Promise<void> {
+    const link = path.join(this.releasesDir, CURRENT_LINK);
+    const tmp = `${link}.tmp-${process.pid}`;
+    await fsp.rm(tmp, { force: true });
+    await fsp.symlink(id, tmp);
+    await fsp.rename(tmp, link);
+  }
+}
+
+export function builderAlive(builder: { pid: number; host: string } | undefined): boolean {
+  if (!builder) return false;
+  if (builder.host !== os.hostname()) return true; // cannot tell: assume alive
+  return pidAlive(builder.pid);
+}
+
+export function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Disk use of a tree in bytes (allocated blocks, hard links counted once). */
+export async function diskUsage(dir: string): Promise<number> {
+  const seen = new Set<string>();
+  let total = 0;
+  const walk = async (d: string): Promise<void> => {
+    const entries = await fsp.readdir(d, { withFileTypes: true }).catch(() => []);
+    for (const e of entries) {
+      const p = path.join(d, e.name);
+      const st = await fsp.lstat(p).catch(() => undefined);
+      if (!st) continue;
+      const key = `${st.dev}:${st.ino}`;
+      if (st.nlink > 1) {
+        if (seen.has(key)) continue;
+        seen.add(key);
+      }
+      total += st.blocks * 512;
+      if (st.isDirectory()) await walk(p);
+    }
+  };
+  await walk(dir);
+  return total;
+}
+
+export function existsSync(p: string): boolean {
+  return fs.existsSync(p);
+}

@@ -1,0 +1,166 @@
+/**
+ * A throwaway world for integration tests: a git workspace holding the example app, a releases dir, and a
+ * private PM2 daemon (PM2_HOME in the sandbox; never ~/.pm2). `close()` kills only that daemon, by its
+ * PM2_HOME and then by the pid it wrote, never by process name.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const EXAMPLE_APP = path.join(ROOT, 'examples/app');
+export const PM2_BIN = path.join(ROOT, 'node_modules/pm2/bin/pm2');
+export const CLI = path.join(ROOT, 'dist/bin.js');
+
+export interface Sandbox {
+  root: string;
+  workspace: string;
+  appDir: string;
+  releasesDir: string;
+  pm2Home: string;
+  port: number;
+  env: Record<string, string | undefined>;
+  config: Record<string, unknown>;
+  configPath: string;
+  /** Writes files into the app dir (relative paths) and commits; returns the full sha. */
+  commit(message: string, files?: Record<string, string | null>): string;
+  pm2(...args: string[]): string;
+  jlist(): { name: string; pid: number; pm_id: number; pm2_env: Record<string, unknown> }[];
+  close(): Promise<void>;
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address();
+      srv.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export async function createSandbox(opts: { keep?: number; app?: Record<string, unknown> } = {}): Promise<Sandbox> {
+  // Short path: PM2's unix sockets live in PM2_HOME and sun_path is limited to ~107 bytes.
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'p2r-'));
+  const workspace = path.join(root, 'ws');
+  const appDir = path.join(workspace, 'frontend');
+  const releasesDir = path.join(root, 'releases');
+  const pm2Home = path.join(root, 'pm2');
+  fs.mkdirSync(pm2Home);
+  fs.cpSync(EXAMPLE_APP, appDir, { recursive: true, filter: (src) => !src.includes('node_modules') });
+  const port = await freePort();
+
+  const env: Record<string, string | undefined> = {
+    ...process.env,
+    PM2_HOME: pm2Home,
+    PM2_RELEASE_PM2: PM2_BIN,
+    PM2_RELEASE_CONFIG: undefined,
+    FRONTEND_RELEASES_KEEP: undefined,
+    npm_config_audit: 'false',
+    npm_config_fund: 'false',
+    npm_config_update_notifier: 'false',
+    npm_config_offline: 'true',
+    GIT_AUTHOR_NAME: 'pm2-release test',
+    GIT_AUTHOR_EMAIL: 'test@example.invalid',
+    GIT_COMMITTER_NAME: 'pm2-release test',
+    GIT_COMMITTER_EMAIL: 'test@example.invalid',
+  };
+  for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
+
+  const git = (...args: string[]) => execFileSync('git', args, { cwd: workspace, env: env as NodeJS.ProcessEnv, encoding: 'utf8' }).trim();
+  git('init', '-q', '-b', 'main');
+  git('config', 'commit.gpgsign', 'false');
+  fs.writeFileSync(path.join(workspace, '.gitignore'), 'node_modules/\n.env*\n');
+  git('add', '-A');
+  git('commit', '-q', '-m', 'v1');
+
+  const config = {
+    workspace,
+    releasesDir,
+    keep: opts.keep ?? 2,
+    app: {
+      env: { FRONT_PORT: String(port) },
+      healthcheck: { timeoutMs: 20_000, settleMs: 500 },
+      ...opts.app,
+    },
+  };
+  const configPath = path.join(root, 'pm2-release.config.json');
+  fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
+
+  const pm2 = (...args: string[]) => {
+    const r = spawnSync(PM2_BIN, args, { env: env as NodeJS.ProcessEnv, encoding: 'utf8', cwd: root });
+    if (r.status !== 0) throw new Error(`pm2 ${args.join(' ')} failed: ${r.stderr}`);
+    return r.stdout;
+  };
+
+  return {
+    root,
+    workspace,
+    appDir,
+    releasesDir,
+    pm2Home,
+    port,
+    env,
+    config,
+    configPath,
+    commit(message, files = {}) {
+      for (const [rel, content] of Object.entries(files)) {
+        const p = path.join(appDir, rel);
+        if (content === null) fs.rmSync(p, { force: true });
+        else {
+          fs.mkdirSync(path.dirname(p), { recursive: true });
+          fs.writeFileSync(p, content);
+        }
+      }
+      git('add', '-A');
+      git('commit', '-q', '--allow-empty', '-m', message);
+      return git('rev-parse', 'HEAD');
+    },
+    pm2,
+    jlist() {
+      const out = pm2('jlist');
+      return JSON.parse(out.slice(out.indexOf('['), out.lastIndexOf(']') + 1));
+    },
+    async close() {
+      const pidFile = path.join(pm2Home, 'pm2.pid');
+      const daemonPid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8')) : undefined;
+      spawnSync(PM2_BIN, ['kill'], { env: env as NodeJS.ProcessEnv, encoding: 'utf8', timeout: 30_000 });
+      if (daemonPid && alive(daemonPid)) process.kill(daemonPid, 'SIGKILL');
+      fs.rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** GET on loopback; resolves to {status, body} or {error}. */
+export async function get(url: string): Promise<{ status?: number; body?: string; error?: string }> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(3_000) });
+    return { status: res.status, body: await res.text() };
+  } catch (err) {
+    return { error: (err as { cause?: { code?: string } }).cause?.code ?? String(err) };
+  }
+}
+
+/** Runs the built CLI; never throws on a non-zero exit. */
+export function cli(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}) {
+  const r = spawnSync(process.execPath, [CLI, '--config', sb.configPath, ...args], {
+    env: { ...sb.env, ...extraEnv } as NodeJS.ProcessEnv,
+    encoding: 'utf8',
+    cwd: sb.root,
+    timeout: 180_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}

@@ -7,7 +7,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ExitCode, ReleaseError, asReleaseError, firstLine } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import * as api from './index.js';
-import { formatActivate, formatBuild, formatDeploy, formatError, formatList, formatPrune, formatStatus } from './format.js';
+import { formatActivate, formatBuild, formatDeploy, formatDoctor, formatError, formatList, formatPrune, formatStatus } from './format.js';
 
 export interface Io {
   stdout: (text: string) => void;
@@ -28,12 +28,13 @@ export interface GlobalOptions {
 }
 
 export type Invocation =
-  | { command: 'deploy'; ref?: string; waitMs?: number }
+  | { command: 'deploy'; ref?: string; waitMs?: number; verify: boolean }
   | { command: 'build'; ref?: string; waitMs?: number }
   | { command: 'activate'; id: string; waitMs?: number }
   | { command: 'rollback'; waitMs?: number }
   | { command: 'list' }
   | { command: 'status' }
+  | { command: 'doctor' }
   | { command: 'prune'; keep?: number; dryRun: boolean; waitMs?: number };
 
 export interface Parsed {
@@ -83,6 +84,7 @@ Examples:
   pm2-release rollback                back to the release that was active before
   pm2-release activate 20261121T204233Z-3f2a9c1
   pm2-release status --json
+  pm2-release doctor
 
 Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health failed (reverted),
 6 git/pm2/filesystem failure, 1 internal error, 130 cancelled.`);
@@ -91,10 +93,11 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .command('deploy')
     .description('build a release of REF (default HEAD), switch PM2 to it, check health, save, prune old releases')
     .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
+    .option('--no-verify', 'skip starting the release on a spare port before the switch (the health gate still applies)')
     .addOption(waitOption())
-    .addHelpText('after', '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json')
+    .addHelpText('after', '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json\n  pm2-release deploy --wait=600   # queue behind a running deploy')
     .action((o) => {
-      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait) };
+      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false };
     });
   program
     .command('build')
@@ -135,6 +138,13 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .addHelpText('after', '\nExample:\n  pm2-release status')
     .action(() => {
       invocation = { command: 'status' };
+    });
+  program
+    .command('doctor')
+    .description('pre-flight checks: disk, inodes, memory, node, pm2, workspace, releases dir, port, dump, systemd')
+    .addHelpText('after', '\nExample:\n  pm2-release doctor --json')
+    .action(() => {
+      invocation = { command: 'doctor' };
     });
   program
     .command('prune')
@@ -199,7 +209,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     let result: object;
     switch (inv.command) {
       case 'deploy': {
-        const r = await api.deploy({ ...common, ref: inv.ref, waitMs: inv.waitMs });
+        const r = await api.deploy({ ...common, ref: inv.ref, waitMs: inv.waitMs, verify: inv.verify ? undefined : false });
         [result, text] = [r, formatDeploy(r)];
         break;
       }
@@ -227,6 +237,12 @@ export async function main(argv: string[], io: Io): Promise<number> {
         const r = await api.status(common);
         [result, text] = [r, formatStatus(r)];
         break;
+      }
+      case 'doctor': {
+        const r = await api.doctor(common);
+        if (g.json) io.stdout(JSON.stringify(r) + '\n');
+        else io.stdout(formatDoctor(r));
+        return r.ok ? ExitCode.ok : ExitCode.environment;
       }
       case 'prune': {
         const r = await api.prune({ ...common, keep: inv.keep, dryRun: inv.dryRun, waitMs: inv.waitMs });

@@ -27,6 +27,20 @@ const healthcheckSchema = z.strictObject({
   timeoutMs: z.number().int().min(100).max(600_000).optional(),
   /** The app must stay online with no PM2 restart for this long after it first answers. */
   settleMs: z.number().int().min(0).max(120_000).optional(),
+  /** More URLs that must answer (e.g. a protected API answering 401 proves the backend is alive). */
+  checks: z.array(z.strictObject({ url: z.string().min(1), expectStatus: z.array(z.number().int().min(100).max(599)).min(1) })).optional(),
+});
+
+const verifySchema = z.strictObject({
+  /** Start the new release on a free loopback port and health-check it before touching the live app. */
+  enabled: z.boolean().optional(),
+  settleMs: z.number().int().min(0).max(120_000).optional(),
+});
+
+const preflightSchema = z.strictObject({
+  minFreeDiskMB: z.number().int().min(0).optional(),
+  minFreeInodes: z.number().int().min(0).optional(),
+  minFreeMemoryMB: z.number().int().min(0).optional(),
 });
 
 const appSchema = z.strictObject({
@@ -43,6 +57,10 @@ const appSchema = z.strictObject({
   env: z.record(z.string().regex(ENV_NAME, 'must be an environment variable name'), z.string()).optional(),
   portEnv: z.string().regex(ENV_NAME, 'must be an environment variable name').optional(),
   healthcheck: healthcheckSchema.optional(),
+  verify: verifySchema.optional(),
+  requiredEnv: z.array(z.string().regex(ENV_NAME, 'must be an environment variable name')).optional(),
+  /** How long to wait for the old process to release the port after `pm2 delete`. */
+  portReleaseTimeoutMs: z.number().int().min(0).max(300_000).optional(),
 });
 
 const fileSchema = z.strictObject({
@@ -51,6 +69,7 @@ const fileSchema = z.strictObject({
   releasesDir: z.string().min(1).optional(),
   keep: z.number().int().min(1).max(100).optional(),
   app: appSchema.optional(),
+  preflight: preflightSchema.optional(),
 });
 
 export type ConfigFile = z.infer<typeof fileSchema>;
@@ -60,6 +79,7 @@ export interface HealthcheckConfig {
   expectStatus: number[];
   timeoutMs: number;
   settleMs: number;
+  checks: { url: string; expectStatus: number[] }[];
 }
 
 export interface AppConfig {
@@ -74,6 +94,15 @@ export interface AppConfig {
   env: Record<string, string>;
   portEnv: string;
   healthcheck: HealthcheckConfig;
+  verify: { enabled: boolean; settleMs: number };
+  requiredEnv: string[];
+  portReleaseTimeoutMs: number;
+}
+
+export interface PreflightConfig {
+  minFreeDiskMB: number;
+  minFreeInodes: number;
+  minFreeMemoryMB: number;
 }
 
 export interface Config {
@@ -81,6 +110,7 @@ export interface Config {
   releasesDir: string;
   keep: number;
   app: AppConfig;
+  preflight: PreflightConfig;
 }
 
 export interface LoadedConfig {
@@ -111,7 +141,11 @@ export const DEFAULTS = {
       timeoutMs: 60_000,
       settleMs: 1_500,
     },
+    verify: { enabled: true, settleMs: 1_500 },
+    portReleaseTimeoutMs: 15_000,
   },
+  // A Next.js release with node_modules is ~400 MB and ~30k files: refuse to start one without room for it.
+  preflight: { minFreeDiskMB: 1024, minFreeInodes: 50_000, minFreeMemoryMB: 256 },
 } as const;
 
 export interface LoadConfigOptions {
@@ -187,7 +221,19 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
         expectStatus: hc.expectStatus ?? [...DEFAULTS.app.healthcheck.expectStatus],
         timeoutMs: hc.timeoutMs ?? DEFAULTS.app.healthcheck.timeoutMs,
         settleMs: hc.settleMs ?? DEFAULTS.app.healthcheck.settleMs,
+        checks: hc.checks ?? [],
       },
+      verify: {
+        enabled: app.verify?.enabled ?? DEFAULTS.app.verify.enabled,
+        settleMs: app.verify?.settleMs ?? DEFAULTS.app.verify.settleMs,
+      },
+      requiredEnv: app.requiredEnv ?? [],
+      portReleaseTimeoutMs: app.portReleaseTimeoutMs ?? DEFAULTS.app.portReleaseTimeoutMs,
+    },
+    preflight: {
+      minFreeDiskMB: file.preflight?.minFreeDiskMB ?? DEFAULTS.preflight.minFreeDiskMB,
+      minFreeInodes: file.preflight?.minFreeInodes ?? DEFAULTS.preflight.minFreeInodes,
+      minFreeMemoryMB: file.preflight?.minFreeMemoryMB ?? DEFAULTS.preflight.minFreeMemoryMB,
     },
   };
 
@@ -212,11 +258,16 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
   } else if (!isPort(port)) {
     problems.push(`app.env.${config.app.portEnv}: must be a TCP port number (1-65535)`);
   }
-  try {
-    const u = new URL(config.app.healthcheck.url.replaceAll('{port}', '1'));
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') problems.push('app.healthcheck.url: must be an http(s) URL');
-  } catch {
-    problems.push('app.healthcheck.url: must be a URL');
+  const urls = [['app.healthcheck.url', config.app.healthcheck.url], ...config.app.healthcheck.checks.map((c, i) => [`app.healthcheck.checks.${i}.url`, c.url])] as const;
+  for (const [where, url] of urls) {
+    try {
+      const u = new URL(url.replaceAll('{port}', '1'));
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') problems.push(`${where}: must be an http(s) URL`);
+    } catch {
+      problems.push(`${where}: must be a URL`);
+    }
+    if (url.includes('{port}') && port === undefined && where !== 'app.healthcheck.url')
+      problems.push(`${where}: uses {port} but app.env.${config.app.portEnv} is not set`);
   }
   if (config.app.envFiles.length !== new Set(config.app.envFiles).size) problems.push('app.envFiles: lists a file twice');
   if (config.workspace === config.releasesDir || isInside(config.releasesDir, config.workspace))
@@ -284,4 +335,15 @@ export function appPort(app: AppConfig): number | undefined {
 /** Health URL with `{port}` substituted. */
 export function healthUrl(app: AppConfig, port: number | undefined): string {
   return app.healthcheck.url.replaceAll('{port}', String(port ?? ''));
+}
+
+/**
+ * Every HTTP check with `{port}` substituted. With `onlyPortChecks` (the verify run on a spare port),
+ * checks of fixed URLs are left out: they would test the live services, not the release.
+ */
+export function healthChecks(app: AppConfig, port: number | undefined, onlyPortChecks = false): { url: string; expectStatus: number[] }[] {
+  const all = [{ url: app.healthcheck.url, expectStatus: app.healthcheck.expectStatus }, ...app.healthcheck.checks];
+  return all
+    .filter((c) => !onlyPortChecks || c.url.includes('{port}'))
+    .map((c) => ({ url: c.url.replaceAll('{port}', String(port ?? '')), expectStatus: c.expectStatus }));
 }

@@ -1,5 +1,6 @@
 /** Human output: aligned tables and one-line summaries. Pure functions of the typed results. */
 import type { ReleaseError } from './errors.js';
+import type { DoctorResult } from './operations/doctor.js';
 import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
 
 export function table(headers: string[], rows: string[][]): string {
@@ -93,4 +94,10 @@ export function formatError(e: ReleaseError, verbose: boolean): string {
 
 function warnings(list: string[]): string {
   return list.map((w) => `warning: ${w}\n`).join('');
+}
+
+export function formatDoctor(r: DoctorResult): string {
+  const rows = r.checks.map((c) => [c.status.toUpperCase(), c.name, c.message + (c.fix && c.status !== 'ok' ? `\n${' '.repeat(6)}fix: ${c.fix}` : '')]);
+  const w = Math.max(...r.checks.map((c) => c.name.length));
+  return rows.map(([s, n, m]) => `${s!.padEnd(4)}  ${n!.padEnd(w)}  ${m}`).join('\n') + `\n${r.ok ? 'ready to deploy' : 'NOT ready to deploy: fix the FAIL lines'}\n`;
 }

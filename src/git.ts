@@ -105,3 +105,13 @@ export async function archive(workspace: string, sha: string, dest: string, logg
     });
   }
 }
+
+/** True when `file` (a path inside the repository) exists in commit `sha`. */
+export async function commitHas(workspace: string, sha: string, file: string, logger: Logger): Promise<boolean> {
+  try {
+    await run(['git', 'cat-file', '-e', `${sha}:${file}`], { cwd: workspace, logger });
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -6,6 +6,7 @@
 export { deploy, build, type DeployOptions, type BuildOptions } from './operations/deploy.js';
 export { activate, rollback, type ActivateOptions, type RollbackOptions } from './operations/activate.js';
 export { list, status, prune, type ListOptions, type StatusOptions, type PruneOptions } from './operations/inspect.js';
+export { doctor, type DoctorOptions, type DoctorResult, type Check, type CheckStatus } from './operations/doctor.js';
 export type { CommonOptions, ReleaseEvent, Trigger } from './operations/context.js';
 export type {
   ReleaseInfo,

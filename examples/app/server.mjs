@@ -11,6 +11,14 @@ if (fs.existsSync('CRASH_ON_BOOT')) {
   console.error('crashing at boot: CRASH_ON_BOOT is present (the test fixture asks for a broken release)');
   process.exit(1);
 }
+if (fs.existsSync('CRASH_AFTER_MS')) {
+  // Answers for a moment, then dies: the crash loop a single health probe would miss.
+  const ms = Number(fs.readFileSync('CRASH_AFTER_MS', 'utf8')) || 300;
+  setTimeout(() => {
+    console.error(`crashing after ${ms} ms: CRASH_AFTER_MS is present`);
+    process.exit(1);
+  }, ms);
+}
 let build;
 try {
   build = JSON.parse(fs.readFileSync('build/build.json', 'utf8'));

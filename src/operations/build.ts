@@ -1,24 +1,65 @@
-/** Build a release: resolve → archive → env → install → build → prune. Never touches PM2. */
+/** Build a release: resolve + pre-checks → archive → env → install → build → prune. Never touches PM2. */
+import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ensureRepository, archive, commitSubject, isDirty, resolveRef } from '../git.js';
-import { asReleaseError, BuildError } from '../errors.js';
+import { archive, commitHas, commitSubject, ensureRepository, isDirty, resolveRef } from '../git.js';
+import { asReleaseError, UsageError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import { makeReleaseId } from '../release/naming.js';
 import { diskUsage, existsSync, MANIFEST_VERSION, type Manifest, type ReleaseRecord } from '../release/store.js';
-import { buildEnv, copyEnvFiles, lockfileHash, pruneCaches, requireAppDir, requireLockfile, runStep, toolVersions } from '../release/builder.js';
+import {
+  buildEnv,
+  copyEnvFiles,
+  lockfileHash,
+  pruneCaches,
+  readEnvFiles,
+  requireEnv,
+  runStep,
+  toolVersions,
+  type EnvFile,
+} from '../release/builder.js';
 import { phase, warn, type Context } from './context.js';
 import type { HeldLock } from '../lock.js';
-import os from 'node:os';
 
-export async function buildRelease(ctx: Context, ref: string, lock?: HeldLock): Promise<ReleaseRecord> {
-  const { config, store } = ctx;
-  const sha = await phase(ctx, 'resolve', async () => {
+export interface Resolved {
+  sha: string;
+  envFiles: EnvFile[];
+}
+
+/**
+ * Everything that can be known before a release directory exists: the ref, the app dir and lockfile in
+ * that commit, the env files and required variables. A bad input stops here and changes nothing.
+ */
+export async function resolveRelease(ctx: Context, ref: string): Promise<Resolved> {
+  const { config } = ctx;
+  return phase(ctx, 'resolve', async () => {
     await ensureRepository(config.workspace, ctx.logger);
-    const resolved = await resolveRef(config.workspace, ref, ctx.logger);
+    const sha = await resolveRef(config.workspace, ref, ctx.logger);
+    const appPath = (f: string) => (config.app.dir === '.' ? f : `${config.app.dir}/${f}`);
+    if (!(await commitHas(config.workspace, sha, appPath('package.json'), ctx.logger)))
+      throw new UsageError('APP_DIR_MISSING', `commit ${sha.slice(0, 7)} has no ${appPath('package.json')}`, {
+        phase: 'resolve',
+        hint: 'check app.dir in the config against the repository layout',
+      });
+    const [cmd, sub] = config.app.install;
+    if (cmd === 'npm' && (sub === 'ci' || sub === 'clean-install') && !(await commitHas(config.workspace, sha, appPath('package-lock.json'), ctx.logger)))
+      throw new UsageError('LOCKFILE_MISSING', `commit ${sha.slice(0, 7)} has no ${appPath('package-lock.json')}: npm ci cannot install`, {
+        phase: 'resolve',
+        hint: 'commit package-lock.json (npm install --package-lock-only) or change app.install',
+      });
+    const liveAppDir = path.join(config.workspace, config.app.dir);
+    if (!existsSync(liveAppDir)) warn(ctx, `the live app dir ${liveAppDir} does not exist: no env files will be copied`);
+    const envFiles = existsSync(liveAppDir) ? await readEnvFiles(ctx, liveAppDir) : [];
+    requireEnv(ctx, envFiles, `the env files in ${liveAppDir}`);
     if (await isDirty(config.workspace, ctx.logger))
-      warn(ctx, `the workspace has uncommitted changes; they are not part of the release (it is built from ${resolved.slice(0, 7)})`);
-    return resolved;
+      warn(ctx, `the workspace has uncommitted changes; they are not part of the release (it is built from ${sha.slice(0, 7)})`);
+    return { sha, envFiles };
   });
+}
+
+export async function buildRelease(ctx: Context, ref: string, resolved: Resolved, lock?: HeldLock): Promise<ReleaseRecord> {
+  const { config, store } = ctx;
+  const { sha } = resolved;
 
   // Ids have one-second resolution: two builds of one sha in the same second wait for the next.
   let id = makeReleaseId(ctx.now(), sha);
@@ -43,10 +84,10 @@ export async function buildRelease(ctx: Context, ref: string, lock?: HeldLock): 
     node: process.version,
     envFiles: [],
   };
-  const started = { ...ctx.durations };
+  const before = { ...ctx.durations };
   const ownDurations = () => {
     const out: Record<string, number> = {};
-    for (const [k, v] of Object.entries(ctx.durations)) if (k !== 'resolve' && v - (started[k] ?? 0) > 0) out[k] = v - (started[k] ?? 0);
+    for (const [k, v] of Object.entries(ctx.durations)) if (v - (before[k] ?? 0) > 0) out[k] = v - (before[k] ?? 0);
     return out;
   };
 
@@ -54,16 +95,27 @@ export async function buildRelease(ctx: Context, ref: string, lock?: HeldLock): 
     await phase(ctx, 'archive', async () => {
       await store.create(manifest);
       await archive(config.workspace, sha, store.releaseDir(id), ctx.logger, ctx.signal);
-      await requireAppDir(cwd, config.app.dir, sha);
+      failpoint(ctx.env, 'archive');
     });
-    manifest.envFiles = await phase(ctx, 'env', () => copyEnvFiles(ctx, path.join(config.workspace, config.app.dir), cwd));
+    manifest.envFiles = await phase(ctx, 'env', async () => {
+      const copied = await copyEnvFiles(resolved.envFiles, cwd);
+      failpoint(ctx.env, 'env');
+      return copied;
+    });
     const env = buildEnv(ctx, id, sha);
     await phase(ctx, 'install', async () => {
-      await requireLockfile(ctx, cwd, logFile);
       await runStep(ctx, 'install', config.app.install, cwd, logFile, env);
+      failpoint(ctx.env, 'install');
     });
-    if (config.app.build.length > 0) await phase(ctx, 'build', () => runStep(ctx, 'build', config.app.build, cwd, logFile, env));
-    await phase(ctx, 'prune', () => pruneCaches(ctx, cwd));
+    if (config.app.build.length > 0)
+      await phase(ctx, 'build', async () => {
+        await runStep(ctx, 'build', config.app.build, cwd, logFile, env);
+        failpoint(ctx.env, 'build');
+      });
+    await phase(ctx, 'prune', async () => {
+      await pruneCaches(ctx, cwd);
+      failpoint(ctx.env, 'prune');
+    });
 
     const versions = await toolVersions(ctx, cwd);
     manifest.node = versions.node;
@@ -79,7 +131,7 @@ export async function buildRelease(ctx: Context, ref: string, lock?: HeldLock): 
   } catch (err) {
     const e = asReleaseError(err);
     e.releaseId ??= id;
-    if (e instanceof BuildError || e.phase !== 'internal') e.logFile ??= logFile;
+    if (existsSync(logFile)) e.logFile ??= logFile;
     await markFailed(ctx, manifest, e, ownDurations()).catch(() => undefined);
     throw e;
   }
@@ -93,6 +145,7 @@ export async function markFailed(ctx: Context, manifest: Manifest, err: { code: 
   manifest.status = 'failed';
   manifest.finishedAt = ctx.now().toISOString();
   manifest.error = { code: err.code, phase: err.phase, message: ctx.redactor.redact(err.message) };
-  if (durationsMs) manifest.durationsMs = durationsMs;
+  if (durationsMs) manifest.durationsMs = { ...manifest.durationsMs, ...durationsMs };
+  if (manifest.sizeBytes === undefined) manifest.sizeBytes = await diskUsage(ctx.store.releaseDir(manifest.id)).catch(() => undefined);
   await ctx.store.writeManifest(manifest);
 }

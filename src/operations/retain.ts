@@ -21,10 +21,10 @@ export async function retentionPlan(ctx: Context, inProgress: string[] = []): Pr
   });
 }
 
-export async function applyRetention(ctx: Context, plan: RetentionPlan): Promise<{ id: string; reason: string }[]> {
+export async function applyRetention(ctx: Context, plan: RetentionPlan, afterFirst?: () => void): Promise<{ id: string; reason: string }[]> {
   const removed: { id: string; reason: string }[] = [];
   for (const r of plan.remove) {
-    await ctx.store.remove(r.id);
+    await ctx.store.remove(r.id, removed.length === 0 ? afterFirst : undefined);
     ctx.logger.info({ release: r.id }, `removed release ${r.id}: ${r.reason}`);
     removed.push(r);
   }

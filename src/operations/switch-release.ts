@@ -3,12 +3,13 @@
  * switch PM2 → health gate → pm2 save → record as active. If the switch or the health gate fails, the app
  * is put back as it was, the dump is saved again, and a SwitchError naming the phase is thrown.
  */
-import { appPort, healthUrl } from '../config.js';
-import { ReleaseError, SwitchError } from '../errors.js';
+import { appPort, healthChecks, healthUrl } from '../config.js';
+import { failpoint } from '../failpoint.js';
+import { SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor } from '../pm2/switch.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
-import { phase, warn, type Context } from './context.js';
+import { phase, type Context } from './context.js';
 
 export interface SwitchResult {
   app: AppDefinition;
@@ -68,31 +69,48 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       logger: ctx.logger,
       target: app,
       port,
+      portWaitMs: ctx.config.app.portReleaseTimeoutMs,
       signal: ctx.signal,
+      beforeStart: () => failpoint(ctx.env, 'switch'),
     }),
   );
 
+  /** Puts the previous app back and saves the dump again; returns a one-line account for the error. */
+  const putBack = async (why: string): Promise<string> => {
+    ctx.logger.error(`release ${release.id} ${why}; putting ${previous ?? 'the previous app'} back`);
+    try {
+      await handle.revert();
+    } catch (err) {
+      const msg = `putting the previous app back failed too: ${(err as Error).message}`;
+      ctx.logger.error(msg);
+      return msg;
+    }
+    if (!handle.before) return 'there was no previous app to put back';
+    const back = `${previous ?? 'the previous app'} is serving again`;
+    try {
+      await ctx.pm2.save();
+      return back;
+    } catch (err) {
+      return `${back}, but pm2 save failed (${(err as Error).message}): run \`pm2 save\``;
+    }
+  };
+
   const health = await phase(ctx, 'health', async () => {
-    const outcome = await waitHealthy({
-      checks: [{ url, expectStatus: ctx.config.app.healthcheck.expectStatus }],
-      timeoutMs: ctx.config.app.healthcheck.timeoutMs,
-      settleMs: ctx.config.app.healthcheck.settleMs,
-      signal: ctx.signal,
-      sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
-    });
+    let outcome: HealthOutcome;
+    try {
+      failpoint(ctx.env, 'health');
+      outcome = await waitHealthy({
+        checks: healthChecks(ctx.config.app, port),
+        timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+        settleMs: ctx.config.app.healthcheck.settleMs,
+        signal: ctx.signal,
+        sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+      });
+    } catch (err) {
+      outcome = { ok: false, reason: (err as Error).message, probes: [], elapsedMs: 0 };
+    }
     if (!outcome.ok) {
-      ctx.logger.error(`release ${release.id} is not healthy: ${outcome.reason}; putting ${previous ?? 'the previous app'} back`);
-      let reverted = 'no previous app to put back';
-      try {
-        await handle.revert();
-        if (handle.before) {
-          await ctx.pm2.save();
-          reverted = `${previous ?? 'the previous app'} is serving again`;
-        }
-      } catch (err) {
-        reverted = `putting the previous app back failed too: ${(err as Error).message}`;
-        ctx.logger.error(reverted);
-      }
+      const reverted = await putBack(`is not healthy: ${outcome.reason}`);
       throw new SwitchError('HEALTH_FAILED', `release ${release.id} failed its health check (${outcome.reason}); ${reverted}`, {
         phase: 'health',
         hint: `see the app's output with \`pm2 logs ${app.name} --lines 100\``,
@@ -104,11 +122,17 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
 
   await phase(ctx, 'save', async () => {
     try {
+      failpoint(ctx.env, 'save');
       await ctx.pm2.save();
     } catch (err) {
-      // The new release serves and is healthy; only the reboot path is stale. Say so loudly, don't undo.
-      if (err instanceof ReleaseError) warn(ctx, `pm2 save failed (${err.message}): a reboot would bring back the previous release; run \`pm2 save\``);
-      else throw err;
+      // Without a saved dump a reboot would bring back the old release while PM2 serves the new one:
+      // go back to the state the dump describes rather than leave the two disagreeing.
+      const reverted = await putBack(`could not be saved (${(err as Error).message})`);
+      throw new SwitchError('SAVE_FAILED', `pm2 save failed after switching to ${release.id}; ${reverted}`, {
+        phase: 'save',
+        hint: `check that ${ctx.pm2.home} is writable, then deploy again`,
+        releaseId: release.id,
+      });
     }
     await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now());
   });

@@ -114,6 +114,8 @@ export class Pm2 {
 
   /** `pm2 jlist`, parsed defensively (PM2 may print warnings around the JSON). Raw entries hold env values. */
   async jlistRaw(): Promise<RawProcess[]> {
+    // Asking a stopped daemon for its list would start a new one outside systemd: no daemon, no processes.
+    if (!this.daemonRunning()) return [];
     const { stdout } = await this.pm2(['jlist']);
     return parseJlist(stdout);
   }
@@ -170,6 +172,35 @@ export class Pm2 {
       await fsp.chmod(f, 0o600).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
       });
+    }
+  }
+
+  /**
+   * The daemon's version when it differs from the CLI's: PM2 prints "In memory PM2 version: X" on every
+   * command in that case (lib/binaries/CLI.js), and nothing otherwise.
+   */
+  async daemonVersion(): Promise<string | undefined> {
+    const { stdout } = await this.pm2(['ping']);
+    const m = /In memory PM2 version:\s*(?:\x1b\[[0-9;]*m)*([0-9][^\s\x1b]*)/.exec(stdout);
+    return m ? m[1] : await this.version();
+  }
+
+  /** The interpreter PM2 runs the app with (e.g. /usr/bin/node). */
+  async interpreter(name: string): Promise<string | undefined> {
+    const raw = (await this.jlistRaw()).find((p) => p.name === name);
+    const i = raw?.pm2_env?.exec_interpreter;
+    return typeof i === 'string' && i !== 'none' ? i : undefined;
+  }
+
+  /** True when a daemon for this PM2_HOME is alive (checked without starting one). */
+  daemonRunning(): boolean {
+    try {
+      const pid = Number(fs.readFileSync(path.join(this.home, 'pm2.pid'), 'utf8'));
+      if (!(pid > 0)) return false;
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'EPERM';
     }
   }
 

@@ -18,6 +18,8 @@ export interface SwitchInput {
   port?: number;
   portWaitMs?: number;
   signal?: AbortSignal;
+  /** Called after the old app stopped and before the new one starts (the fault-injection point). */
+  beforeStart?: () => void;
 }
 
 export interface SwitchHandle {
@@ -61,6 +63,7 @@ export const restartStrategy: SwitchStrategy = {
     if (before) await pm2.delete(target.name);
     try {
       await freePortOrExplain();
+      input.beforeStart?.();
       await pm2.start(target);
     } catch (err) {
       input.logger.error('switch failed; putting the previous app back');

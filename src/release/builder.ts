@@ -11,15 +11,23 @@ import { BuildError, UsageError, type Phase } from '../errors.js';
 import { isInside } from '../config.js';
 import type { Context } from '../operations/context.js';
 
+export interface EnvFile {
+  name: string;
+  /** The file actually read (the symlink's target when it is a link inside the workspace). */
+  source: string;
+  mode: number;
+  text: string;
+}
+
 /**
- * Copies the untracked env files that exist in the live app dir. Mode is kept but never looser than 0600:
- * they hold secrets. A symlink is followed only when it stays inside the workspace.
+ * Reads the env files that exist in `dir`, refusing a symlink that leaves the workspace and anything that
+ * is not a regular file. Their values are secrets: every value is registered with the redactor.
  */
-export async function copyEnvFiles(ctx: Context, fromDir: string, toDir: string): Promise<string[]> {
+export async function readEnvFiles(ctx: Context, dir: string): Promise<EnvFile[]> {
   const workspaceReal = await fsp.realpath(ctx.config.workspace);
-  const copied: string[] = [];
+  const files: EnvFile[] = [];
   for (const name of ctx.config.app.envFiles) {
-    const src = path.join(fromDir, name);
+    const src = path.join(dir, name);
     const lst = await fsp.lstat(src).catch(() => undefined);
     if (!lst) continue;
     let real = src;
@@ -28,21 +36,46 @@ export async function copyEnvFiles(ctx: Context, fromDir: string, toDir: string)
       if (!real || !isInside(real, workspaceReal))
         throw new UsageError('ENV_FILE_UNSAFE', `env file ${name} is a symlink pointing outside the workspace`, {
           phase: 'env',
-          hint: `replace ${src} with a regular file`,
+          hint: `replace ${src} with a regular file (or a link inside the workspace)`,
         });
     }
     const st = await fsp.stat(real);
-    if (!st.isFile()) throw new UsageError('ENV_FILE_UNSAFE', `env file ${name} is not a regular file`, { phase: 'env' });
+    if (!st.isFile()) throw new UsageError('ENV_FILE_UNSAFE', `env file ${name} is not a regular file`, { phase: 'env', hint: `check ${src}` });
     const text = await fsp.readFile(real, 'utf8');
-    // Values read from env files are secrets: mask them in every later output.
     for (const v of Object.values(parseEnvFile(text))) ctx.redactor.add(v);
-    const dest = path.join(toDir, name);
-    await fsp.rm(dest, { force: true }); // a tracked file of the same name must not win over the live one
-    await fsp.writeFile(dest, text, { mode: 0o600 });
-    await fsp.chmod(dest, st.mode & 0o600);
-    copied.push(name);
+    files.push({ name, source: real, mode: st.mode & 0o777, text });
   }
-  return copied;
+  return files;
+}
+
+/**
+ * Copies the env files into the release app dir. Mode is kept but never looser than 0600: they hold secrets.
+ * The live workspace's copy wins over a tracked file of the same name.
+ */
+export async function copyEnvFiles(files: EnvFile[], toDir: string): Promise<string[]> {
+  for (const f of files) {
+    const dest = path.join(toDir, f.name);
+    await fsp.rm(dest, { force: true });
+    await fsp.writeFile(dest, f.text, { mode: 0o600 });
+    await fsp.chmod(dest, f.mode & 0o600);
+  }
+  return files.map((f) => f.name);
+}
+
+/** Variables from `app.requiredEnv` that neither the env files nor `app.env` provide. */
+export function missingRequiredEnv(ctx: Context, files: EnvFile[]): string[] {
+  const have = new Set(Object.keys(ctx.config.app.env));
+  for (const f of files) for (const [k, v] of Object.entries(parseEnvFile(f.text))) if (v !== '') have.add(k);
+  return ctx.config.app.requiredEnv.filter((k) => !have.has(k));
+}
+
+export function requireEnv(ctx: Context, files: EnvFile[], where: string): void {
+  const missing = missingRequiredEnv(ctx, files);
+  if (missing.length > 0)
+    throw new UsageError('REQUIRED_ENV_MISSING', `required env ${missing.join(', ')} not set by ${where} or app.env`, {
+      phase: 'env',
+      hint: `add ${missing.join(', ')} to one of ${ctx.config.app.envFiles.join(', ')} (a server started without them may run unauthenticated)`,
+    });
 }
 
 /** KEY=VALUE lines (dotenv syntax, enough to know which values to redact). */
@@ -99,25 +132,6 @@ export async function runStep(ctx: Context, step: Phase, argv: string[], cwd: st
       });
     throw err;
   }
-}
-
-export async function requireAppDir(appCwd: string, appDir: string, sha: string): Promise<void> {
-  const pkg = path.join(appCwd, 'package.json');
-  if (!fs.existsSync(pkg))
-    throw new BuildError('APP_DIR_MISSING', `commit ${sha.slice(0, 7)} has no ${appDir === '.' ? '' : appDir + '/'}package.json`, {
-      phase: 'archive',
-      hint: 'check app.dir in the config against the repository layout',
-    });
-}
-
-export async function requireLockfile(ctx: Context, appCwd: string, logFile: string): Promise<void> {
-  const [cmd, sub] = ctx.config.app.install;
-  if (cmd === 'npm' && (sub === 'ci' || sub === 'clean-install') && !fs.existsSync(path.join(appCwd, 'package-lock.json')))
-    throw new BuildError('LOCKFILE_MISSING', `package-lock.json is missing in the release: npm ci cannot install`, {
-      phase: 'install',
-      hint: 'commit package-lock.json (npm install --package-lock-only) or change app.install',
-      logFile,
-    });
 }
 
 /** Removes non-runtime caches; each path is relative to the app dir and must stay inside it. */

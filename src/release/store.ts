@@ -179,12 +179,14 @@ export class ReleaseStore {
     return record;
   }
 
-  async remove(id: string): Promise<void> {
+  async remove(id: string, afterRename?: () => void): Promise<void> {
     if (!isReleaseId(id)) throw new Error(`refusing to remove ${id}`);
     // Rename first so a half-deleted release is never mistaken for a release (the name no longer matches).
     const doomed = path.join(this.releasesDir, `.removing-${id}-${process.pid}`);
     await fsp.rename(this.releaseDir(id), doomed);
-    await fsp.rm(doomed, { recursive: true, force: true });
+    afterRename?.();
+    // Retries: an orphaned npm from a killed run may still be writing into it.
+    await fsp.rm(doomed, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   }
 
   /** Leftovers of interrupted removals. */
@@ -193,7 +195,7 @@ export class ReleaseStore {
     const swept: string[] = [];
     for (const n of names) {
       if (n.startsWith('.removing-')) {
-        await fsp.rm(path.join(this.releasesDir, n), { recursive: true, force: true });
+        await fsp.rm(path.join(this.releasesDir, n), { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
         swept.push(n);
       }
     }

@@ -82,9 +82,12 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
     workspace,
     releasesDir,
     keep: opts.keep ?? 2,
+    // CI machines can be short of disk; the example app needs a few MB.
+    preflight: { minFreeDiskMB: 50, minFreeInodes: 1000 },
     app: {
       env: { FRONT_PORT: String(port) },
       healthcheck: { timeoutMs: 20_000, settleMs: 500 },
+      verify: { settleMs: 500 },
       ...opts.app,
     },
   };

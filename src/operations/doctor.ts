@@ -1,0 +1,210 @@
+/**
+ * Pre-flight checks (`pm2-release doctor`; the blocking ones also run at the start of deploy and build).
+ * Each check is ok / warn / fail with a one-line fix. Deploy refuses to start on a failed blocking check,
+ * so a full disk or a squatted port stops it before building, not half-way.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { appPort } from '../config.js';
+import { EnvironmentError } from '../errors.js';
+import { run } from '../exec.js';
+import { ensureRepository } from '../git.js';
+import { portHolder } from '../health.js';
+import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail';
+
+export interface Check {
+  name: string;
+  status: CheckStatus;
+  message: string;
+  fix: string | null;
+}
+
+export interface DoctorResult {
+  ok: boolean;
+  checks: Check[];
+}
+
+const ok = (name: string, message: string): Check => ({ name, status: 'ok', message, fix: null });
+const bad = (name: string, status: CheckStatus, message: string, fix: string): Check => ({ name, status, message, fix });
+
+export type DoctorOptions = CommonOptions;
+
+export async function doctor(opts: DoctorOptions = {}): Promise<DoctorResult> {
+  const ctx = createContext(opts);
+  const checks = await runChecks(ctx, 'all');
+  return { ok: !checks.some((c) => c.status === 'fail'), checks };
+}
+
+/** The blocking checks, run at the start of deploy/build: a fail throws, a warn is reported. */
+export async function preflight(ctx: Context): Promise<Check[]> {
+  return phase(ctx, 'preflight', async () => {
+    const checks = await runChecks(ctx, 'preflight');
+    for (const c of checks) if (c.status === 'warn') warn(ctx, `${c.name}: ${c.message}${c.fix ? ` (${c.fix})` : ''}`);
+    const failed = checks.filter((c) => c.status === 'fail');
+    if (failed.length > 0)
+      throw new EnvironmentError('PREFLIGHT_FAILED', `pre-flight failed: ${failed.map((c) => `${c.name}: ${c.message}`).join('; ')}`, {
+        phase: 'preflight',
+        hint: failed.map((c) => c.fix).filter(Boolean).join('; ') || 'run `pm2-release doctor`',
+      });
+    return checks;
+  });
+}
+
+async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Check[]> {
+  const checks: Check[] = [];
+  const add = async (fn: () => Promise<Check | Check[]>) => {
+    try {
+      const r = await fn();
+      checks.push(...(Array.isArray(r) ? r : [r]));
+    } catch (err) {
+      checks.push(bad(fn.name || 'check', 'fail', (err as Error).message.split('\n')[0]!, 'see the message'));
+    }
+  };
+  await add(() => checkWorkspace(ctx));
+  await add(() => checkReleasesDir(ctx));
+  await add(() => checkDisk(ctx));
+  await add(() => checkMemory(ctx));
+  await add(() => checkPm2(ctx));
+  await add(() => checkPort(ctx));
+  if (scope === 'all') {
+    await add(() => checkNode(ctx));
+    await add(() => checkDump(ctx));
+    await add(() => checkSystemd(ctx));
+  }
+  return checks;
+}
+
+async function checkWorkspace(ctx: Context): Promise<Check> {
+  try {
+    await ensureRepository(ctx.config.workspace, ctx.logger);
+    return ok('workspace', `${ctx.config.workspace} is a git work tree`);
+  } catch (err) {
+    return bad('workspace', 'fail', (err as Error).message, `set "workspace" to the git checkout that holds ${ctx.config.app.dir}/`);
+  }
+}
+
+async function checkReleasesDir(ctx: Context): Promise<Check> {
+  const dir = ctx.config.releasesDir;
+  try {
+    // A check creates nothing: if the dir does not exist yet, its nearest existing parent must be writable.
+    const target = existingParent(dir);
+    const probe = path.join(target, `.pm2-release-write-test-${process.pid}`);
+    await fsp.writeFile(probe, '');
+    await fsp.rm(probe);
+    return ok('releases-dir', target === dir ? `${dir} is writable` : `${dir} will be created in ${target} (writable)`);
+  } catch (err) {
+    return bad('releases-dir', 'fail', `${dir} is not writable (${(err as NodeJS.ErrnoException).code ?? 'error'})`, `create it and give ${os.userInfo().username} write access`);
+  }
+}
+
+function existingParent(p: string): string {
+  let cur = p;
+  while (!fs.existsSync(cur) && path.dirname(cur) !== cur) cur = path.dirname(cur);
+  return cur;
+}
+
+async function checkDisk(ctx: Context): Promise<Check[]> {
+  const dir = existingParent(ctx.config.releasesDir);
+  const st = await fsp.statfs(dir);
+  const freeMB = Math.floor((st.bavail * st.bsize) / 2 ** 20);
+  const { minFreeDiskMB, minFreeInodes } = ctx.config.preflight;
+  const out: Check[] = [];
+  out.push(
+    freeMB >= minFreeDiskMB
+      ? ok('disk', `${freeMB} MiB free in ${dir} (minimum ${minFreeDiskMB})`)
+      : bad('disk', 'fail', `only ${freeMB} MiB free in ${dir}, below the minimum of ${minFreeDiskMB} MiB`, 'free space (`pm2-release prune --keep 1`, `npm cache clean --force`, old logs) or lower preflight.minFreeDiskMB'),
+  );
+  // Some filesystems (btrfs) report no inode limit at all.
+  if (st.files > 0)
+    out.push(
+      st.ffree >= minFreeInodes
+        ? ok('inodes', `${st.ffree} inodes free (minimum ${minFreeInodes})`)
+        : bad('inodes', 'fail', `only ${st.ffree} inodes free, below the minimum of ${minFreeInodes}`, 'remove small files (old releases, node_modules caches) or lower preflight.minFreeInodes'),
+    );
+  return out;
+}
+
+async function checkMemory(ctx: Context): Promise<Check> {
+  const meminfo = await fsp.readFile('/proc/meminfo', 'utf8').catch(() => '');
+  const m = /^MemAvailable:\s+(\d+) kB/m.exec(meminfo);
+  const availMB = m ? Math.floor(Number(m[1]) / 1024) : Math.floor(os.freemem() / 2 ** 20);
+  const min = ctx.config.preflight.minFreeMemoryMB;
+  return availMB >= min
+    ? ok('memory', `${availMB} MiB available (minimum ${min})`)
+    : bad('memory', 'warn', `only ${availMB} MiB available: the build may be OOM-killed`, 'stop memory-heavy jobs before deploying, or add swap');
+}
+
+async function checkPm2(ctx: Context): Promise<Check[]> {
+  let cli: string;
+  try {
+    cli = await ctx.pm2.version();
+  } catch (err) {
+    return [bad('pm2', 'fail', `pm2 is not reachable at ${ctx.pm2.bin}: ${(err as Error).message}`, 'install pm2 or set PM2_RELEASE_PM2 to its path')];
+  }
+  if (!ctx.pm2.daemonRunning())
+    return [bad('pm2', 'warn', `pm2 ${cli} is installed but no daemon runs for PM2_HOME ${ctx.pm2.home}`, 'start it: `sudo systemctl start pm2-$USER` or `pm2 resurrect`')];
+  const daemon = await ctx.pm2.daemonVersion().catch(() => undefined);
+  if (daemon && daemon !== cli)
+    return [bad('pm2', 'warn', `pm2 CLI ${cli} talks to an in-memory daemon ${daemon}`, 'run `pm2 update` to restart the daemon on the installed version')];
+  return [ok('pm2', `pm2 ${cli} at ${ctx.pm2.bin} (PM2_HOME ${ctx.pm2.home})`)];
+}
+
+async function checkPort(ctx: Context): Promise<Check> {
+  const port = appPort(ctx.config.app);
+  if (port === undefined) return ok('port', 'no app port configured');
+  const holder = await portHolder(port);
+  if (holder === undefined) return ok('port', `port ${port} is free or held by a process we cannot see`);
+  const daemonPid = Number(await fsp.readFile(path.join(ctx.pm2.home, 'pm2.pid'), 'utf8').catch(() => '0'));
+  if (daemonPid > 0 && (await descendsFrom(holder, daemonPid))) return ok('port', `port ${port} is served by PM2 (pid ${holder})`);
+  return bad('port', 'fail', `port ${port} is held by pid ${holder}, which PM2 (PM2_HOME ${ctx.pm2.home}) does not manage`, `stop it (\`ps -o pid,args -p ${holder}\`) so the app can bind its port`);
+}
+
+/** Walks the parent chain in /proc. */
+async function descendsFrom(pid: number, ancestor: number): Promise<boolean> {
+  let cur = pid;
+  for (let i = 0; i < 16 && cur > 1; i++) {
+    if (cur === ancestor) return true;
+    const stat = await fsp.readFile(`/proc/${cur}/stat`, 'utf8').catch(() => '');
+    const m = /\)\s+\S+\s+(\d+)/.exec(stat);
+    if (!m) return false;
+    cur = Number(m[1]);
+  }
+  return cur === ancestor;
+}
+
+async function checkNode(ctx: Context): Promise<Check> {
+  const version = async (bin: string) => (await run([bin, '--version'], { cwd: os.tmpdir(), logger: ctx.logger, baseEnv: ctx.env })).stdout.trim();
+  const build = await version('node').catch(() => undefined);
+  if (!build) return bad('node', 'fail', 'no `node` on PATH for builds', 'install Node.js 20 LTS');
+  const interpreter = ctx.pm2.daemonRunning() ? await ctx.pm2.interpreter(ctx.config.app.name).catch(() => undefined) : undefined;
+  const runtime = interpreter ? await version(interpreter).catch(() => undefined) : undefined;
+  const major = (v: string) => v.replace(/^v/, '').split('.')[0];
+  if (runtime && major(runtime) !== major(build))
+    return bad('node', 'warn', `builds run on node ${build} but PM2 runs ${ctx.config.app.name} with ${interpreter} (${runtime})`, 'align them: native modules and Next.js builds must match the runtime major');
+  if (major(build) !== '20') return bad('node', 'warn', `builds run on node ${build}; the project requires Node 20 LTS`, 'install Node 20 LTS');
+  return ok('node', runtime ? `builds and PM2 both use node ${major(build)} (${build}, ${runtime})` : `builds use node ${build}`);
+}
+
+async function checkDump(ctx: Context): Promise<Check> {
+  const dump = ctx.pm2.dumpPath;
+  const st = await fsp.stat(dump).catch(() => undefined);
+  if (!st) return bad('pm2-dump', 'warn', `${dump} does not exist: a reboot brings no app back`, 'run `pm2 save` (pm2-release does after every switch)');
+  if (st.mode & 0o004) return bad('pm2-dump', 'fail', `${dump} is world-readable and holds the apps' env (tokens, passwords)`, `chmod 600 ${dump} ${dump}.bak`);
+  if (st.mode & 0o040) return bad('pm2-dump', 'warn', `${dump} is group-readable and holds the apps' env`, `chmod 600 ${dump} ${dump}.bak`);
+  return ok('pm2-dump', `${dump} exists, mode ${(st.mode & 0o777).toString(8)}`);
+}
+
+async function checkSystemd(ctx: Context): Promise<Check> {
+  if (!fs.existsSync('/run/systemd/system')) return ok('systemd', 'systemd is not running here: skipped');
+  const unit = `pm2-${os.userInfo().username}`;
+  try {
+    const { stdout } = await run(['systemctl', 'is-enabled', unit], { cwd: os.tmpdir(), logger: ctx.logger, baseEnv: ctx.env });
+    return ok('systemd', `${unit} is ${stdout.trim()}`);
+  } catch {
+    return bad('systemd', 'warn', `${unit} is not enabled: PM2 will not come back after a reboot`, 'run `pm2 startup` and the command it prints, then `pm2 save`');
+  }
+}

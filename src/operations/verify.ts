@@ -1,0 +1,63 @@
+/**
+ * Verify before switch: start the new release as a temporary PM2 process on a free loopback port, wait
+ * for its health checks there, require it online with no restart for a settle time, then remove it.
+ * The live app is never touched; a release that fails here never becomes active.
+ */
+import { healthChecks } from '../config.js';
+import { BuildError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
+import { freePort, waitHealthy } from '../health.js';
+import type { ReleaseRecord } from '../release/store.js';
+import { phase, type Context } from './context.js';
+import { appDefinition, childEnv } from './switch-release.js';
+
+/** Temporary verify processes are named `<app>.verify-<release id>`; leftovers are removed by the next run. */
+export function verifyName(appName: string, releaseId: string): string {
+  return `${appName}.verify-${releaseId}`;
+}
+
+export function isVerifyName(appName: string, name: string): boolean {
+  return name.startsWith(`${appName}.verify-`);
+}
+
+export async function verifyRelease(ctx: Context, release: ReleaseRecord): Promise<void> {
+  const app = ctx.config.app;
+  await phase(ctx, 'verify', async () => {
+    const port = await freePort();
+    const def = appDefinition(ctx, release);
+    def.name = verifyName(app.name, release.id);
+    def.env = { ...def.env, [app.portEnv]: String(port) };
+    const pm2 = ctx.pm2.withEnv(childEnv(ctx.env));
+    await pm2.delete(def.name).catch(() => undefined);
+    try {
+      await pm2.start(def);
+      failpoint(ctx.env, 'verify');
+      const outcome = await waitHealthy({
+        checks: healthChecks(app, port, true),
+        timeoutMs: app.healthcheck.timeoutMs,
+        settleMs: app.verify.settleMs,
+        signal: ctx.signal,
+        sample: async () => (await ctx.pm2.processes(def.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+      });
+      if (!outcome.ok)
+        throw new BuildError('VERIFY_FAILED', `release ${release.id} failed verification on port ${port}: ${outcome.reason}`, {
+          phase: 'verify',
+          hint: `the live app was not touched; see the app's output in ${ctx.pm2.home}/logs/${def.name}-error.log`,
+          releaseId: release.id,
+        });
+    } finally {
+      await ctx.pm2.delete(def.name).catch((err: Error) => ctx.logger.warn(`could not remove the verify process ${def.name}: ${err.message}`));
+    }
+  });
+}
+
+/** Removes verify processes an interrupted run left in PM2. */
+export async function removeVerifyLeftovers(ctx: Context): Promise<string[]> {
+  const procs = await ctx.pm2.list();
+  const names = [...new Set(procs.filter((p) => isVerifyName(ctx.config.app.name, p.name)).map((p) => p.name))];
+  for (const n of names) {
+    await ctx.pm2.delete(n);
+    ctx.logger.warn(`removed the leftover verify process ${n} (an interrupted run)`);
+  }
+  return names;
+}

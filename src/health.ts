@@ -1,4 +1,6 @@
 /** Health: HTTP checks on loopback, PM2 stability, and waiting for a port to be released. */
+import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -14,16 +16,37 @@ export interface ProbeResult {
   error?: string;
 }
 
-/** One GET, no redirects followed (a 301/302 is an answer), bounded by `timeoutMs`. */
-export async function probe(check: HttpCheck, timeoutMs = 2_000): Promise<ProbeResult> {
-  try {
-    const res = await fetch(check.url, { redirect: 'manual', signal: AbortSignal.timeout(timeoutMs), headers: { 'user-agent': 'pm2-release-health' } });
-    await res.body?.cancel().catch(() => undefined);
-    return { url: check.url, ok: check.expectStatus.includes(res.status), status: res.status };
-  } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause;
-    return { url: check.url, ok: false, error: cause?.code ?? (err as Error).name ?? 'error' };
-  }
+/**
+ * One GET on a fresh connection (no keep-alive pool: a pooled socket to the process we just replaced would
+ * fail the check for the wrong reason), no redirects followed (a 301/302 is an answer), bounded by
+ * `timeoutMs`.
+ */
+export function probe(check: HttpCheck, timeoutMs = 2_000): Promise<ProbeResult> {
+  return new Promise((resolve) => {
+    let settled = false;
+    const done = (r: Omit<ProbeResult, 'url'>) => {
+      if (settled) return;
+      settled = true;
+      resolve({ url: check.url, ...r });
+    };
+    let url: URL;
+    try {
+      url = new URL(check.url);
+    } catch {
+      return done({ ok: false, error: 'bad URL' });
+    }
+    const mod = url.protocol === 'https:' ? https : http;
+    const req = mod.get(url, { agent: false, timeout: timeoutMs, headers: { 'user-agent': 'pm2-release-health', connection: 'close' } }, (res) => {
+      res.resume();
+      const status = res.statusCode ?? 0;
+      done({ ok: check.expectStatus.includes(status), status });
+    });
+    req.on('timeout', () => {
+      req.destroy();
+      done({ ok: false, error: 'ETIMEDOUT' });
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => done({ ok: false, error: err.code ?? err.message }));
+  });
 }
 
 export async function probeAll(checks: HttpCheck[], timeoutMs?: number): Promise<ProbeResult[]> {

@@ -53,6 +53,9 @@ export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
 
+/** Variable names that hold secrets by convention. */
+export const SECRET_NAME = /(TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|DSN|DATABASE_URL|_KEY$|^KEY$)/i;
+
 /**
  * Masks known secret values in free text. Values shorter than 4 characters are not masked: they would
  * turn ordinary words into noise and are not secrets worth the name.
@@ -66,6 +69,14 @@ export class Redactor {
 
   addEnv(env: Record<string, string | undefined>, skip: (key: string) => boolean = () => false): void {
     for (const [k, v] of Object.entries(env)) if (!skip(k)) this.add(v);
+  }
+
+  /**
+   * Registers the values of variables whose names say they are secrets. Not every variable: masking PATH
+   * or HOME would garble every path we print, and they are not secrets.
+   */
+  addSecretEnv(env: Record<string, string | undefined>): void {
+    for (const [k, v] of Object.entries(env)) if (SECRET_NAME.test(k)) this.add(v);
   }
 
   redact(text: string): string {

@@ -64,6 +64,7 @@ export function createContext(opts: CommonOptions, overrides?: { keep?: number }
   const redactor = new Redactor();
   // The app's configured env may hold tokens; the port and release identifiers are not secrets.
   redactor.addEnv(config.app.env, (k) => k === config.app.portEnv);
+  redactor.addSecretEnv(env);
   for (const w of warnings) logger.warn(w);
   const ctx: Context = {
     config,
@@ -120,3 +121,16 @@ export function warn(ctx: Context, message: string): void {
   ctx.logger.warn(message);
   ctx.emit({ type: 'warning', message });
 }
+
+/**
+ * Variables that belong to an outer `npm run` (pm2-release itself started by npm): they must not leak into
+ * the app's PM2 env or the release's own npm commands.
+ */
+const OUTER_NPM_VARS = /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$)/;
+
+export function childEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = {};
+  for (const [k, v] of Object.entries(env)) if (!OUTER_NPM_VARS.test(k)) out[k] = v;
+  return out;
+}
+

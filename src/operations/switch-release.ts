@@ -9,22 +9,13 @@ import { SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor } from '../pm2/switch.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
-import { phase, type Context } from './context.js';
+import { childEnv, phase, type Context } from './context.js';
 
 export interface SwitchResult {
   app: AppDefinition;
   previous: string | null;
   health: HealthOutcome;
   url: string;
-}
-
-/** Variables PM2 would copy from our own environment into the app that belong to the outer npm run. */
-const OUTER_NPM_VARS = /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$)/;
-
-export function childEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
-  const out: Record<string, string | undefined> = {};
-  for (const [k, v] of Object.entries(env)) if (!OUTER_NPM_VARS.test(k)) out[k] = v;
-  return out;
 }
 
 export function appDefinition(ctx: Context, release: ReleaseRecord): AppDefinition {
@@ -86,7 +77,16 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       return msg;
     }
     if (!handle.before) return 'there was no previous app to put back';
-    const back = `${previous ?? 'the previous app'} is serving again`;
+    // Wait until the previous app answers again, so "serving again" is a fact, not a hope.
+    const again = await waitHealthy({
+      checks: healthChecks(ctx.config.app, port),
+      timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+      settleMs: 0,
+      sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+    });
+    const back = again.ok
+      ? `${previous ?? 'the previous app'} is serving again`
+      : `${previous ?? 'the previous app'} was restarted but is not healthy either (${again.reason})`;
     try {
       await ctx.pm2.save();
       return back;

@@ -8,8 +8,8 @@ import { BuildError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { freePort, waitHealthy } from '../health.js';
 import type { ReleaseRecord } from '../release/store.js';
-import { phase, type Context } from './context.js';
-import { appDefinition, childEnv } from './switch-release.js';
+import { childEnv, phase, type Context } from './context.js';
+import { appDefinition } from './switch-release.js';
 
 /** Temporary verify processes are named `<app>.verify-<release id>`; leftovers are removed by the next run. */
 export function verifyName(appName: string, releaseId: string): string {

@@ -135,6 +135,7 @@ export class Pm2 {
     const e = raw.pm2_env ?? {};
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(e.env ?? {})) if (typeof v === 'string') env[k] = v;
+    this.opts.redactor?.addSecretEnv(env);
     return {
       name,
       script: String(e.pm_exec_path ?? ''),

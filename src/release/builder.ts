@@ -9,7 +9,7 @@ import path from 'node:path';
 import { CommandFailure, run } from '../exec.js';
 import { BuildError, UsageError, type Phase } from '../errors.js';
 import { isInside } from '../config.js';
-import type { Context } from '../operations/context.js';
+import { childEnv, type Context } from '../operations/context.js';
 
 export interface EnvFile {
   name: string;
@@ -97,10 +97,14 @@ export async function lockfileHash(appCwd: string): Promise<string | undefined> 
   return text ? crypto.createHash('sha256').update(text).digest('hex') : undefined;
 }
 
-/** Environment for install and build: quiet npm, no update checks, no network audit on every deploy. */
+/**
+ * Environment for install and build: the app's configured env (build-time config must match run time:
+ * Next.js inlines NEXT_PUBLIC_* at build), quiet npm, no update checks, no network audit on every deploy.
+ */
 export function buildEnv(ctx: Context, releaseId: string, sha: string): Record<string, string | undefined> {
   return {
-    ...ctx.env,
+    ...childEnv(ctx.env),
+    ...ctx.config.app.env,
     npm_config_update_notifier: 'false',
     npm_config_fund: 'false',
     npm_config_audit: 'false',

@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -147,14 +148,19 @@ function alive(pid: number): boolean {
   }
 }
 
-/** GET on loopback; resolves to {status, body} or {error}. */
-export async function get(url: string): Promise<{ status?: number; body?: string; error?: string }> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(3_000) });
-    return { status: res.status, body: await res.text() };
-  } catch (err) {
-    return { error: (err as { cause?: { code?: string } }).cause?.code ?? String(err) };
-  }
+/** GET on loopback over a fresh connection (no keep-alive pool); resolves to {status, body} or {error}. */
+export function get(url: string): Promise<{ status?: number; body?: string; error?: string }> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false, timeout: 3_000, headers: { connection: 'close' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+      res.on('error', (err) => resolve({ error: String(err) }));
+    });
+    req.on('timeout', () => req.destroy(new Error('ETIMEDOUT')));
+    req.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }));
+  });
 }
 
 /** Runs the built CLI; never throws on a non-zero exit. */

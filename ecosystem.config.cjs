@@ -9,6 +9,10 @@
  *
  * Config lookup: $PM2_RELEASE_CONFIG, else pm2-release.config.json in the current directory, else beside
  * this file, else the defaults (releasesDir ~/executor/frontend-releases).
+ *
+ * It also declares `pm2-release-webhook` (`pm2-release serve`) when the config has a `serve` section and a
+ * secret is available (serve.secretFile, or $PM2_RELEASE_WEBHOOK_SECRET in the environment of `pm2 start`;
+ * prefer the file: PM2 copies env vars into dump.pm2). Otherwise the listener stays off.
  */
 'use strict';
 const fs = require('node:fs');
@@ -37,17 +41,20 @@ function findConfig() {
   return undefined;
 }
 
-function releasesDir() {
+function loadConfig() {
   const file = findConfig();
-  if (!file) return expandHome('~/executor/frontend-releases');
-  const config = JSON.parse(fs.readFileSync(file, 'utf8'));
-  return path.resolve(path.dirname(file), expandHome(config.releasesDir || '~/executor/frontend-releases'));
+  if (!file) return { file: undefined, config: {} };
+  return { file, config: JSON.parse(fs.readFileSync(file, 'utf8')) };
 }
 
-function activeApp() {
-  const dir = releasesDir();
+function releasesDir(file, config) {
+  const base = file ? path.dirname(file) : process.cwd();
+  return path.resolve(base, expandHome(config.releasesDir || '~/executor/frontend-releases'));
+}
+
+function activeApp(dir) {
   const statePath = path.join(dir, 'active.json');
-  if (!fs.existsSync(statePath)) throw new Error(`pm2-release: no active release recorded in ${dir} (deploy one first)`);
+  if (!fs.existsSync(statePath)) return undefined;
   const state = JSON.parse(fs.readFileSync(statePath, 'utf8'));
   const app = state.app;
   if (!RELEASE_ID.test(state.active) || !app || typeof app.cwd !== 'string')
@@ -67,4 +74,31 @@ function activeApp() {
   };
 }
 
-module.exports = { apps: [activeApp()] };
+function webhookApp(file, config) {
+  if (!config.serve) return undefined;
+  const hasSecret = Boolean(process.env.PM2_RELEASE_WEBHOOK_SECRET) || Boolean(config.serve.secretFile);
+  if (!hasSecret) {
+    console.error('pm2-release: "serve" is configured but no secret (serve.secretFile or PM2_RELEASE_WEBHOOK_SECRET): webhook listener not started');
+    return undefined;
+  }
+  return {
+    name: 'pm2-release-webhook',
+    script: path.join(__dirname, 'dist', 'bin.js'),
+    args: ['serve'],
+    cwd: file ? path.dirname(file) : process.cwd(),
+    autorestart: true,
+    max_restarts: 10,
+    env: file ? { PM2_RELEASE_CONFIG: file } : {},
+  };
+}
+
+function apps() {
+  const { file, config } = loadConfig();
+  const dir = releasesDir(file, config);
+  const list = [activeApp(dir), webhookApp(file, config)].filter(Boolean);
+  if (list.length === 0) throw new Error(`pm2-release: no active release recorded in ${dir} (deploy one first)`);
+  if (!list[0] || list[0].name === 'pm2-release-webhook') console.error(`pm2-release: no active release recorded in ${dir} yet`);
+  return list;
+}
+
+module.exports = { apps: apps() };

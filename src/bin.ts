@@ -19,6 +19,7 @@ const code = await main(process.argv.slice(2), {
   env: process.env,
   cwd: process.cwd(),
   stderrIsTTY: !!process.stderr.isTTY,
+  columns: process.stderr.columns,
   signal: controller.signal,
 });
 process.exitCode = code;

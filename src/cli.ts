@@ -2,12 +2,17 @@
  * The CLI: argv → options → one API call → human text or exactly one JSON object on stdout.
  * Logs go to stderr. Never exits the process itself (bin.ts does); returns the exit code.
  */
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig } from './config.js';
+import { createProgress } from './progress.js';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ExitCode, ReleaseError, asReleaseError, firstLine } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import * as api from './index.js';
-import { formatActivate, formatBuild, formatDeploy, formatDoctor, formatError, formatList, formatPrune, formatStatus } from './format.js';
+import { formatActivate, formatBuild, formatDeploy, formatDoctor, formatHistory, formatError, formatList, formatPrune, formatStatus } from './format.js';
 
 export interface Io {
   stdout: (text: string) => void;
@@ -16,9 +21,23 @@ export interface Io {
   cwd: string;
   stderrIsTTY: boolean;
   signal?: AbortSignal;
-  /** Tests pass a logger to capture logs; otherwise pino on stderr. */
+  /** Tests pass a logger to capture logs; otherwise pino on stderr (and JSON in <releasesDir>/pm2-release.log). */
   logger?: Logger;
+  columns?: number;
 }
+
+/** The JSON log file in the releases dir, when the config can be read (a config error is reported later). */
+function logFileFor(g: GlobalOptions, io: Io): string | undefined {
+  try {
+    const { config } = loadConfig({ configPath: g.config, cwd: io.cwd, env: io.env, home: io.env.HOME ?? os.homedir() });
+    if (!fs.existsSync(config.releasesDir)) return undefined;
+    return path.join(config.releasesDir, LOG_FILE);
+  } catch {
+    return undefined;
+  }
+}
+
+export const LOG_FILE = 'pm2-release.log';
 
 export interface GlobalOptions {
   config?: string;
@@ -28,13 +47,15 @@ export interface GlobalOptions {
 }
 
 export type Invocation =
-  | { command: 'deploy'; ref?: string; waitMs?: number; verify: boolean }
+  | { command: 'deploy'; ref?: string; waitMs?: number; verify: boolean; pull?: string | boolean; force: boolean }
   | { command: 'build'; ref?: string; waitMs?: number }
   | { command: 'activate'; id: string; waitMs?: number }
   | { command: 'rollback'; waitMs?: number }
   | { command: 'list' }
   | { command: 'status' }
   | { command: 'doctor' }
+  | { command: 'history'; limit?: number }
+  | { command: 'serve' }
   | { command: 'prune'; keep?: number; dryRun: boolean; waitMs?: number };
 
 export interface Parsed {
@@ -85,19 +106,26 @@ Examples:
   pm2-release activate 20261121T204233Z-3f2a9c1
   pm2-release status --json
   pm2-release doctor
+  pm2-release history --limit 10
 
 Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health failed (reverted),
-6 git/pm2/filesystem failure, 1 internal error, 130 cancelled.`);
+6 git/pm2/filesystem failure, 7 refused (sha marked bad), 1 internal error, 130 cancelled.`);
 
   program
     .command('deploy')
     .description('build a release of REF (default HEAD), switch PM2 to it, check health, save, prune old releases')
     .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
+    .option('--pull [branch]', 'first fetch origin and reset the workspace to origin/BRANCH (default: the checked-out branch)')
+    .option('-f, --force', 'deploy a sha marked bad by a rollback; let --pull discard uncommitted changes', false)
     .option('--no-verify', 'skip starting the release on a spare port before the switch (the health gate still applies)')
     .addOption(waitOption())
-    .addHelpText('after', '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json\n  pm2-release deploy --wait=600   # queue behind a running deploy')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --wait=600       # queue behind a running deploy',
+    )
     .action((o) => {
-      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false };
+      if (o.ref !== 'HEAD' && o.pull) throw new InvalidArgumentError('--ref and --pull exclude each other');
+      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false, pull: o.pull, force: !!o.force };
     });
   program
     .command('build')
@@ -138,6 +166,21 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .addHelpText('after', '\nExample:\n  pm2-release status')
     .action(() => {
       invocation = { command: 'status' };
+    });
+  program
+    .command('history')
+    .description('what ran when: deploys, activations, rollbacks, automatic reverts, prunes (newest first)')
+    .option('-n, --limit <n>', 'show at most N entries', positiveInt('--limit'))
+    .addHelpText('after', '\nExamples:\n  pm2-release history --limit 20\n  pm2-release history --json')
+    .action((o) => {
+      invocation = { command: 'history', limit: o.limit };
+    });
+  program
+    .command('serve')
+    .description('run the GitHub push webhook listener (loopback by default; secret from $PM2_RELEASE_WEBHOOK_SECRET or serve.secretFile)')
+    .addHelpText('after', '\nExample:\n  PM2_RELEASE_WEBHOOK_SECRET=… pm2-release serve   # usually run under PM2: see ecosystem.config.cjs')
+    .action(() => {
+      invocation = { command: 'serve' };
     });
   program
     .command('doctor')
@@ -199,17 +242,18 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return ExitCode.ok;
   }
   const { global: g, invocation: inv } = parsed;
-  const logger =
-    io.logger ??
-    createLogger({ level: g.verbose ? 'debug' : g.quiet ? 'warn' : 'info', pretty: io.stderrIsTTY && !g.json });
-  const common = { configPath: g.config, cwd: io.cwd, env: io.env, logger, signal: io.signal, trigger: 'cli' as const };
+  // Human mode shows phases through the progress renderer, so info logs would only repeat them.
+  const level = g.verbose ? 'debug' : g.quiet || !g.json ? 'warn' : 'info';
+  const logger = io.logger ?? createLogger({ level, pretty: io.stderrIsTTY && !g.json, file: logFileFor(g, io) });
+  const progress = g.json ? undefined : createProgress({ write: io.stderr, tty: io.stderrIsTTY, quiet: g.quiet, columns: io.columns });
+  const common = { configPath: g.config, cwd: io.cwd, env: io.env, logger, signal: io.signal, trigger: 'cli' as const, onEvent: progress };
 
   try {
     let text: string;
     let result: object;
     switch (inv.command) {
       case 'deploy': {
-        const r = await api.deploy({ ...common, ref: inv.ref, waitMs: inv.waitMs, verify: inv.verify ? undefined : false });
+        const r = await api.deploy({ ...common, ref: inv.pull ? undefined : inv.ref, pull: inv.pull, force: inv.force, waitMs: inv.waitMs, verify: inv.verify ? undefined : false });
         [result, text] = [r, formatDeploy(r)];
         break;
       }
@@ -238,6 +282,16 @@ export async function main(argv: string[], io: Io): Promise<number> {
         [result, text] = [r, formatStatus(r)];
         break;
       }
+      case 'history': {
+        const r = await api.history({ ...common, limit: inv.limit });
+        [result, text] = [r, formatHistory(r)];
+        break;
+      }
+      case 'serve': {
+        const { serve } = await import('./operations/serve.js');
+        await serve({ ...common, trigger: 'webhook' });
+        return ExitCode.ok;
+      }
       case 'doctor': {
         const r = await api.doctor(common);
         if (g.json) io.stdout(JSON.stringify(r) + '\n');
@@ -255,6 +309,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return ExitCode.ok;
   } catch (err) {
     const e = asReleaseError(err);
+    logger.error({ code: e.code, phase: e.phase, release: e.releaseId }, e.message);
     if (g.json) io.stdout(JSON.stringify({ ok: false, error: e.toJSON() }) + '\n');
     else io.stderr(formatError(e, g.verbose));
     if (!(err instanceof ReleaseError) && g.verbose) logger.error({ err }, 'internal error');

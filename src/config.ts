@@ -63,6 +63,25 @@ const appSchema = z.strictObject({
   portReleaseTimeoutMs: z.number().int().min(0).max(300_000).optional(),
 });
 
+const hookArgv = z.array(z.string().min(1)).min(1, 'must name a command');
+const hooksSchema = z.strictObject({
+  preDeploy: hookArgv.optional(),
+  postBuild: hookArgv.optional(),
+  postSwitch: hookArgv.optional(),
+  postDeploy: hookArgv.optional(),
+  onFailure: hookArgv.optional(),
+  timeoutMs: z.number().int().min(1_000).max(3_600_000).optional(),
+});
+
+const serveSchema = z.strictObject({
+  host: z.string().min(1).optional(),
+  port: z.number().int().min(1).max(65535).optional(),
+  /** Only pushes to this branch deploy. */
+  branch: z.string().min(1).optional(),
+  /** File holding the webhook secret (else $PM2_RELEASE_WEBHOOK_SECRET). Never from argv. */
+  secretFile: z.string().min(1).optional(),
+});
+
 const fileSchema = z.strictObject({
   $schema: z.string().optional(),
   workspace: z.string().min(1).optional(),
@@ -70,6 +89,8 @@ const fileSchema = z.strictObject({
   keep: z.number().int().min(1).max(100).optional(),
   app: appSchema.optional(),
   preflight: preflightSchema.optional(),
+  hooks: hooksSchema.optional(),
+  serve: serveSchema.optional(),
 });
 
 export type ConfigFile = z.infer<typeof fileSchema>;
@@ -105,12 +126,30 @@ export interface PreflightConfig {
   minFreeMemoryMB: number;
 }
 
+export type HookName = 'preDeploy' | 'postBuild' | 'postSwitch' | 'postDeploy' | 'onFailure';
+export const HOOK_NAMES: HookName[] = ['preDeploy', 'postBuild', 'postSwitch', 'postDeploy', 'onFailure'];
+
+export interface HooksConfig extends Partial<Record<HookName, string[]>> {
+  timeoutMs: number;
+}
+
+export interface ServeConfig {
+  host: string;
+  port: number;
+  branch?: string;
+  secretFile?: string;
+}
+
 export interface Config {
   workspace: string;
   releasesDir: string;
   keep: number;
   app: AppConfig;
   preflight: PreflightConfig;
+  hooks: HooksConfig;
+  serve: ServeConfig;
+  /** Whether a `serve` section was given (the webhook listener is off unless configured). */
+  serveConfigured: boolean;
 }
 
 export interface LoadedConfig {
@@ -230,6 +269,14 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       requiredEnv: app.requiredEnv ?? [],
       portReleaseTimeoutMs: app.portReleaseTimeoutMs ?? DEFAULTS.app.portReleaseTimeoutMs,
     },
+    hooks: { ...file.hooks, timeoutMs: file.hooks?.timeoutMs ?? 120_000 },
+    serve: {
+      host: file.serve?.host ?? '127.0.0.1',
+      port: file.serve?.port ?? 9321,
+      branch: file.serve?.branch,
+      secretFile: file.serve?.secretFile ? resolvePath(file.serve.secretFile, baseDir, opts.home) : undefined,
+    },
+    serveConfigured: file.serve !== undefined,
     preflight: {
       minFreeDiskMB: file.preflight?.minFreeDiskMB ?? DEFAULTS.preflight.minFreeDiskMB,
       minFreeInodes: file.preflight?.minFreeInodes ?? DEFAULTS.preflight.minFreeInodes,

@@ -20,6 +20,8 @@ export type Phase =
   | 'health'
   | 'save'
   | 'retain'
+  | 'hook'
+  | 'pull'
   | 'activate'
   | 'status'
   | 'list'
@@ -40,6 +42,8 @@ export const ExitCode = {
   switch: 5,
   /** An outside dependency (git, pm2, the filesystem) failed. */
   environment: 6,
+  /** Refused by policy: the sha was marked bad by a rollback or a reverted health gate (--force overrides). */
+  refused: 7,
   /** Cancelled (SIGINT/SIGTERM or an AbortSignal): the live app was left as it was. */
   cancelled: 130,
 } as const;

@@ -1,6 +1,7 @@
 /** Human output: aligned tables and one-line summaries. Pure functions of the typed results. */
 import type { ReleaseError } from './errors.js';
 import type { DoctorResult } from './operations/doctor.js';
+import type { HistoryResult } from './operations/results.js';
 import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
 
 export function table(headers: string[], rows: string[][]): string {
@@ -39,27 +40,31 @@ function total(d: Record<string, number>): number {
 
 export function formatDeploy(r: DeployResult): string {
   const removed = r.removed.length ? `; removed ${r.removed.map((x) => x.id).join(', ')}` : '';
-  return (
-    warnings(r.warnings) +
-    `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` +
-    `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n`
-  );
+  return `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` + `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n`;
 }
 
 export function formatBuild(r: BuildResult): string {
-  return warnings(r.warnings) + `built ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))}; activate it with: pm2-release activate ${r.release.id}\n`;
+  return `built ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))}; activate it with: pm2-release activate ${r.release.id}\n`;
 }
 
 export function formatActivate(r: ActivateResult): string {
   const verb = r.action === 'rollback' ? 'rolled back to' : 'activated';
-  return warnings(r.warnings) + `${verb} ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
+  return `${verb} ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
 }
 
 export function formatList(r: ListResult): string {
   if (r.releases.length === 0) return 'no releases yet (run `pm2-release deploy`)\n';
   return table(
-    ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'SIZE'],
-    r.releases.map((x: ReleaseInfo) => [x.active ? '*' : '', x.id, x.shortSha ?? '-', x.status, shortTime(x.createdAt), bytes(x.sizeBytes)]),
+    ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'NOTE'],
+    r.releases.map((x: ReleaseInfo) => [
+      x.active ? '*' : '',
+      x.id,
+      x.shortSha ?? '-',
+      x.status,
+      shortTime(x.createdAt),
+      bytes(x.sizeBytes),
+      x.bad ? `BAD: ${x.bad.reason}` : x.error ? `${x.error.code} in ${x.error.phase}` : '',
+    ]),
   );
 }
 
@@ -83,10 +88,12 @@ export function formatPrune(r: PruneResult): string {
   return r.removed.map((x) => `${verb} ${x.id}: ${x.reason}`).join('\n') + `\nkept ${r.kept.join(', ') || '-'}\n`;
 }
 
+/** Cause, then what to do, then where to read more: the three lines an operator needs at 3 a.m. */
 export function formatError(e: ReleaseError, verbose: boolean): string {
-  let out = `error: ${e.message} [${e.code} in ${e.phase}]\n`;
+  let out = '';
   if (e.outputTail) out += e.outputTail.split('\n').slice(-15).map((l) => `  | ${l}`).join('\n') + '\n';
-  if (e.hint) out += `hint: ${e.hint}\n`;
+  out += `error: ${e.message} [${e.code} in ${e.phase}]\n`;
+  if (e.hint) out += `fix: ${e.hint}\n`;
   if (e.logFile) out += `log: ${e.logFile}\n`;
   if (verbose && e.stack) out += e.stack + '\n';
   return out;
@@ -100,4 +107,23 @@ export function formatDoctor(r: DoctorResult): string {
   const rows = r.checks.map((c) => [c.status.toUpperCase(), c.name, c.message + (c.fix && c.status !== 'ok' ? `\n${' '.repeat(6)}fix: ${c.fix}` : '')]);
   const w = Math.max(...r.checks.map((c) => c.name.length));
   return rows.map(([s, n, m]) => `${s!.padEnd(4)}  ${n!.padEnd(w)}  ${m}`).join('\n') + `\n${r.ok ? 'ready to deploy' : 'NOT ready to deploy: fix the FAIL lines'}\n`;
+}
+
+export function formatHistory(r: HistoryResult): string {
+  if (r.entries.length === 0) return 'no history yet\n';
+  return table(
+    ['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'ERROR'],
+    r.entries.map((e) => [
+      shortTime(e.time),
+      e.action,
+      e.result,
+      e.from ?? '-',
+      e.to ?? '-',
+      e.sha ? e.sha.slice(0, 7) : '-',
+      e.trigger,
+      `${e.user}@${e.host}`,
+      seconds(total(e.durationsMs)),
+      e.error ? `${e.error.code} in ${e.error.phase}` : '',
+    ]),
+  );
 }

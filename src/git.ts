@@ -115,3 +115,42 @@ export async function commitHas(workspace: string, sha: string, file: string, lo
     return false;
   }
 }
+
+/**
+ * `deploy --pull BRANCH`: fetch the branch from origin and reset the workspace to it, as the auto-deploy
+ * runbooks do (`git fetch origin && git checkout BRANCH && git reset --hard origin/BRANCH`). A work tree with
+ * uncommitted changes to tracked files is refused unless `force`: reset would throw them away.
+ */
+export async function pullBranch(workspace: string, branch: string, force: boolean, logger: Logger, signal?: AbortSignal): Promise<string> {
+  validateRef(branch);
+  if (branch === 'HEAD' || /^[0-9a-f]{7,40}$/.test(branch))
+    throw new UsageError('REF_INVALID', `--pull needs a branch name, not ${branch}`, { phase: 'resolve' });
+  if (!force && (await isDirty(workspace, logger)))
+    throw new UsageError('WORKSPACE_DIRTY', `the workspace ${workspace} has uncommitted changes: --pull would discard them`, {
+      phase: 'resolve',
+      hint: 'commit or stash them (`git -C <workspace> status`), or pass --force to discard them',
+    });
+  try {
+    await run(['git', 'fetch', '--quiet', 'origin', `+refs/heads/${branch}:refs/remotes/origin/${branch}`], { cwd: workspace, logger, signal, timeoutMs: 300_000 });
+    await run(['git', 'checkout', '--quiet', '--force', '-B', branch, `refs/remotes/origin/${branch}`], { cwd: workspace, logger, signal });
+    const { stdout } = await run(['git', 'rev-parse', 'HEAD'], { cwd: workspace, logger });
+    return stdout.trim();
+  } catch (err) {
+    if (err instanceof CommandFailure)
+      throw new EnvironmentError('PULL_FAILED', `git pull of ${branch} failed: ${err.reason}${err.tail ? ` (${err.tail.split('\n').pop()})` : ''}`, {
+        phase: 'resolve',
+        hint: `check the remote and the branch: git -C ${workspace} fetch origin ${branch}`,
+      });
+    throw err;
+  }
+}
+
+/** The branch the workspace has checked out (undefined when detached). */
+export async function currentBranch(workspace: string, logger: Logger): Promise<string | undefined> {
+  try {
+    const { stdout } = await run(['git', 'symbolic-ref', '--quiet', '--short', 'HEAD'], { cwd: workspace, logger });
+    return stdout.trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}

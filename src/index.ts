@@ -5,8 +5,10 @@
  */
 export { deploy, build, type DeployOptions, type BuildOptions } from './operations/deploy.js';
 export { activate, rollback, type ActivateOptions, type RollbackOptions } from './operations/activate.js';
-export { list, status, prune, type ListOptions, type StatusOptions, type PruneOptions } from './operations/inspect.js';
+export { list, status, prune, history, type ListOptions, type StatusOptions, type PruneOptions, type HistoryOptions } from './operations/inspect.js';
+export type { HistoryEntry, HistoryAction, BadMark } from './release/history.js';
 export { doctor, type DoctorOptions, type DoctorResult, type Check, type CheckStatus } from './operations/doctor.js';
+export { serve, startWebhookServer, sign as signWebhook, type ServeOptions, type WebhookServer, type WebhookStatus } from './operations/serve.js';
 export type { CommonOptions, ReleaseEvent, Trigger } from './operations/context.js';
 export type {
   ReleaseInfo,
@@ -16,6 +18,7 @@ export type {
   ListResult,
   StatusResult,
   PruneResult,
+  HistoryResult,
   Pm2State,
 } from './operations/results.js';
 export { loadConfig, DEFAULTS, CONFIG_FILE_NAME, type Config, type AppConfig, type LoadedConfig } from './config.js';

@@ -5,6 +5,7 @@
  */
 import { pino, type Logger } from 'pino';
 import pinoPretty from 'pino-pretty';
+import fs from 'node:fs';
 
 export type { Logger } from 'pino';
 
@@ -32,11 +33,29 @@ export interface LoggerOptions {
   pretty?: boolean;
   /** File descriptor or path; default 2 (stderr). */
   destination?: number | string;
+  /** Also write JSON lines (level info and up) to this file, rotated at 5 MiB (one old copy kept). */
+  file?: string;
 }
+
+const LOG_FILE_MAX = 5 * 1024 * 1024;
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
   const level = opts.level ?? 'info';
   const redact = { paths: REDACT_PATHS, censor: '[redacted]' };
+  if (opts.file) {
+    rotate(opts.file);
+    const main = opts.pretty ? prettyStream(opts.destination ?? 2) : pino.destination({ dest: opts.destination ?? 2, sync: true });
+    const file = pino.destination({ dest: opts.file, sync: true, mkdir: true, mode: 0o640 } as Parameters<typeof pino.destination>[0]);
+    const fileLevel = level === 'debug' || level === 'trace' ? level : 'info';
+    const minLevel = pino.levels.values[level]! < pino.levels.values[fileLevel]! ? level : fileLevel;
+    return pino(
+      { level: minLevel, redact, base: undefined, timestamp: pino.stdTimeFunctions.isoTime },
+      pino.multistream([
+        { level: level as pino.Level, stream: main },
+        { level: fileLevel as pino.Level, stream: file },
+      ]),
+    );
+  }
   if (opts.pretty) {
     // pino-pretty as a synchronous stream, not a transport: no worker thread, so nothing is lost when the
     // process exits right after a failure.
@@ -47,6 +66,14 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
 
 function prettyStream(dest: number | string) {
   return pinoPretty({ destination: dest, sync: true, colorize: true, translateTime: 'HH:MM:ss', ignore: 'pid,hostname' });
+}
+
+function rotate(file: string): void {
+  try {
+    if (fs.statSync(file).size > LOG_FILE_MAX) fs.renameSync(file, `${file}.1`);
+  } catch {
+    /* no file yet */
+  }
 }
 
 export function silentLogger(): Logger {

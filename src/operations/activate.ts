@@ -1,5 +1,7 @@
 /** activate <id> and rollback: switch to a retained ready release, no install, no build. */
-import { UsageError } from '../errors.js';
+import { asReleaseError, UsageError } from '../errors.js';
+import { clearBad, markBad, whoAmI } from '../release/history.js';
+import { record } from './audit.js';
 import { rollbackTarget } from '../release/naming.js';
 import { createContext, type CommonOptions, type Context } from './context.js';
 import { withLock } from './deploy.js';
@@ -15,12 +17,19 @@ export interface ActivateOptions extends CommonOptions {
 export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
   const ctx = createContext(opts);
   // Validate before taking the lock: a bad id changes nothing, not even the lock file.
-  const record = await ctx.store.resolveId(opts.id);
-  return withLock(ctx, 'activate', opts.waitMs, async (lock) => {
-    await lock.setRelease(record.id);
-    const fresh = await ctx.store.resolveId(record.id);
-    return switchTo(ctx, fresh, 'activate');
-  });
+  const target = await ctx.store.resolveId(opts.id);
+  let from: string | null = null;
+  return audited(ctx, 'activate', () => ({ from, to: target.id, sha: target.manifest?.sha ?? null }), () =>
+    withLock(ctx, 'activate', opts.waitMs, async (lock) => {
+      await lock.setRelease(target.id);
+      from = await currentRelease(ctx);
+      const fresh = await ctx.store.resolveId(target.id);
+      const result = await switchTo(ctx, fresh, 'activate');
+      // An operator chose this release explicitly: it is not "bad" any more.
+      if (fresh.manifest?.sha) await clearBad(ctx.config.releasesDir, fresh.manifest.sha);
+      return result;
+    }),
+  );
 }
 
 export interface RollbackOptions extends CommonOptions {
@@ -29,7 +38,10 @@ export interface RollbackOptions extends CommonOptions {
 
 export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResult> {
   const ctx = createContext(opts);
-  return withLock(ctx, 'rollback', opts.waitMs, async (lock) => {
+  let from: string | null = null;
+  let to: string | null = null;
+  let sha: string | null = null;
+  return audited(ctx, 'rollback', () => ({ from, to, sha }), () => withLock(ctx, 'rollback', opts.waitMs, async (lock) => {
     const state = await ctx.store.readState();
     const active = await currentRelease(ctx);
     const releases = await ctx.store.list();
@@ -40,22 +52,54 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
         phase: 'activate',
         hint: 'see `pm2-release list`; `pm2-release activate <id>` switches to any ready release',
       });
+    from = active;
+    to = target;
     await lock.setRelease(target);
-    return switchTo(ctx, await ctx.store.resolveId(target), 'rollback');
-  });
+    const targetRecord = await ctx.store.resolveId(target);
+    sha = targetRecord.manifest?.sha ?? null;
+    const result = await switchTo(ctx, targetRecord, 'rollback');
+    // An operator rolled back from it: automation must not deploy that sha again until a newer commit.
+    const fromRecord = active ? releases.find((r) => r.id === active) : undefined;
+    if (fromRecord?.manifest?.sha && fromRecord.manifest.sha !== sha)
+      await markBad(ctx.config.releasesDir, {
+        sha: fromRecord.manifest.sha,
+        release: fromRecord.id,
+        reason: `rolled back from by ${whoAmI().user}`,
+        markedAt: ctx.now().toISOString(),
+        by: whoAmI().user,
+      });
+    return result;
+  }));
 }
 
-async function switchTo(ctx: Context, record: ReleaseRecord, action: 'activate' | 'rollback'): Promise<ActivateResult> {
-  if (record.status !== 'ready')
-    throw new UsageError('RELEASE_NOT_READY', `release ${record.id} is ${record.status}, not ready: it cannot be activated`, {
+async function audited<T extends ActivateResult>(
+  ctx: Context,
+  action: 'activate' | 'rollback',
+  facts: () => { from: string | null; to: string | null; sha: string | null },
+  fn: () => Promise<T>,
+): Promise<T> {
+  try {
+    const result = await fn();
+    await record(ctx, { action, ...facts(), from: result.previous ?? facts().from, result: 'ok' });
+    return result;
+  } catch (err) {
+    const e = asReleaseError(err);
+    if (e.code !== 'LOCKED') await record(ctx, { action, ...facts(), result: 'failed', error: e });
+    throw e;
+  }
+}
+
+async function switchTo(ctx: Context, rel: ReleaseRecord, action: 'activate' | 'rollback'): Promise<ActivateResult> {
+  if (rel.status !== 'ready')
+    throw new UsageError('RELEASE_NOT_READY', `release ${rel.id} is ${rel.status}, not ready: it cannot be activated`, {
       phase: 'activate',
-      hint: record.status === 'failed' ? `its build failed; see ${ctx.store.buildLog(record.id)}` : 'see `pm2-release list`',
+      hint: rel.status === 'failed' ? `its build failed; see ${ctx.store.buildLog(rel.id)}` : 'see `pm2-release list`',
     });
-  const switched = await switchToRelease(ctx, record);
+  const switched = await switchToRelease(ctx, rel);
   return {
     ok: true,
     action,
-    release: releaseInfo(record, record.id, ctx.store.buildLog(record.id)),
+    release: releaseInfo(rel, rel.id, ctx.store.buildLog(rel.id)),
     previous: switched.previous,
     url: switched.url,
     durationsMs: { ...ctx.durations },

@@ -57,16 +57,20 @@ export async function resolveRelease(ctx: Context, ref: string): Promise<Resolve
   });
 }
 
-export async function buildRelease(ctx: Context, ref: string, resolved: Resolved, lock?: HeldLock): Promise<ReleaseRecord> {
-  const { config, store } = ctx;
-  const { sha } = resolved;
-
-  // Ids have one-second resolution: two builds of one sha in the same second wait for the next.
+/** A fresh release id. Ids have one-second resolution: two builds of one sha in the same second wait for the next. */
+export async function allocateId(ctx: Context, sha: string): Promise<string> {
   let id = makeReleaseId(ctx.now(), sha);
-  while (existsSync(store.releaseDir(id))) {
+  while (existsSync(ctx.store.releaseDir(id))) {
     await sleep(250);
     id = makeReleaseId(ctx.now(), sha);
   }
+  return id;
+}
+
+export async function buildRelease(ctx: Context, ref: string, resolved: Resolved, lock?: HeldLock, preallocated?: string): Promise<ReleaseRecord> {
+  const { config, store } = ctx;
+  const { sha } = resolved;
+  const id = preallocated ?? (await allocateId(ctx, sha));
   await lock?.setRelease(id);
   const logFile = store.buildLog(id);
   const cwd = store.appCwd(id);

@@ -123,10 +123,10 @@ export function warn(ctx: Context, message: string): void {
 }
 
 /**
- * Variables that belong to an outer `npm run` (pm2-release itself started by npm): they must not leak into
- * the app's PM2 env or the release's own npm commands.
+ * Variables that belong to an outer `npm run` (pm2-release itself started by npm), and pm2-release's own
+ * secrets and test switches: they must not leak into the app's PM2 env or the release's own commands.
  */
-const OUTER_NPM_VARS = /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$)/;
+const OUTER_NPM_VARS = /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$|PM2_RELEASE_WEBHOOK_SECRET$|PM2_RELEASE_FAILPOINT$)/;
 
 export function childEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
   const out: Record<string, string | undefined> = {};

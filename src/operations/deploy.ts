@@ -1,22 +1,31 @@
 /**
- * deploy: lock → clean up what interrupted runs left → pre-flight → resolve → build → verify →
- * switch → health → save → retain. Any failure before the switch leaves PM2 untouched; a failure at or
- * after it puts the previous app back.
+ * deploy: lock → clean up what interrupted runs left → pre-flight → (pull) → resolve → preDeploy hook →
+ * build → postBuild hook → verify → switch → health → save → postSwitch hook → retain → postDeploy hook.
+ * Any failure before the switch leaves PM2 untouched; a failure at or after it puts the previous app back.
+ * Every run appends one line to the history.
  */
-import { asReleaseError, ExitCode } from '../errors.js';
+import { asReleaseError, ExitCode, ReleaseError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
+import { currentBranch, pullBranch } from '../git.js';
 import { acquireLock, type HeldLock } from '../lock.js';
-import { buildRelease, markFailed, resolveRelease } from './build.js';
+import { clearBad, readBadShas } from '../release/history.js';
+import { allocateId, buildRelease, markFailed, resolveRelease } from './build.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { preflight } from './doctor.js';
+import { record } from './audit.js';
+import { runHook } from './hooks.js';
 import { applyRetention, cleanupInterrupted, retentionPlan } from './retain.js';
 import { releaseInfo, type BuildResult, type DeployResult } from './results.js';
-import { switchToRelease } from './switch-release.js';
+import { currentRelease, switchToRelease } from './switch-release.js';
 import { removeVerifyLeftovers, verifyRelease } from './verify.js';
 
 export interface DeployOptions extends CommonOptions {
   /** Git ref to release (default HEAD of the workspace). */
   ref?: string;
+  /** Fetch and reset the workspace to origin/<branch> first (`true`: the checked-out branch). */
+  pull?: string | boolean;
+  /** Deploy a sha marked bad, and let --pull discard uncommitted changes. */
+  force?: boolean;
   /** Wait this long for another operation's lock (default: fail at once). */
   waitMs?: number;
   /** Skip the verify-before-switch run (the health gate after the switch still applies). */
@@ -25,37 +34,78 @@ export interface DeployOptions extends CommonOptions {
 
 export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
   const ctx = createContext(opts);
-  return withLock(ctx, 'deploy', opts.waitMs, async (lock) => {
-    await recoverInterrupted(ctx);
-    await preflight(ctx);
-    const ref = opts.ref ?? 'HEAD';
-    const resolved = await resolveRelease(ctx, ref);
-    const release = await buildRelease(ctx, ref, resolved, lock);
-    let switched;
-    try {
-      if (opts.verify ?? ctx.config.app.verify.enabled) await verifyRelease(ctx, release);
-      switched = await switchToRelease(ctx, release);
-    } catch (err) {
-      const e = asReleaseError(err);
-      // A release that could not take over (verify, health gate, save) is never a rollback target.
-      // (A PM2 or filesystem failure says nothing about the release itself: it stays ready.)
-      if (release.manifest && (e.exitCode === ExitCode.switch || e.exitCode === ExitCode.build || e.code === 'CANCELLED'))
-        await markFailed(ctx, release.manifest, e).catch(() => undefined);
-      e.releaseId ??= release.id;
-      throw e;
+  let from: string | null = null;
+  let to: string | null = null;
+  let sha: string | null = null;
+  try {
+    const result = await withLock(ctx, 'deploy', opts.waitMs, async (lock) => {
+      await recoverInterrupted(ctx);
+      await preflight(ctx);
+      let ref = opts.ref ?? 'HEAD';
+      if (opts.pull) {
+        const branch = opts.pull === true ? await currentBranch(ctx.config.workspace, ctx.logger) : opts.pull;
+        if (!branch) throw new ReleaseError('REF_INVALID', ExitCode.usage, 'the workspace is on a detached HEAD: name the branch to pull', { phase: 'pull' });
+        await phase(ctx, 'pull', () => pullBranch(ctx.config.workspace, branch, !!opts.force, ctx.logger, ctx.signal));
+        ref = 'HEAD';
+      }
+      const resolved = await resolveRelease(ctx, ref);
+      sha = resolved.sha;
+      await refuseBadSha(ctx, resolved.sha, !!opts.force);
+      from = await currentRelease(ctx);
+      const id = await allocateId(ctx, resolved.sha);
+      to = id;
+      const vars = { RELEASE_ID: id, RELEASE_SHA: resolved.sha, RELEASE_DIR: ctx.store.appCwd(id), PREVIOUS_RELEASE_ID: from };
+      await runHook(ctx, 'preDeploy', vars, ctx.config.workspace);
+      const release = await buildRelease(ctx, ref, resolved, lock, id);
+      let switched;
+      try {
+        await runHook(ctx, 'postBuild', vars, release.cwd);
+        if (opts.verify ?? ctx.config.app.verify.enabled) await verifyRelease(ctx, release);
+        switched = await switchToRelease(ctx, release);
+      } catch (err) {
+        const e = asReleaseError(err);
+        // A release that could not take over (hook, verify, health gate, save) is never a rollback target.
+        // (A PM2 or filesystem failure says nothing about the release itself: it stays ready.)
+        if (release.manifest && (e.exitCode === ExitCode.switch || e.exitCode === ExitCode.build || e.code === 'CANCELLED'))
+          await markFailed(ctx, release.manifest, e).catch(() => undefined);
+        e.releaseId ??= release.id;
+        throw e;
+      }
+      if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
+      await runHook(ctx, 'postSwitch', vars, release.cwd);
+      const removed = await phase(ctx, 'retain', async () => applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain')));
+      await runHook(ctx, 'postDeploy', vars, release.cwd);
+      const fresh = (await ctx.store.get(release.id)) ?? release;
+      return {
+        ok: true as const,
+        action: 'deploy' as const,
+        release: releaseInfo(fresh, release.id, ctx.store.buildLog(release.id)),
+        previous: switched.previous,
+        url: switched.url,
+        durationsMs: { ...ctx.durations },
+        removed,
+        warnings: ctx.warnings,
+      };
+    });
+    await record(ctx, { action: 'deploy', from: result.previous, to: result.release.id, sha: result.release.sha, result: 'ok' });
+    return result;
+  } catch (err) {
+    const e = asReleaseError(err);
+    if (e.code !== 'LOCKED') {
+      await runHook(ctx, 'onFailure', { RELEASE_ID: to ?? '', RELEASE_SHA: sha ?? '', RELEASE_DIR: to ? ctx.store.appCwd(to) : '', PREVIOUS_RELEASE_ID: from, FAILURE_CODE: e.code, FAILURE_PHASE: e.phase }, ctx.config.workspace).catch(() => false);
+      await record(ctx, { action: 'deploy', from, to, sha, result: 'failed', error: e });
     }
-    const removed = await phase(ctx, 'retain', async () => applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain')));
-    const fresh = (await ctx.store.get(release.id)) ?? release;
-    return {
-      ok: true,
-      action: 'deploy',
-      release: releaseInfo(fresh, release.id, ctx.store.buildLog(release.id)),
-      previous: switched.previous,
-      url: switched.url,
-      durationsMs: { ...ctx.durations },
-      removed,
-      warnings: ctx.warnings,
-    };
+    throw e;
+  }
+}
+
+/** A sha an operator rolled back from (or the health gate reverted) is not deployed again without --force. */
+async function refuseBadSha(ctx: Context, sha: string, force: boolean): Promise<void> {
+  const mark = (await readBadShas(ctx.config.releasesDir))[sha];
+  if (!mark || force) return;
+  throw new ReleaseError('SHA_MARKED_BAD', ExitCode.refused, `${sha.slice(0, 7)} was marked bad ${mark.markedAt.replace('T', ' ').slice(0, 19)} UTC (${mark.reason}): not deploying it again`, {
+    phase: 'resolve',
+    hint: 'push a fix (a newer commit deploys normally), or pass --force to deploy this sha anyway',
   });
 }
 
@@ -67,20 +117,33 @@ export interface BuildOptions extends CommonOptions {
 /** build: the release becomes ready but not active. */
 export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
   const ctx = createContext(opts);
-  return withLock(ctx, 'build', opts.waitMs, async (lock) => {
-    await cleanupInterrupted(ctx);
-    await preflight(ctx);
-    const ref = opts.ref ?? 'HEAD';
-    const release = await buildRelease(ctx, ref, await resolveRelease(ctx, ref), lock);
-    const state = await ctx.store.readState();
-    return {
-      ok: true,
-      action: 'build',
-      release: releaseInfo(release, state?.active ?? null, ctx.store.buildLog(release.id)),
-      durationsMs: { ...ctx.durations },
-      warnings: ctx.warnings,
-    };
-  });
+  let to: string | null = null;
+  let sha: string | null = null;
+  try {
+    const result = await withLock(ctx, 'build', opts.waitMs, async (lock) => {
+      await cleanupInterrupted(ctx);
+      await preflight(ctx);
+      const ref = opts.ref ?? 'HEAD';
+      const resolved = await resolveRelease(ctx, ref);
+      sha = resolved.sha;
+      to = await allocateId(ctx, resolved.sha);
+      const release = await buildRelease(ctx, ref, resolved, lock, to);
+      const state = await ctx.store.readState();
+      return {
+        ok: true as const,
+        action: 'build' as const,
+        release: releaseInfo(release, state?.active ?? null, ctx.store.buildLog(release.id)),
+        durationsMs: { ...ctx.durations },
+        warnings: ctx.warnings,
+      };
+    });
+    await record(ctx, { action: 'build', from: null, to: result.release.id, sha: result.release.sha, result: 'ok' });
+    return result;
+  } catch (err) {
+    const e = asReleaseError(err);
+    if (e.code !== 'LOCKED') await record(ctx, { action: 'build', from: null, to, sha, result: 'failed', error: e });
+    throw e;
+  }
 }
 
 /**
@@ -95,11 +158,11 @@ export async function recoverInterrupted(ctx: Context): Promise<void> {
   if (!state) return;
   const procs = await ctx.pm2.processes(ctx.config.app.name);
   if (procs.length > 0) return;
-  const record = await ctx.store.get(state.active);
-  if (record?.status !== 'ready') return;
+  const rec = await ctx.store.get(state.active);
+  if (rec?.status !== 'ready') return;
   warn(ctx, `${ctx.config.app.name} is not running in PM2 (an interrupted switch?): starting the recorded active release ${state.active} first`);
   try {
-    await switchToRelease(ctx, record);
+    await switchToRelease(ctx, rec);
   } catch (err) {
     warn(ctx, `could not restart ${state.active}: ${asReleaseError(err).message}`);
   }
@@ -115,3 +178,4 @@ export async function withLock<T>(ctx: Context, command: string, waitMs: number 
     await lock.release();
   }
 }
+

@@ -1,10 +1,13 @@
 /** list, status and prune. */
 import { appPort, healthUrl } from '../config.js';
 import { probe } from '../health.js';
+import { asReleaseError } from '../errors.js';
 import { createContext, phase, type CommonOptions } from './context.js';
+import { record } from './audit.js';
 import { withLock } from './deploy.js';
 import { applyRetention, retentionPlan } from './retain.js';
-import { releaseInfo, type ListResult, type PruneResult, type StatusResult } from './results.js';
+import { readBadShas, readHistory } from '../release/history.js';
+import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type StatusResult } from './results.js';
 import { currentRelease, samePath } from './switch-release.js';
 
 export type ListOptions = CommonOptions;
@@ -13,11 +16,21 @@ export async function list(opts: ListOptions = {}): Promise<ListResult> {
   const ctx = createContext(opts);
   const active = await currentRelease(ctx);
   const releases = await ctx.store.list();
+  const marks = await readBadShas(ctx.config.releasesDir);
   return {
     ok: true,
     active,
-    releases: releases.map((r) => releaseInfo(r, active, ctx.store.buildLog(r.id))),
+    releases: releases.map((r) => releaseInfo(r, active, ctx.store.buildLog(r.id), marks)),
   };
+}
+
+export interface HistoryOptions extends CommonOptions {
+  limit?: number;
+}
+
+export async function history(opts: HistoryOptions = {}): Promise<HistoryResult> {
+  const ctx = createContext(opts);
+  return { ok: true, entries: await readHistory(ctx.config.releasesDir, opts.limit) };
 }
 
 export type StatusOptions = CommonOptions;
@@ -77,6 +90,15 @@ export async function prune(opts: PruneOptions = {}): Promise<PruneResult> {
     const removed = opts.dryRun ? plan.remove : await phase(ctx, 'retain', () => applyRetention(ctx, plan));
     return { ok: true, action: 'prune', dryRun: !!opts.dryRun, keep: ctx.config.keep, kept: plan.keep, removed };
   };
-  // A dry run changes nothing, so it needs no lock (and works while a deploy runs).
-  return opts.dryRun ? run() : withLock(ctx, 'prune', opts.waitMs, run);
+  // A dry run changes nothing, so it needs no lock (and works while a deploy runs), and is not audited.
+  if (opts.dryRun) return run();
+  try {
+    const result = await withLock(ctx, 'prune', opts.waitMs, run);
+    await record(ctx, { action: 'prune', from: null, to: null, sha: null, result: 'ok', detail: result.removed.length ? `removed ${result.removed.map((r) => r.id).join(', ')}` : 'nothing to remove' });
+    return result;
+  } catch (err) {
+    const e = asReleaseError(err);
+    if (e.code !== 'LOCKED') await record(ctx, { action: 'prune', from: null, to: null, sha: null, result: 'failed', error: e });
+    throw e;
+  }
 }

@@ -1,5 +1,6 @@
 /** The typed results every operation returns; the CLI prints them as-is with --json. Keep them stable. */
 import type { ReleaseRecord } from '../release/store.js';
+import type { BadMark, HistoryEntry } from '../release/history.js';
 import type { RetentionStatus } from '../release/naming.js';
 
 export interface ReleaseInfo {
@@ -20,9 +21,12 @@ export interface ReleaseInfo {
   buildLog: string;
   durationsMs: Record<string, number>;
   error: { code: string; phase: string; message: string } | null;
+  /** Set when an operator rolled back from this sha or the health gate reverted it. */
+  bad: { reason: string; markedAt: string } | null;
 }
 
-export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string): ReleaseInfo {
+export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string, marks: Record<string, BadMark> = {}): ReleaseInfo {
+  const mark = r.manifest?.sha ? marks[r.manifest.sha] : undefined;
   const m = r.manifest;
   return {
     id: r.id,
@@ -40,6 +44,7 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
     buildLog,
     durationsMs: m?.durationsMs ?? {},
     error: m?.error ?? null,
+    bad: mark ? { reason: mark.reason, markedAt: mark.markedAt } : null,
   };
 }
 
@@ -112,4 +117,10 @@ export interface PruneResult {
   keep: number;
   kept: string[];
   removed: { id: string; reason: string }[];
+}
+
+export interface HistoryResult {
+  ok: true;
+  /** Newest first. */
+  entries: HistoryEntry[];
 }

@@ -10,6 +10,8 @@ import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor } from '../pm2/switch.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
 import { childEnv, phase, type Context } from './context.js';
+import { record } from './audit.js';
+import { markBad } from '../release/history.js';
 
 export interface SwitchResult {
   app: AppDefinition;
@@ -69,14 +71,23 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
   /** Puts the previous app back and saves the dump again; returns a one-line account for the error. */
   const putBack = async (why: string): Promise<string> => {
     ctx.logger.error(`release ${release.id} ${why}; putting ${previous ?? 'the previous app'} back`);
+    const sha = release.manifest?.sha ?? null;
+    // The gate said no: don't let automation deploy this sha again until a newer commit arrives.
+    if (sha) await markBad(ctx.config.releasesDir, { sha, release: release.id, reason: `health gate reverted it: ${why}`, markedAt: ctx.now().toISOString(), by: 'health-gate' }).catch(() => undefined);
+    const outcome = await revertNow();
+    await record(ctx, { action: 'revert', from: release.id, to: previous, sha, result: outcome.ok ? 'ok' : 'failed', detail: `${why}; ${outcome.text}` });
+    return outcome.text;
+  };
+
+  const revertNow = async (): Promise<{ ok: boolean; text: string }> => {
     try {
       await handle.revert();
     } catch (err) {
       const msg = `putting the previous app back failed too: ${(err as Error).message}`;
       ctx.logger.error(msg);
-      return msg;
+      return { ok: false, text: msg };
     }
-    if (!handle.before) return 'there was no previous app to put back';
+    if (!handle.before) return { ok: false, text: 'there was no previous app to put back' };
     // Wait until the previous app answers again, so "serving again" is a fact, not a hope.
     const again = await waitHealthy({
       checks: healthChecks(ctx.config.app, port),
@@ -89,9 +100,9 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       : `${previous ?? 'the previous app'} was restarted but is not healthy either (${again.reason})`;
     try {
       await ctx.pm2.save();
-      return back;
+      return { ok: again.ok, text: back };
     } catch (err) {
-      return `${back}, but pm2 save failed (${(err as Error).message}): run \`pm2 save\``;
+      return { ok: false, text: `${back}, but pm2 save failed (${(err as Error).message}): run \`pm2 save\`` };
     }
   };
 

@@ -4,19 +4,25 @@
  * Each case commits a new version, runs `deploy --json` through the built CLI with
  * PM2_RELEASE_FAILPOINT=<point>:<action> while polling the live app every ~100 ms, checks what the
  * interrupted run left (live app, PM2, dump, release statuses), then runs a plain deploy, which must
- * succeed on its own and serve the new version with no drift. That deploy is the next case's "previous".
+ * succeed on its own, serve the new version and leave no drift. That deploy is the next case's "previous".
+ *
+ * The app is probed with a fresh connection per request (no keep-alive pool): the sandbox `get()` shares
+ * undici's pool, and after a blocking spawnSync (cli) it can pick a socket the old server already closed
+ * and report an outage that never happened.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FAILPOINTS, type Failpoint } from '../../src/failpoint.js';
-import { CLI, cli, createSandbox, get, type Sandbox } from '../helpers/sandbox.js';
+import { list } from '../../src/index.js';
+import { CLI, cli, createSandbox, type Sandbox } from '../helpers/sandbox.js';
 
 type Action = 'fail' | 'kill';
 const ACTIONS: Action[] = ['fail', 'kill'];
-const matrix: [Failpoint, Action][] = FAILPOINTS.flatMap((p) => ACTIONS.map((a) => [p, a] as [Failpoint, Action]));
+const matrix: [Failpoint, Action][] = FAILPOINTS.flatMap((p) => ACTIONS.map((a): [Failpoint, Action] => [p, a]));
 
 /** Failpoints before the switch: the live app must never notice them. */
 const BEFORE_SWITCH: Failpoint[] = ['archive', 'env', 'install', 'build', 'prune', 'verify'];
@@ -24,13 +30,32 @@ const BEFORE_SWITCH: Failpoint[] = ['archive', 'env', 'install', 'build', 'prune
 const IN_SWITCH: Failpoint[] = ['switch', 'health', 'save'];
 
 const APP = 'frontend-dev';
+const KEEP = 3;
 
-interface Poll {
-  t: number;
-  /** Release id the app answered with, or null when the request failed / was not a 200. */
-  release: string | null;
+interface Probe {
+  status?: number;
   body?: string;
   error?: string;
+  /** The release id the app reported, when it answered 200. */
+  release: string | null;
+}
+
+/** One GET on a fresh connection (agent: false → `Connection: close`), 2 s timeout. */
+function probe(url: string): Promise<Probe> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false, timeout: 2_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => {
+        const m = res.statusCode === 200 ? /\(release ([^)]+)\)/.exec(body) : null;
+        resolve({ status: res.statusCode, body, release: m ? m[1]! : null });
+      });
+      res.on('error', (err) => resolve({ error: err.message, release: null }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message, release: null }));
+  });
 }
 
 interface Run {
@@ -38,19 +63,11 @@ interface Run {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
-  polls: Poll[];
+  polls: (Probe & { t: number })[];
 }
 
-interface ReleaseJson {
-  id: string;
-  status: string;
-  cwd: string;
-  active: boolean;
-  error: { code: string; phase: string; message: string } | null;
-}
-
-/** Runs the CLI without blocking the event loop, polling the live app every ~100 ms until it exits. */
-async function runPolling(sb: Sandbox, args: string[], extraEnv: Record<string, string>, url: string): Promise<Run> {
+/** Spawns the built CLI without blocking the event loop; with `pollUrl`, probes it every ~100 ms until exit. */
+async function runCli(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}, pollUrl?: string): Promise<Run> {
   const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], {
     env: { ...sb.env, ...extraEnv } as NodeJS.ProcessEnv,
     cwd: sb.root,
@@ -68,78 +85,95 @@ async function runPolling(sb: Sandbox, args: string[], extraEnv: Record<string, 
       resolve({ code, signal });
     }),
   );
-  // Only the child we started, by its handle, if it hangs.
+  // If it hangs, only the child we started is killed, by its handle.
   const guard = setTimeout(() => child.kill('SIGKILL'), 120_000);
-  const polls: Poll[] = [];
+  const polls: Run['polls'] = [];
   const poller = (async () => {
+    if (!pollUrl) return;
     while (!done) {
       const t = Date.now();
-      const r = await get(url);
-      const m = r.status === 200 ? /\(release ([^)]+)\)/.exec(r.body ?? '') : null;
-      polls.push({ t, release: m ? m[1]! : null, body: r.body, error: r.error ?? (r.status !== undefined && r.status !== 200 ? `HTTP ${r.status}` : undefined) });
+      polls.push({ t, ...(await probe(pollUrl)) });
       await sleep(100);
     }
   })();
   const { code, signal } = await exited;
   clearTimeout(guard);
   await poller;
-  await Promise.race([closed, sleep(2_000)]); // an orphan could hold the pipes; don't wait on it
+  await Promise.race([closed, sleep(2_000)]); // an orphan could hold the pipes: don't wait on it
   return { code, signal, stdout, stderr, polls };
 }
 
-/** Collapses the poll sequence into runs: e.g. [prev, null, new] (null = outage). */
-function segments(polls: Poll[]): (string | null)[] {
+/** Collapses polls into runs of the same answer: e.g. [prev, null, new] (null = no answer). */
+function segments(polls: { release: string | null }[]): (string | null)[] {
   const out: (string | null)[] = [];
   for (const p of polls) if (out.length === 0 || out[out.length - 1] !== p.release) out.push(p.release);
   return out;
 }
 
+interface ReleaseJson {
+  id: string;
+  status: string;
+  cwd: string;
+  active: boolean;
+  error: { code: string; phase: string; message: string } | null;
+}
+
 describe('fault injection: every deploy failpoint × {fail, kill}', () => {
   let sb: Sandbox;
+  let n = 1;
+  /** The JSON error of the save:fail case, for the it.fails below. */
+  let saveFailJson: { error: { message: string } } | undefined;
   const url = () => `http://127.0.0.1:${sb.port}/`;
 
-  const frontend = () => sb.jlist().find((p) => p.name === APP);
-  const verifyProcs = () => sb.jlist().filter((p) => p.name.startsWith(`${APP}.verify-`));
-  const listJson = (): { active: string | null; releases: ReleaseJson[] } => {
-    const r = cli(sb, ['list', '--json']);
+  const listJson = async (): Promise<{ active: string | null; releases: ReleaseJson[] }> => {
+    const r = await runCli(sb, ['list', '--json']);
     expect(r.code, r.stderr).toBe(0);
     return JSON.parse(r.stdout);
   };
-  const dumpCwd = (): string | undefined => {
+  /** frontend-dev and leftover verify processes, from one `pm2 jlist`. */
+  const pm2State = () => {
+    const procs = sb.jlist();
+    return {
+      app: procs.filter((p) => p.name === APP),
+      verify: procs.filter((p) => p.name.startsWith(`${APP}.verify-`)).map((p) => p.name),
+    };
+  };
+  const dumpCwd = (): string => {
     const procs = JSON.parse(fs.readFileSync(path.join(sb.pm2Home, 'dump.pm2'), 'utf8')) as { name: string; pm_cwd: string }[];
     const apps = procs.filter((p) => p.name === APP);
-    expect(apps.length, 'the dump holds exactly one frontend-dev').toBe(1);
+    expect(apps.map((p) => p.pm_cwd), 'the dump holds exactly one frontend-dev').toHaveLength(1);
     return apps[0]!.pm_cwd;
   };
-  /** Every `ready` release must be complete: its runtime build is there. */
+  /** A `ready` release must be complete: its runtime build is there. */
   const expectReadyComplete = (releases: ReleaseJson[]) => {
     for (const r of releases.filter((x) => x.status === 'ready'))
       expect(fs.existsSync(path.join(r.cwd, 'build/build.json')), `ready release ${r.id} has build/build.json`).toBe(true);
   };
-  const removalLeftovers = () => fs.readdirSync(sb.releasesDir).filter((n) => n.startsWith('.removing-'));
+  const removalLeftovers = () => fs.readdirSync(sb.releasesDir).filter((f) => f.startsWith('.removing-'));
 
   beforeAll(async () => {
-    sb = await createSandbox({ keep: 3 });
+    sb = await createSandbox({ keep: KEEP });
     const r = cli(sb, ['deploy', '--json']);
     expect(r.code, r.stderr).toBe(0);
-    expect((await get(url())).body).toContain(JSON.parse(r.stdout).release.id);
+    expect((await probe(url())).release).toBe(JSON.parse(r.stdout).release.id);
   }, 120_000);
 
   afterAll(async () => {
     await sb?.close();
   });
 
-  let n = 1;
   it.each(matrix)(
-    '%s:%s → live app kept or reverted, nothing half-done, next deploy succeeds',
+    '%s:%s → live app kept (or reverted), nothing half-done, next deploy succeeds',
     async (point, action) => {
       // ---- before: what serves now
-      const before = listJson();
+      const before = await list({ configPath: sb.configPath, env: sb.env, cwd: sb.root });
       const prev = before.active!;
       expect(prev, 'a release is active before the injected deploy').toBeTruthy();
       const prevCwd = before.releases.find((r) => r.id === prev)!.cwd;
-      expect((await get(url())).body).toContain(prev);
-      const pidBefore = frontend()!.pid;
+      expect((await probe(url())).release).toBe(prev);
+      const pm2Before = pm2State();
+      expect(pm2Before.app).toHaveLength(1);
+      const pidBefore = pm2Before.app[0]!.pid;
       const idsBefore = new Set(before.releases.map((r) => r.id));
 
       n += 1;
@@ -147,7 +181,7 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       sb.commit(version, { 'version.txt': `${version}\n` });
 
       // ---- the injected deploy, polled while it runs
-      const run = await runPolling(sb, ['deploy', '--json'], { PM2_RELEASE_FAILPOINT: `${point}:${action}` }, url());
+      const run = await runCli(sb, ['deploy', '--json'], { PM2_RELEASE_FAILPOINT: `${point}:${action}` }, url());
       const ctx = `${point}:${action}\nstdout: ${run.stdout}\nstderr (tail): ${run.stderr.slice(-3000)}`;
 
       if (action === 'kill') {
@@ -159,93 +193,100 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         expect(run.code, ctx).toBe(expectedExit);
         const out = JSON.parse(run.stdout);
         expect(out.ok).toBe(false);
-        expect(out.error.phase, ctx).toBe(point);
-        // The health gate and the save step wrap the injected error in their own codes.
+        // The health gate and the save step report the injected error under their own codes.
         const expectedCode = point === 'health' ? 'HEALTH_FAILED' : point === 'save' ? 'SAVE_FAILED' : 'INJECTED_FAILURE';
-        expect(out.error.code, ctx).toBe(expectedCode);
+        expect(out.error, ctx).toMatchObject({ code: expectedCode, phase: point });
+        // SAVE_FAILED's message does not carry the cause (see the separate it.fails below); the log does.
         if (point === 'save') expect(run.stderr, 'the injected cause is logged').toContain('injected failure at save');
         else expect(out.error.message, ctx).toContain(`injected failure at ${point}`);
-        if (IN_SWITCH.includes(point)) expect(out.error.message, ctx).toContain(`${prev} is serving again`);
+        if (point === 'health' || point === 'save') expect(out.error.message, ctx).toContain(`${prev} is serving again`);
+        if (point === 'save') saveFailJson = out;
       }
 
       // ---- what the interrupted run left
-      const after = listJson();
+      const after = await listJson();
       const created = after.releases.filter((r) => !idsBefore.has(r.id));
       expect(created.map((r) => r.id), 'the injected run created exactly one release').toHaveLength(1);
       const fresh = created[0]!;
       const expectedStatus =
         action === 'fail'
           ? point === 'retain'
-            ? 'ready'
+            ? 'ready' // switched and saved; only the clean-up failed
             : 'failed'
           : BEFORE_SWITCH.includes(point) && point !== 'verify'
-            ? 'incomplete'
+            ? 'incomplete' // killed mid-build: the manifest still says building, its builder is gone
             : 'ready';
       expect(fresh.status, ctx).toBe(expectedStatus);
       if (fresh.status === 'failed') expect(fresh.error).toMatchObject({ phase: point });
       expectReadyComplete(after.releases);
       const readyIds = new Set(after.releases.filter((r) => r.status === 'ready').map((r) => r.id));
 
-      // Every answer during the run came from the previous or the new release, never anything else.
+      // Every answer during the run came from the previous or the new release.
       const polls = run.polls;
       expect(polls.length, 'the app was polled during the run').toBeGreaterThanOrEqual(3);
+      const failedPolls = polls.filter((p) => p.release === null);
       const served = new Set(polls.map((p) => p.release).filter((x): x is string => x !== null));
       for (const id of served) expect([prev, fresh.id], `served ${id}`).toContain(id);
       const seq = segments(polls);
-      const failedPolls = polls.filter((p) => p.release === null);
+      const outages = seq.filter((s) => s === null).length;
+
       // Killed right after `pm2 start` (health), the new process may still be booting: give it a moment.
-      let now = await get(url());
-      for (let i = 0; i < 50 && action === 'kill' && point === 'health' && now.status !== 200; i++) {
+      let now = await probe(url());
+      for (let i = 0; i < 50 && action === 'kill' && point === 'health' && now.release === null; i++) {
         await sleep(200);
-        now = await get(url());
+        now = await probe(url());
       }
-      const nowRelease = now.status === 200 ? (/\(release ([^)]+)\)/.exec(now.body ?? '')?.[1] ?? null) : null;
+      const pm2After = pm2State();
 
       if (BEFORE_SWITCH.includes(point)) {
-        // The live app never noticed.
-        expect(failedPolls, `failed polls: ${JSON.stringify(failedPolls.slice(0, 3))}`).toEqual([]);
+        // The live app never noticed: every poll answered by the previous release, PM2 untouched.
+        expect(failedPolls.slice(0, 3), `${failedPolls.length} failed polls`).toEqual([]);
         expect([...served]).toEqual([prev]);
-        expect(frontend()!.pid, 'PM2 pid of frontend-dev unchanged').toBe(pidBefore);
-        expect(nowRelease).toBe(prev);
+        expect(pm2After.app.map((p) => p.pid), 'PM2 pid of frontend-dev unchanged').toEqual([pidBefore]);
+        expect(now.release).toBe(prev);
         expect(dumpCwd()).toBe(prevCwd);
-        if (action === 'fail') expect(verifyProcs(), 'a failed verify removes its process').toEqual([]);
-        // SIGKILLed while the verify process runs: it is left for the next run to remove.
-        if (point === 'verify' && action === 'kill') expect(verifyProcs().map((p) => p.name)).toEqual([`${APP}.verify-${fresh.id}`]);
+        if (action === 'fail') expect(pm2After.verify, 'a failed verify removes its process').toEqual([]);
+        // SIGKILLed while its verify process runs: that process is left for the next run to remove.
+        if (point === 'verify' && action === 'kill') expect(pm2After.verify).toEqual([`${APP}.verify-${fresh.id}`]);
       } else if (action === 'fail' && IN_SWITCH.includes(point)) {
-        // Reverted: the previous release serves again, from the dump too. Downtime only around the two switches.
-        expect(nowRelease, ctx).toBe(prev);
-        expect(frontend()!.pm2_env.pm_cwd).toBe(prevCwd);
+        // Reverted: the previous release serves again, and the dump points at it. Outages only around the
+        // two switches (there and back).
+        expect(now.release, ctx).toBe(prev);
+        expect(pm2After.app.map((p) => p.pm2_env.pm_cwd)).toEqual([prevCwd]);
         expect(dumpCwd()).toBe(prevCwd);
-        expect(seq[0]).toBe(prev);
-        expect(seq[seq.length - 1], 'the last poll of the run is answered by the previous release').toBe(prev);
-        expect(seq.filter((s) => s === null).length, `outages: ${JSON.stringify(seq)}`).toBeLessThanOrEqual(2);
-        if (point === 'switch') expect([...served]).toEqual([prev]);
         expect(after.active).toBe(prev);
+        expect(seq[0]).toBe(prev);
+        expect(seq[seq.length - 1], `the run ends with the previous release serving: ${JSON.stringify(seq)}`).toBe(prev);
+        expect(outages, `outages: ${JSON.stringify(seq)}`).toBeLessThanOrEqual(2);
+        if (point === 'switch') expect([...served], 'the new release never started').toEqual([prev]);
       } else if (action === 'fail' && point === 'retain') {
         // The switch succeeded; only the clean-up was interrupted.
-        expect(nowRelease).toBe(fresh.id);
+        expect(now.release).toBe(fresh.id);
         expect(now.body).toContain(version);
+        expect(after.active).toBe(fresh.id);
         expect(dumpCwd()).toBe(fresh.cwd);
-        expect(seq, `one switch: ${JSON.stringify(seq)}`).toEqual(seq.length === 2 ? [prev, fresh.id] : [prev, null, fresh.id]);
+        expect(outages, `one switch: ${JSON.stringify(seq)}`).toBeLessThanOrEqual(1);
+        expect(seq.filter((s) => s !== null)).toEqual([prev, fresh.id]);
       } else {
-        // kill at switch / health / save / retain: one switch at most; afterwards only a ready release serves.
+        // kill at switch / health / save / retain: at most one outage (the switch), the previous release
+        // never comes back within the run, and afterwards whatever serves is a ready release.
         expect(seq[0]).toBe(prev);
-        expect(seq.filter((s) => s === null).length, `outages: ${JSON.stringify(seq)}`).toBeLessThanOrEqual(1);
-        expect(seq.filter((s) => s === prev).length, `the previous release never comes back: ${JSON.stringify(seq)}`).toBe(1);
-        if (nowRelease !== null) expect(readyIds.has(nowRelease), `now serving ${nowRelease}`).toBe(true);
+        expect(outages, `outages: ${JSON.stringify(seq)}`).toBeLessThanOrEqual(1);
+        expect(seq.filter((s) => s === prev), `the previous release never comes back: ${JSON.stringify(seq)}`).toHaveLength(1);
+        if (now.release !== null) expect(readyIds.has(now.release), `now serving ${now.release}`).toBe(true);
         if (point === 'switch') {
           // Killed between `pm2 delete` and `pm2 start`: nothing serves until the next run repairs it.
-          expect(frontend()).toBeUndefined();
-          expect(nowRelease).toBeNull();
+          expect(pm2After.app).toEqual([]);
+          expect(now.release).toBeNull();
         } else {
-          expect(nowRelease, ctx).toBe(fresh.id);
-          expect(frontend()!.pm2_env.pm_cwd).toBe(fresh.cwd);
+          expect(now.release, ctx).toBe(fresh.id);
+          expect(pm2After.app.map((p) => p.pm2_env.pm_cwd)).toEqual([fresh.cwd]);
         }
-        // The dump is saved only after the health gate.
+        // The dump is saved only after the health gate passed.
         expect(dumpCwd()).toBe(point === 'retain' ? fresh.cwd : prevCwd);
         if (point === 'retain') expect(removalLeftovers().length, 'killed after the first rename').toBeGreaterThan(0);
       }
-      // Whatever the dump would resurrect is a ready release.
+      // Whatever a resurrect would bring back is a ready release.
       const dc = dumpCwd();
       expect(
         after.releases.some((r) => r.status === 'ready' && r.cwd === dc),
@@ -253,27 +294,41 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       ).toBe(true);
 
       // ---- the next plain deploy repairs what is left and succeeds on its own
-      const next = cli(sb, ['deploy', '--json']);
+      const next = await runCli(sb, ['deploy', '--json']);
       expect(next.code, `next deploy after ${point}:${action}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
       const res = JSON.parse(next.stdout);
-      expect(res).toMatchObject({ ok: true, action: 'deploy' });
-      const body = (await get(url())).body;
-      expect(body).toContain(version);
-      expect(body).toContain(res.release.id);
-      expect(verifyProcs(), 'no leftover verify processes').toEqual([]);
-      expect(sb.jlist().filter((p) => p.name === APP)).toHaveLength(1);
-      expect(frontend()!.pm2_env.pm_cwd).toBe(res.release.cwd);
+      expect(res).toMatchObject({ ok: true, action: 'deploy', release: { status: 'ready' } });
+      const nowNext = await probe(url());
+      expect(nowNext.release, JSON.stringify(nowNext)).toBe(res.release.id);
+      expect(nowNext.body).toContain(version);
+      const [final, st] = await Promise.all([listJson(), runCli(sb, ['status', '--json'])]);
+      const pm2Next = pm2State();
+      expect(pm2Next.verify, 'no leftover verify processes').toEqual([]);
+      expect(pm2Next.app.map((p) => p.pm2_env.pm_cwd)).toEqual([res.release.cwd]);
       expect(dumpCwd()).toBe(res.release.cwd);
       expect(removalLeftovers(), 'no half-removed releases').toEqual([]);
-      const final = listJson();
       expect(final.active).toBe(res.release.id);
       expectReadyComplete(final.releases);
-      expect(final.releases.filter((r) => r.status === 'incomplete' || r.status === 'building')).toEqual([]);
-      expect(final.releases.filter((r) => r.status === 'ready').length).toBeLessThanOrEqual(3);
-      const st = cli(sb, ['status', '--json']);
+      expect(final.releases.filter((r) => r.status === 'incomplete' || r.status === 'building').map((r) => r.id)).toEqual([]);
+      expect(final.releases.filter((r) => r.status === 'ready').length).toBeLessThanOrEqual(KEEP);
       expect(st.code, st.stderr).toBe(0);
-      expect(JSON.parse(st.stdout)).toMatchObject({ ok: true, active: { id: res.release.id }, recorded: res.release.id, drift: { detected: false }, health: { ok: true } });
+      expect(JSON.parse(st.stdout)).toMatchObject({
+        ok: true,
+        active: { id: res.release.id },
+        recorded: res.release.id,
+        drift: { detected: false },
+        health: { ok: true },
+      });
     },
     90_000,
   );
+
+  // TODO(bug): src/operations/switch-release.ts, save phase: the SwitchError's message drops the cause of the
+  // failed save (`(err as Error).message` only reaches the log line), and no `cause` is attached, so a
+  // --json consumer sees "pm2 save failed after switching to <id>; <prev> is serving again" and not why.
+  // Remove `.fails` once the message names the cause.
+  it.fails('save:fail → the JSON error names the cause of the failed save', () => {
+    expect(saveFailJson, 'the save:fail case ran').toBeDefined();
+    expect(saveFailJson!.error.message).toContain('injected failure at save');
+  });
 });

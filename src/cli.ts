@@ -47,7 +47,7 @@ export interface GlobalOptions {
 }
 
 export type Invocation =
-  | { command: 'deploy'; ref?: string; waitMs?: number; verify: boolean; pull?: string | boolean; force: boolean }
+  | { command: 'deploy'; ref?: string; waitMs?: number; verify: boolean; pull?: string | boolean; force: boolean; rebuild: boolean }
   | { command: 'build'; ref?: string; waitMs?: number }
   | { command: 'activate'; id: string; waitMs?: number }
   | { command: 'rollback'; waitMs?: number }
@@ -118,6 +118,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .option('--pull [branch]', 'first fetch origin and reset the workspace to origin/BRANCH (default: the checked-out branch)')
     .option('-f, --force', 'deploy a sha marked bad by a rollback; let --pull discard uncommitted changes', false)
     .option('--no-verify', 'skip starting the release on a spare port before the switch (the health gate still applies)')
+    .option('--rebuild', 'build a fresh release even if a ready release of this sha is retained', false)
     .addOption(waitOption())
     .addHelpText(
       'after',
@@ -125,7 +126,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     )
     .action((o) => {
       if (o.ref !== 'HEAD' && o.pull) throw new InvalidArgumentError('--ref and --pull exclude each other');
-      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false, pull: o.pull, force: !!o.force };
+      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false, pull: o.pull, force: !!o.force, rebuild: !!o.rebuild };
     });
   program
     .command('build')
@@ -253,7 +254,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     let result: object;
     switch (inv.command) {
       case 'deploy': {
-        const r = await api.deploy({ ...common, ref: inv.pull ? undefined : inv.ref, pull: inv.pull, force: inv.force, waitMs: inv.waitMs, verify: inv.verify ? undefined : false });
+        const r = await api.deploy({ ...common, ref: inv.pull ? undefined : inv.ref, pull: inv.pull, force: inv.force, rebuild: inv.rebuild, waitMs: inv.waitMs, verify: inv.verify ? undefined : false });
         [result, text] = [r, formatDeploy(r)];
         break;
       }

@@ -61,6 +61,16 @@ const appSchema = z.strictObject({
   requiredEnv: z.array(z.string().regex(ENV_NAME, 'must be an environment variable name')).optional(),
   /** How long to wait for the old process to release the port after `pm2 delete`. */
   portReleaseTimeoutMs: z.number().int().min(0).max(300_000).optional(),
+  /** restart: delete + start (the seed's way). cluster: zero-downtime, for a Node script run in PM2 cluster mode. */
+  strategy: z.enum(['restart', 'cluster']).optional(),
+  /** Cluster mode: processes per release. */
+  instances: z.number().int().min(1).max(64).optional(),
+  /** Reuse node_modules from a retained release whose lockfile, node, npm and platform match. */
+  reuseDependencies: z.boolean().optional(),
+  /** Heap cap for install and build (NODE_OPTIONS=--max-old-space-size), so a build OOMs before the VM does. */
+  buildMaxOldSpaceMB: z.number().int().min(128).max(65_536).optional(),
+  /** Run install and build with lower CPU and IO priority (nice/ionice) so the live app keeps its share. */
+  buildLowPriority: z.boolean().optional(),
 });
 
 const hookArgv = z.array(z.string().min(1)).min(1, 'must name a command');
@@ -118,6 +128,11 @@ export interface AppConfig {
   verify: { enabled: boolean; settleMs: number };
   requiredEnv: string[];
   portReleaseTimeoutMs: number;
+  strategy: 'restart' | 'cluster';
+  instances: number;
+  reuseDependencies: boolean;
+  buildMaxOldSpaceMB?: number;
+  buildLowPriority: boolean;
 }
 
 export interface PreflightConfig {
@@ -167,7 +182,8 @@ export const DEFAULTS = {
     name: 'frontend-dev',
     dir: 'frontend',
     envFiles: ['.env', '.env.local', '.env.production', '.env.production.local'],
-    install: ['npm', 'ci'],
+    // --prefer-offline: use the npm cache before the network; no audit/fund round trips on every deploy.
+    install: ['npm', 'ci', '--prefer-offline', '--no-audit', '--no-fund'],
     build: ['npm', 'run', 'build'],
     prune: ['.next', '.turbo', 'build/cache'],
     script: 'npm',
@@ -268,6 +284,11 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       },
       requiredEnv: app.requiredEnv ?? [],
       portReleaseTimeoutMs: app.portReleaseTimeoutMs ?? DEFAULTS.app.portReleaseTimeoutMs,
+      strategy: app.strategy ?? 'restart',
+      instances: app.instances ?? 1,
+      reuseDependencies: app.reuseDependencies ?? true,
+      buildMaxOldSpaceMB: app.buildMaxOldSpaceMB,
+      buildLowPriority: app.buildLowPriority ?? true,
     },
     hooks: { ...file.hooks, timeoutMs: file.hooks?.timeoutMs ?? 120_000 },
     serve: {
@@ -319,6 +340,8 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
   if (config.app.envFiles.length !== new Set(config.app.envFiles).size) problems.push('app.envFiles: lists a file twice');
   if (config.workspace === config.releasesDir || isInside(config.releasesDir, config.workspace))
     problems.push('releasesDir: must not be the workspace or inside it (releases would be archived into releases)');
+  if (config.app.strategy === 'cluster' && (config.app.script === 'npm' || config.app.script === 'yarn' || config.app.script === 'pnpm'))
+    problems.push(`app.script: the cluster strategy runs a Node script in PM2 cluster mode, not ${config.app.script} (e.g. "node_modules/next/dist/bin/next" with args ["start"])`);
   if (config.app.build.length === 0) warnings.push('app.build is empty: releases are not built, only installed');
 
   if (problems.length > 0) throw new ConfigError(problems, source);

@@ -40,6 +40,8 @@ function total(d: Record<string, number>): number {
 
 export function formatDeploy(r: DeployResult): string {
   const removed = r.removed.length ? `; removed ${r.removed.map((x) => x.id).join(', ')}` : '';
+  if (r.mode === 'unchanged') return `${r.release.id} (${r.release.shortSha}) is already active → ${r.url}; nothing to do (--rebuild builds it again)\n`;
+  if (r.mode === 'reactivated') return `reactivated retained ${r.release.id} (${r.release.shortSha}) without a build in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
   return `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` + `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n`;
 }
 

@@ -1,4 +1,5 @@
 /** Build a release: resolve + pre-checks → archive → env → install → build → prune. Never touches PM2. */
+import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -6,6 +7,7 @@ import { archive, commitHas, commitSubject, ensureRepository, isDirty, resolveRe
 import { asReleaseError, UsageError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { makeReleaseId } from '../release/naming.js';
+import { cloneTree, dependencyKey, supportsReflink } from '../release/dependencies.js';
 import { diskUsage, existsSync, MANIFEST_VERSION, type Manifest, type ReleaseRecord } from '../release/store.js';
 import {
   buildEnv,
@@ -107,8 +109,16 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
       return copied;
     });
     const env = buildEnv(ctx, id, sha);
+    const versions = await toolVersions(ctx, cwd);
+    manifest.node = versions.node;
+    manifest.npm = versions.npm;
+    const lockfile = await fsp.readFile(path.join(cwd, 'package-lock.json')).catch(() => undefined);
+    const key = lockfile ? dependencyKey(lockfile, versions.node, versions.npm) : undefined;
     await phase(ctx, 'install', async () => {
-      await runStep(ctx, 'install', config.app.install, cwd, logFile, env);
+      const started = performance.now();
+      const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile) : undefined;
+      if (!reused) await runStep(ctx, 'install', config.app.install, cwd, logFile, env);
+      manifest.dependencies = { method: reused?.method ?? 'install', key, from: reused?.from, durationMs: Math.round(performance.now() - started) };
       failpoint(ctx.env, 'install');
     });
     if (config.app.build.length > 0)
@@ -121,9 +131,6 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
       failpoint(ctx.env, 'prune');
     });
 
-    const versions = await toolVersions(ctx, cwd);
-    manifest.node = versions.node;
-    manifest.npm = versions.npm;
     manifest.lockfileHash = await lockfileHash(cwd);
     manifest.sizeBytes = await diskUsage(store.releaseDir(id));
     manifest.durationsMs = ownDurations();
@@ -142,6 +149,31 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
   const record = await store.get(id);
   if (!record) throw new Error(`release ${id} vanished after its build`);
   return record;
+}
+
+/**
+ * Clones node_modules from the newest retained ready release with the same dependency key. Returns undefined
+ * (and leaves no partial node_modules) when there is none or the clone fails: the caller installs instead.
+ */
+async function reuseDependencies(ctx: Context, key: string, cwd: string, logFile: string): Promise<{ method: 'reflink' | 'copy'; from: string } | undefined> {
+  const target = path.join(cwd, 'node_modules');
+  if (existsSync(target)) return undefined; // committed node_modules: leave it to the installer
+  const donor = (await ctx.store.list()).find((r) => r.status === 'ready' && r.manifest?.dependencies?.key === key && existsSync(path.join(r.cwd, 'node_modules')));
+  if (!donor) return undefined;
+  const reflink = await supportsReflink(cwd);
+  try {
+    await cloneTree(path.join(donor.cwd, 'node_modules'), target, reflink);
+    const method = reflink ? 'reflink' : 'copy';
+    const note = `reused node_modules from ${donor.id} (${method}): same package-lock.json, node, npm and platform`;
+    await fsp.appendFile(logFile, `${note}\n`);
+    ctx.emit({ type: 'output', phase: 'install', stream: 'stdout', line: note });
+    ctx.logger.info(note);
+    return { method, from: donor.id };
+  } catch (err) {
+    warn(ctx, `could not reuse node_modules from ${donor.id} (${(err as Error).message}); installing instead`);
+    await fsp.rm(target, { recursive: true, force: true });
+    return undefined;
+  }
 }
 
 export async function markFailed(ctx: Context, manifest: Manifest, err: { code: string; phase: string; message: string }, durationsMs?: Record<string, number>): Promise<void> {

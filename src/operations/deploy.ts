@@ -9,6 +9,7 @@ import { failpoint } from '../failpoint.js';
 import { currentBranch, pullBranch } from '../git.js';
 import { acquireLock, type HeldLock } from '../lock.js';
 import { clearBad, readBadShas } from '../release/history.js';
+import { appPort, healthUrl } from '../config.js';
 import { allocateId, buildRelease, markFailed, resolveRelease } from './build.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { preflight } from './doctor.js';
@@ -30,6 +31,8 @@ export interface DeployOptions extends CommonOptions {
   waitMs?: number;
   /** Skip the verify-before-switch run (the health gate after the switch still applies). */
   verify?: boolean;
+  /** Build a fresh release even when a ready release of this sha is retained. */
+  rebuild?: boolean;
 }
 
 export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
@@ -52,6 +55,42 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
       sha = resolved.sha;
       await refuseBadSha(ctx, resolved.sha, !!opts.force);
       from = await currentRelease(ctx);
+      if (!opts.rebuild) {
+        // Instant redeploy: a ready release of this sha is retained, so there is nothing to archive,
+        // install or build. Deploying the active sha is a no-op.
+        const releases = await ctx.store.list();
+        const active = releases.find((r) => r.id === from);
+        const same = active?.status === 'ready' && active.manifest?.sha === resolved.sha ? active : releases.find((r) => r.status === 'ready' && r.manifest?.sha === resolved.sha);
+        if (same) {
+          to = same.id;
+          const unchanged = same.id === from;
+          let url = healthUrl(ctx.config.app, appPort(ctx.config.app));
+          let previous: string | null = null;
+          if (unchanged) ctx.logger.info(`${resolved.sha.slice(0, 7)} is already active as ${same.id}: nothing to do`);
+          else {
+            ctx.logger.info(`${resolved.sha.slice(0, 7)} is retained as ${same.id}: activating it without a build`);
+            const switched = await switchToRelease(ctx, same);
+            if (opts.force) await clearBad(ctx.config.releasesDir, resolved.sha);
+            url = switched.url;
+            previous = switched.previous;
+            const vars = { RELEASE_ID: same.id, RELEASE_SHA: resolved.sha, RELEASE_DIR: same.cwd, PREVIOUS_RELEASE_ID: from };
+            await runHook(ctx, 'postSwitch', vars, same.cwd);
+            await runHook(ctx, 'postDeploy', vars, same.cwd);
+          }
+          const marks = await readBadShas(ctx.config.releasesDir);
+          return {
+            ok: true as const,
+            action: 'deploy' as const,
+            mode: unchanged ? ('unchanged' as const) : ('reactivated' as const),
+            release: releaseInfo((await ctx.store.get(same.id)) ?? same, same.id, ctx.store.buildLog(same.id), marks),
+            previous,
+            url,
+            durationsMs: { ...ctx.durations },
+            removed: [],
+            warnings: ctx.warnings,
+          };
+        }
+      }
       const id = await allocateId(ctx, resolved.sha);
       to = id;
       const vars = { RELEASE_ID: id, RELEASE_SHA: resolved.sha, RELEASE_DIR: ctx.store.appCwd(id), PREVIOUS_RELEASE_ID: from };
@@ -79,6 +118,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
       return {
         ok: true as const,
         action: 'deploy' as const,
+        mode: 'built' as const,
         release: releaseInfo(fresh, release.id, ctx.store.buildLog(release.id)),
         previous: switched.previous,
         url: switched.url,

@@ -51,6 +51,8 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
 export interface DeployResult {
   ok: true;
   action: 'deploy';
+  /** built: a new release; reactivated: a retained release of this sha was switched to; unchanged: it was already active. */
+  mode: 'built' | 'reactivated' | 'unchanged';
   release: ReleaseInfo;
   /** The release that served before, or null on a first deploy / adoption of a non-release app. */
   previous: string | null;

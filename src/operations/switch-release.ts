@@ -3,7 +3,9 @@
  * switch PM2 → health gate → pm2 save → record as active. If the switch or the health gate fails, the app
  * is put back as it was, the dump is saved again, and a SwitchError naming the phase is thrown.
  */
-import { appPort, healthChecks, healthUrl } from '../config.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import { appPort, healthChecks, healthUrl, isInside } from '../config.js';
 import { failpoint } from '../failpoint.js';
 import { SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
@@ -22,12 +24,18 @@ export interface SwitchResult {
 
 export function appDefinition(ctx: Context, release: ReleaseRecord): AppDefinition {
   const sha = release.manifest?.sha ?? '';
+  // A script given as a path inside the app (server.mjs, node_modules/next/dist/bin/next) is made absolute:
+  // PM2 resolves relative scripts against the CLI's cwd, not --cwd. A bare command (npm) stays as it is.
+  const script = ctx.config.app.script;
+  const local = path.resolve(release.cwd, script);
+  const resolvedScript = !path.isAbsolute(script) && (script.includes('/') || fs.existsSync(local)) && isInside(local, release.cwd) ? local : script;
   return {
     name: ctx.config.app.name,
-    script: ctx.config.app.script,
+    script: resolvedScript,
     args: [...ctx.config.app.args],
     cwd: release.cwd,
     env: { ...ctx.config.app.env, RELEASE_ID: release.id, RELEASE_SHA: sha },
+    ...(ctx.config.app.strategy === 'cluster' ? { execMode: 'cluster' as const, instances: ctx.config.app.instances } : { execMode: 'fork' as const }),
   };
 }
 
@@ -52,7 +60,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
   const port = appPort(ctx.config.app);
   const url = healthUrl(ctx.config.app, port);
   const previous = await currentRelease(ctx);
-  const strategy = strategyFor('restart');
+  const strategy = strategyFor(ctx.config.app.strategy);
 
   // The env we hand to the pm2 CLI becomes the app's env: the caller's, minus the outer npm run's variables.
   const pm2Env = childEnv(ctx.env);
@@ -87,7 +95,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       ctx.logger.error(msg);
       return { ok: false, text: msg };
     }
-    if (!handle.before) return { ok: false, text: 'there was no previous app to put back' };
+    if (!handle.before && !handle.keepsOld) return { ok: false, text: 'there was no previous app to put back' };
     // Wait until the previous app answers again, so "serving again" is a fact, not a hope.
     const again = await waitHealthy({
       checks: healthChecks(ctx.config.app, port),
@@ -115,8 +123,13 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
         timeoutMs: ctx.config.app.healthcheck.timeoutMs,
         settleMs: ctx.config.app.healthcheck.settleMs,
         signal: ctx.signal,
-        sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+        sample: async () => {
+          const ids = new Set(await handle.newIds());
+          return (await ctx.pm2.processes(app.name)).filter((p) => ids.has(p.pmId)).map((p) => ({ status: p.status, restarts: p.restarts }));
+        },
       });
+      // Zero-downtime strategies retire the old release only now that the new one passed.
+      if (outcome.ok) await handle.commit();
     } catch (err) {
       outcome = { ok: false, reason: (err as Error).message, probes: [], elapsedMs: 0 };
     }

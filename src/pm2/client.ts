@@ -20,6 +20,7 @@ export interface Pm2Process {
   status: string;
   cwd: string;
   restarts: number;
+  /** PM2's exec_mode: fork_mode or cluster_mode. */
   execMode: string;
   uptimeSince?: number;
   releaseId?: string;
@@ -150,14 +151,19 @@ export class Pm2 {
    * Starts an app the way the seed runbook does (`FRONT_PORT=3001 pm2 start npm --name X -- run start`
    * from the release directory): its env is the pm2 CLI's environment, which PM2 copies into the app.
    */
-  async start(app: AppDefinition): Promise<void> {
-    await this.pm2(['start', app.script, '--name', app.name, '--cwd', app.cwd, '--', ...app.args], app.env);
+  async start(app: AppDefinition, opts: { alongside?: boolean } = {}): Promise<void> {
+    const args = ['start', app.script, '--name', app.name, '--cwd', app.cwd];
+    if (app.execMode === 'cluster') args.push('-i', String(app.instances ?? 1));
+    // PM2 refuses a second app with the same name unless forced; the cluster switch wants exactly that.
+    if (opts.alongside) args.push('-f');
+    // A trailing `--` with no arguments makes PM2 look for ecosystem.config.js.
+    await this.pm2(app.args.length ? [...args, '--', ...app.args] : args, app.env);
   }
 
   /** Starts an app again from a snapshot (the revert path), with exactly the environment it had. */
   async startSnapshot(snap: Pm2Snapshot): Promise<void> {
     const args = ['start', snap.script, '--name', snap.name, '--cwd', snap.cwd];
-    args.push('--', ...snap.args);
+    if (snap.args.length) args.push('--', ...snap.args);
     // The snapshot env replaces ours, but PM2_HOME and PATH must still point at this daemon and its node.
     await this.pm2(args, { PM2_HOME: this.opts.env.PM2_HOME, PATH: this.opts.env.PATH }, snap.env);
   }
@@ -271,6 +277,6 @@ function toProcess(raw: RawProcess): Pm2Process {
 }
 
 function lastLine(text: string): string {
-  const lines = text.trim().split('\n');
+  const lines = text.replace(/\x1b\[[0-9;]*m/g, '').trim().split('\n');
   return lines[lines.length - 1] ?? '';
 }

@@ -25,8 +25,16 @@ export interface SwitchInput {
 export interface SwitchHandle {
   /** How the app ran before the switch (undefined on a first deploy). Holds env values: never log it. */
   before?: Pm2Snapshot;
-  /** Puts the app back as it was before the switch (deletes the new processes first). */
+  /** PM2 ids of the new release's processes (the health gate watches these). */
+  newIds(): Promise<number[]>;
+  /** After the health gate passed: retire the old release (no-op for restart, which already stopped it). */
+  commit(): Promise<void>;
+  /** Puts the app back as it was before the switch (deletes the new processes). */
   revert(): Promise<void>;
+  /** True when the old processes keep running until commit (cluster): a revert before commit loses nothing. */
+  keepsOld?: boolean;
+  /** True once commit() retired the old processes. */
+  committed?: boolean;
 }
 
 export interface SwitchStrategy {
@@ -70,11 +78,69 @@ export const restartStrategy: SwitchStrategy = {
       await revert().catch((revertErr: Error) => input.logger.error({ err: revertErr.message }, 'revert failed'));
       throw err;
     }
-    return { before, revert };
+    return {
+      before,
+      revert,
+      newIds: async () => (await pm2.processes(target.name)).map((p) => p.pmId),
+      commit: async () => undefined,
+    };
+  },
+};
+
+/**
+ * Zero downtime, for a Node script run in PM2 cluster mode: the new release starts as additional cluster
+ * processes under the same name (PM2's cluster master shares the port between all of them), the health
+ * gate watches only the new ids, and only then are the old ids deleted. If the new processes fail, only
+ * they are deleted: the old release never stopped serving.
+ *
+ * The overlap window (from the new ids answering to the old ids' deletion) is a few hundred ms: both
+ * builds answer requests then. For Next.js, a page rendered by one build can ask for static chunks the
+ * other build does not have; keep the window short (health settle time) and prefer `assetPrefix`/a CDN
+ * for chunks if that matters.
+ */
+export const clusterStrategy: SwitchStrategy = {
+  name: 'cluster',
+  async switch(input) {
+    const { pm2, target } = input;
+    const old = await pm2.processes(target.name);
+    // Sharing the port needs the old processes in cluster mode too; from fork mode (the seed's `pm2 start
+    // npm`) or from nothing, the first switch is a restart.
+    if (old.length === 0 || old.some((p) => p.execMode !== 'cluster_mode')) {
+      input.logger.warn(old.length ? `${target.name} runs in ${old[0]!.execMode}: this switch is a restart, later ones are zero-downtime` : `${target.name} is not running: starting it`);
+      return restartStrategy.switch(input);
+    }
+    const oldIds = new Set(old.map((p) => p.pmId));
+    const newIds = async () => (await pm2.processes(target.name)).filter((p) => !oldIds.has(p.pmId)).map((p) => p.pmId);
+    const deleteIds = async (ids: Iterable<number>) => {
+      for (const id of ids) await pm2.delete(id).catch((err: Error) => input.logger.warn(`pm2 delete ${id}: ${err.message}`));
+    };
+    const handle: SwitchHandle = {
+      before: undefined,
+      keepsOld: true,
+      newIds,
+      // After commit the old processes are gone: deleting the new ones would leave nothing serving.
+      revert: async () => {
+        if (handle.committed) throw new Error('the old release was already retired; the new one keeps serving');
+        await deleteIds(await newIds());
+      },
+      commit: async () => {
+        await deleteIds(oldIds);
+        handle.committed = true;
+      },
+    };
+    try {
+      input.beforeStart?.();
+      await pm2.start(target, { alongside: true });
+    } catch (err) {
+      await handle.revert();
+      throw err;
+    }
+    return handle;
   },
 };
 
 export function strategyFor(name: string): SwitchStrategy {
   if (name === 'restart') return restartStrategy;
+  if (name === 'cluster') return clusterStrategy;
   throw new Error(`unknown switch strategy ${name}`);
 }

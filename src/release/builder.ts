@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { CommandFailure, run } from '../exec.js';
+import { CommandFailure, formatCommand, run } from '../exec.js';
 import { BuildError, UsageError, type Phase } from '../errors.js';
 import { isInside } from '../config.js';
 import { childEnv, type Context } from '../operations/context.js';
@@ -113,7 +113,27 @@ export function buildEnv(ctx: Context, releaseId: string, sha: string): Record<s
   };
 }
 
-export async function runStep(ctx: Context, step: Phase, argv: string[], cwd: string, logFile: string, env: Record<string, string | undefined>): Promise<void> {
+/**
+ * Install and build run at lower CPU and IO priority (nice, ionice when present) and with an optional heap
+ * cap, so on a 4 GiB VM the kernel's OOM killer and the scheduler pick the build, not the live app or PM2.
+ */
+export function lean(ctx: Context, argv: string[], env: Record<string, string | undefined>): { argv: string[]; env: Record<string, string | undefined> } {
+  let out = argv;
+  if (ctx.config.app.buildLowPriority) {
+    if (onPath('ionice', env.PATH)) out = ['ionice', '-c2', '-n7', ...out];
+    if (onPath('nice', env.PATH)) out = ['nice', '-n', '10', ...out];
+  }
+  const cap = ctx.config.app.buildMaxOldSpaceMB;
+  if (!cap) return { argv: out, env };
+  return { argv: out, env: { ...env, NODE_OPTIONS: [env.NODE_OPTIONS, `--max-old-space-size=${cap}`].filter(Boolean).join(' ') } };
+}
+
+function onPath(bin: string, pathVar: string | undefined): boolean {
+  return (pathVar ?? '').split(path.delimiter).some((d) => d && fs.existsSync(path.join(d, bin)));
+}
+
+export async function runStep(ctx: Context, step: Phase, command: string[], cwd: string, logFile: string, baseEnv: Record<string, string | undefined>): Promise<void> {
+  const { argv, env } = lean(ctx, command, baseEnv);
   try {
     await run(argv, {
       cwd,
@@ -127,7 +147,7 @@ export async function runStep(ctx: Context, step: Phase, argv: string[], cwd: st
     });
   } catch (err) {
     if (err instanceof CommandFailure)
-      throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${err.command} ${err.reason}`, {
+      throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${formatCommand(command)} ${err.reason}`, {
         phase: step,
         hint: `read the build log; the live app was not touched`,
         logFile,

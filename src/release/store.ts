@@ -40,6 +40,8 @@ export interface Manifest {
   node: string;
   npm?: string;
   lockfileHash?: string;
+  /** How node_modules came to be: a fresh install, or a clone of another release's (reflink or copy). */
+  dependencies?: { method: 'install' | 'reflink' | 'copy'; key?: string; from?: string; durationMs?: number };
   sizeBytes?: number;
   envFiles: string[];
   error?: { code: string; phase: string; message: string };
@@ -52,6 +54,9 @@ export interface AppDefinition {
   args: string[];
   cwd: string;
   env: Record<string, string>;
+  /** PM2 exec mode: fork (the seed's `pm2 start npm`) or cluster (zero-downtime strategy). */
+  execMode?: 'fork' | 'cluster';
+  instances?: number;
 }
 
 export interface ActiveState {

@@ -30,6 +30,12 @@ const BEFORE_SWITCH: Failpoint[] = ['archive', 'env', 'install', 'build', 'prune
 const IN_SWITCH: Failpoint[] = ['switch', 'health', 'save'];
 
 const APP = 'frontend-dev';
+
+/**
+ * Cases whose "next deploy" test currently fails because of a bug in src (see the report); they run as
+ * it.fails so the suite stays green and flags the fix (an it.fails that passes fails the suite).
+ */
+const KNOWN_BUGS: Record<string, string> = {};
 const KEEP = 3;
 
 interface Probe {
@@ -162,12 +168,19 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
     await sb?.close();
   });
 
-  it.each(matrix)(
-    '%s:%s → live app kept (or reverted), nothing half-done, next deploy succeeds',
-    async (point, action) => {
+  describe.each(matrix)('%s:%s', (point, action) => {
+    const key = `${point}:${action}`;
+    /** What the injected run started from and left; read by the second test. */
+    let prev = '';
+    let fresh: ReleaseJson | undefined;
+    let version = '';
+
+    it(`deploy with PM2_RELEASE_FAILPOINT=${key} → ${
+      BEFORE_SWITCH.includes(point) ? 'live app untouched' : action === 'fail' && point !== 'retain' ? 'previous release put back' : 'a ready release serves'
+    }, no half-done release`, async () => {
       // ---- before: what serves now
       const before = await list({ configPath: sb.configPath, env: sb.env, cwd: sb.root });
-      const prev = before.active!;
+      prev = before.active!;
       expect(prev, 'a release is active before the injected deploy').toBeTruthy();
       const prevCwd = before.releases.find((r) => r.id === prev)!.cwd;
       expect((await probe(url())).release).toBe(prev);
@@ -177,12 +190,12 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       const idsBefore = new Set(before.releases.map((r) => r.id));
 
       n += 1;
-      const version = `v${n}-${point}-${action}`;
+      version = `v${n}-${point}-${action}`;
       sb.commit(version, { 'version.txt': `${version}\n` });
 
       // ---- the injected deploy, polled while it runs
-      const run = await runCli(sb, ['deploy', '--json'], { PM2_RELEASE_FAILPOINT: `${point}:${action}` }, url());
-      const ctx = `${point}:${action}\nstdout: ${run.stdout}\nstderr (tail): ${run.stderr.slice(-3000)}`;
+      const run = await runCli(sb, ['deploy', '--json'], { PM2_RELEASE_FAILPOINT: key }, url());
+      const ctx = `${key}\nstdout: ${run.stdout}\nstderr (tail): ${run.stderr.slice(-3000)}`;
 
       if (action === 'kill') {
         expect(run.signal, ctx).toBe('SIGKILL');
@@ -196,7 +209,7 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         // The health gate and the save step report the injected error under their own codes.
         const expectedCode = point === 'health' ? 'HEALTH_FAILED' : point === 'save' ? 'SAVE_FAILED' : 'INJECTED_FAILURE';
         expect(out.error, ctx).toMatchObject({ code: expectedCode, phase: point });
-        // SAVE_FAILED's message does not carry the cause (see the separate it.fails below); the log does.
+        // SAVE_FAILED's message does not carry the cause (see the it.fails at the end); the log does.
         if (point === 'save') expect(run.stderr, 'the injected cause is logged').toContain('injected failure at save');
         else expect(out.error.message, ctx).toContain(`injected failure at ${point}`);
         if (point === 'health' || point === 'save') expect(out.error.message, ctx).toContain(`${prev} is serving again`);
@@ -207,14 +220,14 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       const after = await listJson();
       const created = after.releases.filter((r) => !idsBefore.has(r.id));
       expect(created.map((r) => r.id), 'the injected run created exactly one release').toHaveLength(1);
-      const fresh = created[0]!;
+      fresh = created[0]!;
       const expectedStatus =
         action === 'fail'
           ? point === 'retain'
             ? 'ready' // switched and saved; only the clean-up failed
             : 'failed'
           : BEFORE_SWITCH.includes(point) && point !== 'verify'
-            ? 'incomplete' // killed mid-build: the manifest still says building, its builder is gone
+            ? 'incomplete' // killed mid-build: the manifest still says building, and its builder is gone
             : 'ready';
       expect(fresh.status, ctx).toBe(expectedStatus);
       if (fresh.status === 'failed') expect(fresh.error).toMatchObject({ phase: point });
@@ -230,9 +243,11 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       const seq = segments(polls);
       const outages = seq.filter((s) => s === null).length;
 
-      // Killed right after `pm2 start` (health), the new process may still be booting: give it a moment.
+      // Killed right after `pm2 start` (health), the new process may still be booting, and the switch-phase
+      // revert does not wait for the old one to answer: give them a moment.
       let now = await probe(url());
-      for (let i = 0; i < 50 && action === 'kill' && point === 'health' && now.release === null; i++) {
+      const mayBoot = (action === 'kill' && point === 'health') || (action === 'fail' && point === 'switch');
+      for (let i = 0; i < 25 && mayBoot && now.release === null; i++) {
         await sleep(200);
         now = await probe(url());
       }
@@ -256,8 +271,9 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         expect(dumpCwd()).toBe(prevCwd);
         expect(after.active).toBe(prev);
         expect(seq[0]).toBe(prev);
-        expect(seq[seq.length - 1], `the run ends with the previous release serving: ${JSON.stringify(seq)}`).toBe(prev);
         expect(outages, `outages: ${JSON.stringify(seq)}`).toBeLessThanOrEqual(2);
+        // health/save wait until the previous release answers before they report "serving again".
+        if (point !== 'switch') expect(seq[seq.length - 1], `the run ends with the previous release serving: ${JSON.stringify(seq)}`).toBe(prev);
         if (point === 'switch') expect([...served], 'the new release never started').toEqual([prev]);
       } else if (action === 'fail' && point === 'retain') {
         // The switch succeeded; only the clean-up was interrupted.
@@ -288,14 +304,23 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       }
       // Whatever a resurrect would bring back is a ready release.
       const dc = dumpCwd();
-      expect(
-        after.releases.some((r) => r.status === 'ready' && r.cwd === dc),
-        `dump cwd ${dc} is a ready release`,
-      ).toBe(true);
+      expect(after.releases.some((r) => r.status === 'ready' && r.cwd === dc), `dump cwd ${dc} is a ready release`).toBe(true);
+    });
 
-      // ---- the next plain deploy repairs what is left and succeeds on its own
+    (KNOWN_BUGS[key] ? it.fails : it)(`next plain deploy after ${key} succeeds, serves the new version, no drift${KNOWN_BUGS[key] ? ` [known bug: ${KNOWN_BUGS[key]}]` : ''}`, async () => {
+      expect(fresh, 'the injected run left a release').toBeDefined();
+      if (key === 'health:fail') {
+        // The health gate marked this sha bad: a plain deploy of it is refused and changes nothing...
+        const refused = await runCli(sb, ['deploy', '--json']);
+        expect(refused.code, refused.stdout + refused.stderr.slice(-2000)).toBe(7);
+        expect(JSON.parse(refused.stdout).error).toMatchObject({ code: 'SHA_MARKED_BAD' });
+        expect((await probe(url())).release).toBe(prev);
+        // ...and a fix (a newer commit) deploys normally.
+        version = `${version}-fix`;
+        sb.commit(version, { 'version.txt': `${version}\n` });
+      }
       const next = await runCli(sb, ['deploy', '--json']);
-      expect(next.code, `next deploy after ${point}:${action}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
+      expect(next.code, `next deploy after ${key}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
       const res = JSON.parse(next.stdout);
       expect(res).toMatchObject({ ok: true, action: 'deploy', release: { status: 'ready' } });
       const nowNext = await probe(url());
@@ -305,7 +330,7 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       const pm2Next = pm2State();
       expect(pm2Next.verify, 'no leftover verify processes').toEqual([]);
       expect(pm2Next.app.map((p) => p.pm2_env.pm_cwd)).toEqual([res.release.cwd]);
-      expect(dumpCwd()).toBe(res.release.cwd);
+      expect(dumpCwd(), 'the dump points at the release PM2 serves').toBe(res.release.cwd);
       expect(removalLeftovers(), 'no half-removed releases').toEqual([]);
       expect(final.active).toBe(res.release.id);
       expectReadyComplete(final.releases);
@@ -319,9 +344,8 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         drift: { detected: false },
         health: { ok: true },
       });
-    },
-    90_000,
-  );
+    });
+  });
 
   // TODO(bug): src/operations/switch-release.ts, save phase: the SwitchError's message drops the cause of the
   // failed save (`(err as Error).message` only reaches the log line), and no `cause` is attached, so a

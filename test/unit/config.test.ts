@@ -57,7 +57,7 @@ describe('defaults', () => {
     expect(config.app.dir).toBe('frontend');
     expect(config.app.env).toEqual({ FRONT_PORT: '3001' });
     expect(config.app.portEnv).toBe('FRONT_PORT');
-    expect(config.app.install).toEqual(['npm', 'ci']);
+    expect(config.app.install).toEqual(['npm', 'ci', '--prefer-offline', '--no-audit', '--no-fund']);
     expect(config.app.build).toEqual(['npm', 'run', 'build']);
     expect(config.app.healthcheck.url).toBe('http://127.0.0.1:{port}/');
   });
@@ -76,7 +76,7 @@ describe('defaults', () => {
     first.app.env.FRONT_PORT = '9999';
     first.app.healthcheck.expectStatus.push(500);
     const second = load().config;
-    expect(second.app.install).toEqual(['npm', 'ci']);
+    expect(second.app.install).toEqual(['npm', 'ci', '--prefer-offline', '--no-audit', '--no-fund']);
     expect(second.app.build).toEqual(['npm', 'run', 'build']);
     expect(second.app.env).toEqual({ FRONT_PORT: '3001' });
     expect(second.app.healthcheck.expectStatus).toEqual([200]);

@@ -1,0 +1,59 @@
+/**
+ * Dependency reuse: when a new release's package-lock.json, Node and npm versions and platform hash the
+ * same as a retained ready release's, its node_modules is cloned instead of running `npm ci`.
+ *
+ * Releases must stay independent (a change under one release's node_modules must never alter another's),
+ * so files are cloned with copy-on-write reflinks where the filesystem supports them (XFS, btrfs) and
+ * copied otherwise. Hard links are never used: they would share every later write.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+
+export type DependencyMethod = 'install' | 'reflink' | 'copy';
+
+export function dependencyKey(lockfile: Buffer, node: string, npm: string | undefined, platform = `${process.platform}-${process.arch}`): string {
+  return crypto.createHash('sha256').update(lockfile).update('\0').update(node).update('\0').update(npm ?? '').update('\0').update(platform).digest('hex');
+}
+
+/** True when `dir`'s filesystem can clone a file with a reflink. */
+export async function supportsReflink(dir: string): Promise<boolean> {
+  const a = path.join(dir, `.reflink-probe-${process.pid}`);
+  const b = `${a}.clone`;
+  try {
+    await fsp.writeFile(a, 'probe');
+    await fsp.copyFile(a, b, fs.constants.COPYFILE_FICLONE_FORCE);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await fsp.rm(a, { force: true });
+    await fsp.rm(b, { force: true });
+  }
+}
+
+/**
+ * Clones a tree: directories created, files reflinked (or copied, keeping their mode), symlinks recreated
+ * with the same (relative) target, so `file:` dependencies point into the new release.
+ */
+export async function cloneTree(src: string, dest: string, reflink: boolean): Promise<void> {
+  const mode = reflink ? fs.constants.COPYFILE_FICLONE_FORCE : 0;
+  const walk = async (from: string, to: string): Promise<void> => {
+    await fsp.mkdir(to, { recursive: true, mode: (await fsp.stat(from)).mode & 0o7777 });
+    const entries = await fsp.readdir(from, { withFileTypes: true });
+    // Bounded parallelism: enough to hide latency, not enough to exhaust file descriptors.
+    const queue = [...entries];
+    const worker = async () => {
+      for (let e = queue.shift(); e; e = queue.shift()) {
+        const s = path.join(from, e.name);
+        const d = path.join(to, e.name);
+        if (e.isDirectory()) await walk(s, d);
+        else if (e.isSymbolicLink()) await fsp.symlink(await fsp.readlink(s), d);
+        else if (e.isFile()) await fsp.copyFile(s, d, mode);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, entries.length) }, worker));
+  };
+  await walk(src, dest);
+}

@@ -75,7 +75,8 @@ export function createContext(opts: CommonOptions, overrides?: { keep?: number }
     signal: opts.signal,
     trigger: opts.trigger ?? 'api',
     redactor,
-    pm2: new Pm2({ env, logger, redactor }),
+    // The pm2 CLI (and so a daemon it starts) never sees our own secrets or an outer npm run's variables.
+    pm2: new Pm2({ env: childEnv(env), logger, redactor }),
     store: new ReleaseStore(config.releasesDir, config.app.dir),
     durations: {},
     emit(event) {

@@ -126,8 +126,10 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
     },
     pm2,
     jlist() {
+      // The call that starts the daemon prints "[PM2] …" lines first: take the line holding the JSON array.
       const out = pm2('jlist');
-      return JSON.parse(out.slice(out.indexOf('['), out.lastIndexOf(']') + 1));
+      const line = out.split('\n').reverse().find((l) => l.trim().startsWith('[{') || l.trim() === '[]');
+      return JSON.parse(line ?? '[]');
     },
     async close() {
       const pidFile = path.join(pm2Home, 'pm2.pid');

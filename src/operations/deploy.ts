@@ -70,7 +70,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
           else {
             ctx.logger.info(`${resolved.sha.slice(0, 7)} is retained as ${same.id}: activating it without a build`);
             const switched = await switchToRelease(ctx, same);
-            if (opts.force) await clearBad(ctx.config.releasesDir, resolved.sha);
+            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
             url = switched.url;
             previous = switched.previous;
             const vars = { RELEASE_ID: same.id, RELEASE_SHA: resolved.sha, RELEASE_DIR: same.cwd, PREVIOUS_RELEASE_ID: from };

@@ -42,7 +42,8 @@ export async function runHook(ctx: Context, name: HookName, vars: HookVars, cwd:
       logger: ctx.logger,
       baseEnv: env,
       redactor: ctx.redactor,
-      signal: ctx.signal,
+      // onFailure must run even when the failure is a cancellation: only its timeout bounds it.
+      signal: name === 'onFailure' ? undefined : ctx.signal,
       timeoutMs: ctx.config.hooks.timeoutMs,
       captureStdout: false,
       onLine: (line, stream) => ctx.emit({ type: 'output', phase: 'hook', stream, line }),

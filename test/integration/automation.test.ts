@@ -564,11 +564,8 @@ describe('hooks', () => {
     expect((await get(url())).body).toContain(activeBefore);
   });
 
-  // BUG: src/operations/hooks.ts runHook passes ctx.signal to run(); on a cancelled deploy that signal is
-  // already aborted, so execa cancels the onFailure command before it starts (a warning "onFailure hook
-  // failed (not fatal): … cancelled" is all that happens). deploy.ts clearly means to run onFailure for every
-  // failure but LOCKED, CANCELLED included (FAILURE_CODE=CANCELLED).
-  it.fails('onFailure also runs when a deploy is cancelled (FAILURE_CODE=CANCELLED, FAILURE_PHASE=build)', () => {
+  // onFailure runs for every failure but LOCKED, a cancellation included: it must not inherit the aborted signal.
+  it('onFailure also runs when a deploy is cancelled (FAILURE_CODE=CANCELLED, FAILURE_PHASE=build)', () => {
     expect(cancelled, 'the cancel test above did not run').not.toBeNull();
     expect(records(), `warnings: ${JSON.stringify(cancelWarnings)}`).toMatchObject([{ hook: 'onFailure', code: 'CANCELLED', phase: 'build', id: cancelled!.releaseId }]);
   });

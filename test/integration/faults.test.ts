@@ -35,7 +35,16 @@ const APP = 'frontend-dev';
  * Cases whose "next deploy" test currently fails because of a bug in src (see the report); they run as
  * it.fails so the suite stays green and flags the fix (an it.fails that passes fails the suite).
  */
-const KNOWN_BUGS: Record<string, string> = {};
+const KNOWN_BUGS: Record<string, string> = {
+  // src/operations/deploy.ts, instant redeploy: PM2 already runs the killed run's release (found by cwd), so
+  // the deploy returns mode "unchanged" ("nothing to do") without the health gate, `pm2 save` or
+  // writeActive: the dump still resurrects the previous release and status reports drift.
+  'health:kill': '"unchanged" leaves the dump and the record on the previous release',
+  'save:kill': '"unchanged" leaves the dump and the record on the previous release',
+  // src/operations/switch-release.ts putBack(): a failed `pm2 save` marks the (healthy) sha bad, so the
+  // SAVE_FAILED hint "check that PM2_HOME is writable, then deploy again" ends in SHA_MARKED_BAD (exit 7).
+  'save:fail': 'a failed pm2 save marks the sha bad; deploying it again is refused',
+};
 const KEEP = 3;
 
 interface Probe {
@@ -157,8 +166,27 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
   };
   const removalLeftovers = () => fs.readdirSync(sb.releasesDir).filter((f) => f.startsWith('.removing-'));
 
+  /**
+   * When a case fails (a known bug), it must not leak into the next one: if PM2, the dump and the record
+   * disagree, deploy a new commit (which switches, saves and records) so the next case starts clean.
+   */
+  const repairIfInconsistent = async (key: string) => {
+    try {
+      const st = JSON.parse((await runCli(sb, ['status', '--json'])).stdout);
+      const procs = pm2State();
+      const consistent = !st.drift?.detected && procs.app.length === 1 && procs.verify.length === 0 && dumpCwd() === procs.app[0]!.pm2_env.pm_cwd;
+      if (consistent) return;
+      sb.commit(`repair after ${key}`, { 'version.txt': `repair-${key}\n` });
+      const r = await runCli(sb, ['deploy', '--json']);
+      console.warn(`state after ${key} was inconsistent (${st.drift?.reason ?? 'dump/PM2 disagree'}); repair deploy exited ${r.code}`);
+    } catch (err) {
+      console.warn(`repair after ${key} failed: ${(err as Error).message}`);
+    }
+  };
+
   beforeAll(async () => {
-    sb = await createSandbox({ keep: KEEP });
+    // Shorter settle times than the sandbox default keep 40 deploys within budget; the gates still apply.
+    sb = await createSandbox({ keep: KEEP, app: { healthcheck: { timeoutMs: 20_000, settleMs: 300 }, verify: { settleMs: 300 } } });
     const r = cli(sb, ['deploy', '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect((await probe(url())).release).toBe(JSON.parse(r.stdout).release.id);
@@ -319,31 +347,45 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         version = `${version}-fix`;
         sb.commit(version, { 'version.txt': `${version}\n` });
       }
-      const next = await runCli(sb, ['deploy', '--json']);
-      expect(next.code, `next deploy after ${key}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
-      const res = JSON.parse(next.stdout);
-      expect(res).toMatchObject({ ok: true, action: 'deploy', release: { status: 'ready' } });
-      const nowNext = await probe(url());
-      expect(nowNext.release, JSON.stringify(nowNext)).toBe(res.release.id);
-      expect(nowNext.body).toContain(version);
-      const [final, st] = await Promise.all([listJson(), runCli(sb, ['status', '--json'])]);
-      const pm2Next = pm2State();
-      expect(pm2Next.verify, 'no leftover verify processes').toEqual([]);
-      expect(pm2Next.app.map((p) => p.pm2_env.pm_cwd)).toEqual([res.release.cwd]);
-      expect(dumpCwd(), 'the dump points at the release PM2 serves').toBe(res.release.cwd);
-      expect(removalLeftovers(), 'no half-removed releases').toEqual([]);
-      expect(final.active).toBe(res.release.id);
-      expectReadyComplete(final.releases);
-      expect(final.releases.filter((r) => r.status === 'incomplete' || r.status === 'building').map((r) => r.id)).toEqual([]);
-      expect(final.releases.filter((r) => r.status === 'ready').length).toBeLessThanOrEqual(KEEP);
-      expect(st.code, st.stderr).toBe(0);
-      expect(JSON.parse(st.stdout)).toMatchObject({
-        ok: true,
-        active: { id: res.release.id },
-        recorded: res.release.id,
-        drift: { detected: false },
-        health: { ok: true },
-      });
+      try {
+        const next = await runCli(sb, ['deploy', '--json']);
+        expect(next.code, `next deploy after ${key}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
+        const res = JSON.parse(next.stdout);
+        expect(res).toMatchObject({ ok: true, action: 'deploy', release: { status: 'ready' } });
+        const nowNext = await probe(url());
+        expect(nowNext.release, JSON.stringify(nowNext)).toBe(res.release.id);
+        expect(nowNext.body).toContain(version);
+        const [final, st] = await Promise.all([listJson(), runCli(sb, ['status', '--json'])]);
+        expect(st.code, st.stderr).toBe(0);
+        const status = JSON.parse(st.stdout);
+        const pm2Next = pm2State();
+        // PM2, the dump, the record and `status` all agree on the release the deploy reported.
+        expect({
+          pm2Cwd: pm2Next.app.map((p) => p.pm2_env.pm_cwd),
+          dumpCwd: dumpCwd(),
+          listActive: final.active,
+          statusActive: status.active?.id,
+          recorded: status.recorded,
+          drift: status.drift,
+          healthOk: status.health?.ok,
+        }).toEqual({
+          pm2Cwd: [res.release.cwd],
+          dumpCwd: res.release.cwd,
+          listActive: res.release.id,
+          statusActive: res.release.id,
+          recorded: res.release.id,
+          drift: { detected: false, reason: null },
+          healthOk: true,
+        });
+        expect(pm2Next.verify, 'no leftover verify processes').toEqual([]);
+        expect(removalLeftovers(), 'no half-removed releases').toEqual([]);
+        expectReadyComplete(final.releases);
+        expect(final.releases.filter((r) => r.status === 'incomplete' || r.status === 'building').map((r) => r.id)).toEqual([]);
+        // Retention runs when a release is built (a retained release re-activated without a build skips it).
+        if (res.mode === undefined || res.mode === 'built') expect(final.releases.filter((r) => r.status === 'ready').length).toBeLessThanOrEqual(KEEP);
+      } finally {
+        await repairIfInconsistent(key);
+      }
     });
   });
 

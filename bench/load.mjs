@@ -1,0 +1,115 @@
+// Load generator child (forked by run.mjs, IPC channel): autocannon with keep-alive connections plus a
+// tight poller on fresh connections, both against one loopback URL. Sends {type:'ready'} after the first
+// 2xx, and {type:'result', ...} after {cmd:'stop'} (or after maxSeconds). Always exits by itself.
+import http from 'node:http';
+import autocannon from 'autocannon';
+
+const [url, connectionsArg, maxSecondsArg, pollMsArg] = process.argv.slice(2);
+const connections = Number(connectionsArg ?? 10);
+const maxSeconds = Number(maxSecondsArg ?? 60);
+const pollMs = Number(pollMsArg ?? 20);
+if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(url ?? '')) {
+  console.error('load.mjs: loopback URLs only');
+  process.exit(2);
+}
+
+const epoch = () => performance.timeOrigin + performance.now();
+const send = (m) => process.send?.(m);
+
+// Self-destruct: never outlive the bound, even if the parent vanished.
+setTimeout(() => process.exit(3), (maxSeconds + 30) * 1000).unref();
+process.on('disconnect', () => process.exit(0));
+
+// --- autocannon (keep-alive) ---
+const ac = { ok: 0, non2xx: 0, errors: 0, errorCodes: {}, lastOk: undefined, maxGap: 0, maxGapAt: undefined, firstOk: undefined };
+let readySent = false;
+const inst = autocannon({ url, connections, duration: maxSeconds, timeout: 10 }, (err, res) => finish(err, res));
+inst.on('response', (_client, statusCode) => {
+  const t = epoch();
+  if (statusCode >= 200 && statusCode < 300) {
+    ac.ok++;
+    ac.firstOk ??= t;
+    if (ac.lastOk !== undefined && t - ac.lastOk > ac.maxGap) {
+      ac.maxGap = t - ac.lastOk;
+      ac.maxGapAt = ac.lastOk;
+    }
+    ac.lastOk = t;
+    if (!readySent) {
+      readySent = true;
+      send({ type: 'ready' });
+    }
+  } else ac.non2xx++;
+});
+inst.on('reqError', (err) => {
+  ac.errors++;
+  const code = err?.code ?? err?.message ?? 'error';
+  ac.errorCodes[code] = (ac.errorCodes[code] ?? 0) + 1;
+});
+
+// --- poller (a new connection per request, like a health check or a proxy without keep-alive) ---
+const poll = { ok: 0, failed: 0, codes: {}, lastOk: undefined, maxGap: 0, running: true };
+function get() {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false, timeout: 5_000, headers: { connection: 'close' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+      res.on('error', (e) => resolve(e.code ?? 'error'));
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.on('error', (e) => resolve(e.code ?? 'error'));
+  });
+}
+const pollLoop = (async () => {
+  while (poll.running) {
+    const r = await get();
+    const t = epoch();
+    if (typeof r === 'number' && r >= 200 && r < 300) {
+      poll.ok++;
+      if (poll.lastOk !== undefined && t - poll.lastOk > poll.maxGap) poll.maxGap = t - poll.lastOk;
+      poll.lastOk = t;
+    } else {
+      poll.failed++;
+      poll.codes[r] = (poll.codes[r] ?? 0) + 1;
+    }
+    await new Promise((res) => setTimeout(res, pollMs));
+  }
+})();
+
+let stopping = false;
+process.on('message', (m) => {
+  if (m?.cmd === 'stop' && !stopping) {
+    stopping = true;
+    inst.stop();
+  }
+});
+
+async function finish(err, res) {
+  poll.running = false;
+  await pollLoop;
+  const sent = res?.requests?.sent ?? 0;
+  const answered = (res?.['2xx'] ?? 0) + (res?.non2xx ?? 0);
+  send({
+    type: 'result',
+    error: err ? String(err) : undefined,
+    durationS: res?.duration,
+    autocannon: {
+      connections,
+      sent,
+      ok: res?.['2xx'] ?? ac.ok,
+      non2xx: res?.non2xx ?? ac.non2xx,
+      errors: res?.errors ?? ac.errors,
+      timeouts: res?.timeouts ?? 0,
+      errorCodes: ac.errorCodes,
+      // Requests written but never answered nor failed (autocannon reconnects silently when the server
+      // closes a keep-alive connection with a request in flight); the last in-flight one per connection
+      // at stop time is not counted.
+      dropped: Math.max(0, sent - answered - (res?.errors ?? 0) - connections),
+      maxGapMs: ac.maxGap,
+      maxGapAt: ac.maxGapAt,
+      reqPerSec: res?.requests?.average,
+      latencyP99: res?.latency?.p99,
+    },
+    poller: { ok: poll.ok, failed: poll.failed, codes: poll.codes, maxGapMs: poll.maxGap },
+  });
+  setTimeout(() => process.exit(0), 100);
+}

@@ -7,8 +7,8 @@
  * same name, script, args, cwd and env a deploy used. It deliberately depends on nothing but Node: it must
  * work even if pm2-release's own build is broken.
  *
- * Config lookup: $PM2_RELEASE_CONFIG, else pm2-release.config.json in the current directory, else beside
- * this file, else the defaults (releasesDir ~/executor/frontend-releases).
+ * Config lookup, as the CLI's: pm2-release.config.json in the current directory, else $PM2_RELEASE_CONFIG,
+ * else pm2-release.config.json beside this file, else the defaults (releasesDir ~/executor/frontend-releases).
  *
  * It also declares `pm2-release-webhook` (`pm2-release serve`) when the config has a `serve` section and a
  * secret is available (serve.secretFile, or $PM2_RELEASE_WEBHOOK_SECRET in the environment of `pm2 start`;
@@ -28,17 +28,16 @@ function expandHome(p) {
 }
 
 function findConfig() {
-  const candidates = [
-    process.env.PM2_RELEASE_CONFIG,
-    path.join(process.cwd(), 'pm2-release.config.json'),
-    path.join(__dirname, 'pm2-release.config.json'),
-  ].filter(Boolean);
-  for (const c of candidates) {
-    const file = path.resolve(expandHome(c));
-    if (fs.existsSync(file)) return file;
-    if (c === process.env.PM2_RELEASE_CONFIG) throw new Error(`pm2-release: PM2_RELEASE_CONFIG names ${file}, which does not exist`);
+  // The CLI's order (./pm2-release.config.json, then $PM2_RELEASE_CONFIG), then the file beside this one.
+  const local = path.join(process.cwd(), 'pm2-release.config.json');
+  if (fs.existsSync(local)) return local;
+  if (process.env.PM2_RELEASE_CONFIG) {
+    const file = path.resolve(expandHome(process.env.PM2_RELEASE_CONFIG));
+    if (!fs.existsSync(file)) throw new Error(`pm2-release: PM2_RELEASE_CONFIG names ${file}, which does not exist`);
+    return file;
   }
-  return undefined;
+  const beside = path.join(__dirname, 'pm2-release.config.json');
+  return fs.existsSync(beside) ? beside : undefined;
 }
 
 function loadConfig() {

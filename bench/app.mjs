@@ -19,7 +19,9 @@ export const PACKAGE_JSON = {
     // npm runs scripts with sh: FRONT_PORT (as the VM runbook sets it) is the port.
     start: 'next start --port ${FRONT_PORT:-3001}',
   },
-  dependencies: { next: '15', react: '19', 'react-dom': '19' },
+  // next pinned to the newest 15.x whose @next/swc-* binaries for every platform are all published in
+  // the registry this runs against: without them npm writes a lockfile that `npm ci` rejects as out of sync.
+  dependencies: { next: '15.5.28', react: '19', 'react-dom': '19' },
 };
 
 const LAYOUT = `export const metadata = { title: 'pm2-release bench frontend' };

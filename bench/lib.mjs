@@ -22,6 +22,8 @@ export function log(msg) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const now = () => performance.now();
+/** Wall-clock ms with sub-ms resolution, comparable across processes (the load child uses the same). */
+export const epoch = () => performance.timeOrigin + performance.now();
 
 /** Children we spawned (each in its own process group), so cleanup can end exactly these. */
 export const children = new Set();

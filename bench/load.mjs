@@ -22,6 +22,10 @@ process.on('disconnect', () => process.exit(0));
 
 // --- autocannon (keep-alive) ---
 const ac = { ok: 0, non2xx: 0, errors: 0, errorCodes: {}, lastOk: undefined, maxGap: 0, maxGapAt: undefined, firstOk: undefined };
+// When failures happened (wall clock), so the parent can attribute them to switches; bounded.
+const MAX_TIMES = 20_000;
+const failTimes = { autocannon: [], poller: [] };
+const noteFail = (list) => list.length < MAX_TIMES && list.push(epoch());
 let readySent = false;
 const inst = autocannon({ url, connections, duration: maxSeconds, timeout: 10 }, (err, res) => finish(err, res));
 inst.on('response', (_client, statusCode) => {
@@ -38,10 +42,14 @@ inst.on('response', (_client, statusCode) => {
       readySent = true;
       send({ type: 'ready' });
     }
-  } else ac.non2xx++;
+  } else {
+    ac.non2xx++;
+    noteFail(failTimes.autocannon);
+  }
 });
 inst.on('reqError', (err) => {
   ac.errors++;
+  noteFail(failTimes.autocannon);
   const code = err?.code ?? err?.message ?? 'error';
   ac.errorCodes[code] = (ac.errorCodes[code] ?? 0) + 1;
 });
@@ -69,6 +77,7 @@ const pollLoop = (async () => {
       poll.lastOk = t;
     } else {
       poll.failed++;
+      noteFail(failTimes.poller);
       poll.codes[r] = (poll.codes[r] ?? 0) + 1;
     }
     await new Promise((res) => setTimeout(res, pollMs));
@@ -110,6 +119,7 @@ async function finish(err, res) {
       latencyP99: res?.latency?.p99,
     },
     poller: { ok: poll.ok, failed: poll.failed, codes: poll.codes, maxGapMs: poll.maxGap },
+    failTimes,
   });
   setTimeout(() => process.exit(0), 100);
 }

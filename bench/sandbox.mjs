@@ -104,6 +104,7 @@ export async function createSandbox() {
         log(`cleanup: pm2 kill (PM2_HOME=${pm2Home})`);
         await run([PM2_BIN, 'kill'], { cwd: os.tmpdir(), env, timeoutMs: 30_000, allowFail: true }).catch(() => undefined);
       }
+      for (let i = 0; pid && alive(pid) && i < 30; i++) await new Promise((r) => setTimeout(r, 100));
       if (pid && alive(pid)) {
         log(`cleanup: the daemon ${pid} is still alive: SIGKILL`);
         try {

@@ -192,7 +192,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     });
   program
     .command('prune')
-    .description('delete old releases (never the active one, the rollback target, or one being built)')
+    .description('delete old releases: keeps the active one, then the rollback target, then the newest, up to --keep; never one being built')
     .option('-k, --keep <n>', 'ready releases to keep, the active one included', positiveInt('--keep'))
     .option('-n, --dry-run', 'show what would be removed', false)
     .addOption(waitOption())
@@ -244,7 +244,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
   }
   const { global: g, invocation: inv } = parsed;
   // Human mode shows phases through the progress renderer, so info logs would only repeat them.
-  const level = g.verbose ? 'debug' : g.quiet || !g.json ? 'warn' : 'info';
+  const level = g.verbose ? 'debug' : inv.command === 'serve' ? 'info' : g.quiet || !g.json ? 'warn' : 'info';
   const logger = io.logger ?? createLogger({ level, pretty: io.stderrIsTTY && !g.json, file: logFileFor(g, io) });
   const progress = g.json ? undefined : createProgress({ write: io.stderr, tty: io.stderrIsTTY, quiet: g.quiet, columns: io.columns });
   const common = { configPath: g.config, cwd: io.cwd, env: io.env, logger, signal: io.signal, trigger: 'cli' as const, onEvent: progress };
@@ -310,7 +310,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return ExitCode.ok;
   } catch (err) {
     const e = asReleaseError(err);
-    logger.error({ code: e.code, phase: e.phase, release: e.releaseId }, e.message);
+    // In human mode the formatted block below is the message; a log line would repeat it.
+    if (g.json || g.verbose) logger.error({ code: e.code, phase: e.phase, release: e.releaseId }, e.message);
     if (g.json) io.stdout(JSON.stringify({ ok: false, error: e.toJSON() }) + '\n');
     else io.stderr(formatError(e, g.verbose));
     if (!(err instanceof ReleaseError) && g.verbose) logger.error({ err }, 'internal error');

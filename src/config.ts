@@ -163,8 +163,6 @@ export interface Config {
   preflight: PreflightConfig;
   hooks: HooksConfig;
   serve: ServeConfig;
-  /** Whether a `serve` section was given (the webhook listener is off unless configured). */
-  serveConfigured: boolean;
 }
 
 export interface LoadedConfig {
@@ -297,7 +295,6 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       branch: file.serve?.branch,
       secretFile: file.serve?.secretFile ? resolvePath(file.serve.secretFile, baseDir, opts.home) : undefined,
     },
-    serveConfigured: file.serve !== undefined,
     preflight: {
       minFreeDiskMB: file.preflight?.minFreeDiskMB ?? DEFAULTS.preflight.minFreeDiskMB,
       minFreeInodes: file.preflight?.minFreeInodes ?? DEFAULTS.preflight.minFreeInodes,

@@ -63,7 +63,7 @@ export interface ReleaseErrorOptions {
 export class ReleaseError extends Error {
   readonly code: string;
   readonly exitCode: ExitCode;
-  readonly phase: Phase;
+  phase: Phase;
   readonly hint?: string;
   logFile?: string;
   outputTail?: string;

@@ -124,10 +124,10 @@ export async function commitHas(workspace: string, sha: string, file: string, lo
 export async function pullBranch(workspace: string, branch: string, force: boolean, logger: Logger, signal?: AbortSignal): Promise<string> {
   validateRef(branch);
   if (branch === 'HEAD' || /^[0-9a-f]{7,40}$/.test(branch))
-    throw new UsageError('REF_INVALID', `--pull needs a branch name, not ${branch}`, { phase: 'resolve' });
+    throw new UsageError('REF_INVALID', `--pull needs a branch name, not ${branch}`, { phase: 'pull' });
   if (!force && (await isDirty(workspace, logger)))
     throw new UsageError('WORKSPACE_DIRTY', `the workspace ${workspace} has uncommitted changes: --pull would discard them`, {
-      phase: 'resolve',
+      phase: 'pull',
       hint: 'commit or stash them (`git -C <workspace> status`), or pass --force to discard them',
     });
   try {
@@ -138,7 +138,7 @@ export async function pullBranch(workspace: string, branch: string, force: boole
   } catch (err) {
     if (err instanceof CommandFailure)
       throw new EnvironmentError('PULL_FAILED', `git pull of ${branch} failed: ${err.reason}${err.tail ? ` (${err.tail.split('\n').pop()})` : ''}`, {
-        phase: 'resolve',
+        phase: 'pull',
         hint: `check the remote and the branch: git -C ${workspace} fetch origin ${branch}`,
       });
     throw err;

@@ -93,7 +93,10 @@ async function switchTo(ctx: Context, rel: ReleaseRecord, action: 'activate' | '
   if (rel.status !== 'ready')
     throw new UsageError('RELEASE_NOT_READY', `release ${rel.id} is ${rel.status}, not ready: it cannot be activated`, {
       phase: 'activate',
-      hint: rel.status === 'failed' ? `its build failed; see ${ctx.store.buildLog(rel.id)}` : 'see `pm2-release list`',
+      hint:
+        rel.status === 'failed'
+          ? `it failed in ${rel.manifest?.error?.phase ?? 'its build'} (${rel.manifest?.error?.code ?? 'see the build log'}); see ${ctx.store.buildLog(rel.id)}`
+          : 'see `pm2-release list`',
     });
   const switched = await switchToRelease(ctx, rel);
   return {

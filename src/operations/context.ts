@@ -108,6 +108,8 @@ export async function phase<T>(ctx: Context, name: Phase, fn: () => Promise<T>):
     const durationMs = Math.round(performance.now() - started);
     ctx.durations[name] = (ctx.durations[name] ?? 0) + durationMs;
     const e = ctx.signal?.aborted && !(err instanceof ReleaseError && err.code === 'CANCELLED') ? cancelled(name) : asReleaseError(err, name);
+    // The PM2 gateway cannot know which phase called it: its errors take the phase they happened in.
+    if (e.code.startsWith('PM2_')) e.phase = name;
     ctx.emit({ type: 'phase', phase: name, state: 'fail', durationMs, code: e.code, message: e.message });
     throw e;
   }

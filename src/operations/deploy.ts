@@ -42,8 +42,9 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
   let sha: string | null = null;
   try {
     const result = await withLock(ctx, 'deploy', opts.waitMs, async (lock) => {
-      await recoverInterrupted(ctx);
+      // Pre-flight first: recovery may start the app, which must not happen on a VM whose PM2 is down.
       await preflight(ctx);
+      await recoverInterrupted(ctx);
       let ref = opts.ref ?? 'HEAD';
       if (opts.pull) {
         const branch = opts.pull === true ? await currentBranch(ctx.config.workspace, ctx.logger) : opts.pull;
@@ -66,7 +67,10 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
           const unchanged = same.id === from;
           let url = healthUrl(ctx.config.app, appPort(ctx.config.app));
           let previous: string | null = null;
-          if (unchanged) ctx.logger.info(`${resolved.sha.slice(0, 7)} is already active as ${same.id}: nothing to do`);
+          if (unchanged) {
+            ctx.logger.info(`${resolved.sha.slice(0, 7)} is already active as ${same.id}: nothing to do`);
+            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `${resolved.sha.slice(0, 7)} is active: its bad mark is cleared (--force)`);
+          }
           else {
             ctx.logger.info(`${resolved.sha.slice(0, 7)} is retained as ${same.id}: activating it without a build`);
             const switched = await switchToRelease(ctx, same);

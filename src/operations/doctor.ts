@@ -64,7 +64,8 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
       checks.push(bad(fn.name || 'check', 'fail', (err as Error).message.split('\n')[0]!, 'see the message'));
     }
   };
-  await add(() => checkWorkspace(ctx));
+  // In deploy the workspace is checked by resolve, with a usage error (exit 2): it is a config mistake.
+  if (scope === 'all') await add(() => checkWorkspace(ctx));
   await add(() => checkReleasesDir(ctx));
   await add(() => checkDisk(ctx));
   await add(() => checkMemory(ctx));
@@ -145,8 +146,13 @@ async function checkPm2(ctx: Context): Promise<Check[]> {
   } catch (err) {
     return [bad('pm2', 'fail', `pm2 is not reachable at ${ctx.pm2.bin}: ${(err as Error).message}`, 'install pm2 or set PM2_RELEASE_PM2 to its path')];
   }
-  if (!ctx.pm2.daemonRunning())
-    return [bad('pm2', 'warn', `pm2 ${cli} is installed but no daemon runs for PM2_HOME ${ctx.pm2.home}`, 'start it: `sudo systemctl start pm2-$USER` or `pm2 resurrect`')];
+  if (!ctx.pm2.daemonRunning()) {
+    // Under systemd, a deploy must not start a second, unmanaged daemon: PM2 being down is the incident.
+    const unit = `pm2-${os.userInfo().username}`;
+    if (await unitEnabled(ctx, unit))
+      return [bad('pm2', 'fail', `the PM2 daemon (systemd unit ${unit}) is not running`, `sudo systemctl start ${unit}, then pm2 status`)];
+    return [bad('pm2', 'warn', `pm2 ${cli} is installed but no daemon runs for PM2_HOME ${ctx.pm2.home}: the deploy will start one`, 'under systemd, enable it with `pm2 startup`')];
+  }
   const daemon = await ctx.pm2.daemonVersion().catch(() => undefined);
   if (daemon && daemon !== cli)
     return [bad('pm2', 'warn', `pm2 CLI ${cli} talks to an in-memory daemon ${daemon}`, 'run `pm2 update` to restart the daemon on the installed version')];
@@ -196,6 +202,16 @@ async function checkDump(ctx: Context): Promise<Check> {
   if (st.mode & 0o004) return bad('pm2-dump', 'fail', `${dump} is world-readable and holds the apps' env (tokens, passwords)`, `chmod 600 ${dump} ${dump}.bak`);
   if (st.mode & 0o040) return bad('pm2-dump', 'warn', `${dump} is group-readable and holds the apps' env`, `chmod 600 ${dump} ${dump}.bak`);
   return ok('pm2-dump', `${dump} exists, mode ${(st.mode & 0o777).toString(8)}`);
+}
+
+async function unitEnabled(ctx: Context, unit: string): Promise<boolean> {
+  if (!fs.existsSync('/run/systemd/system')) return false;
+  try {
+    await run(['systemctl', 'is-enabled', '--quiet', unit], { cwd: os.tmpdir(), logger: ctx.logger, baseEnv: ctx.env, timeoutMs: 5_000 });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function checkSystemd(ctx: Context): Promise<Check> {

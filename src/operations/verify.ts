@@ -3,6 +3,8 @@
  * for its health checks there, require it online with no restart for a settle time, then remove it.
  * The live app is never touched; a release that fails here never becomes active.
  */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
 import { healthChecks } from '../config.js';
 import { BuildError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
@@ -29,6 +31,7 @@ export async function verifyRelease(ctx: Context, release: ReleaseRecord): Promi
     def.env = { ...def.env, [app.portEnv]: String(port) };
     const pm2 = ctx.pm2.withEnv(childEnv(ctx.env));
     await pm2.delete(def.name).catch(() => undefined);
+    let deleted = false;
     try {
       await pm2.start(def);
       failpoint(ctx.env, 'verify');
@@ -45,8 +48,12 @@ export async function verifyRelease(ctx: Context, release: ReleaseRecord): Promi
           hint: `the live app was not touched; see the app's output in ${ctx.pm2.home}/logs/${def.name}-error.log`,
           releaseId: release.id,
         });
+      // Passed: its PM2 log files have nothing worth keeping (a failed one keeps them for the operator).
+      await ctx.pm2.delete(def.name).catch(() => undefined);
+      deleted = true;
+      for (const f of [`${def.name}-out.log`, `${def.name}-error.log`]) await fsp.rm(path.join(ctx.pm2.home, 'logs', f), { force: true });
     } finally {
-      await ctx.pm2.delete(def.name).catch((err: Error) => ctx.logger.warn(`could not remove the verify process ${def.name}: ${err.message}`));
+      if (!deleted) await ctx.pm2.delete(def.name).catch(() => undefined);
     }
   });
 }

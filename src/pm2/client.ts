@@ -189,7 +189,7 @@ export class Pm2 {
   async daemonVersion(): Promise<string | undefined> {
     const { stdout } = await this.pm2(['ping']);
     const m = /In memory PM2 version:\s*(?:\x1b\[[0-9;]*m)*([0-9][^\s\x1b]*)/.exec(stdout);
-    return m ? m[1] : await this.version();
+    return m ? m[1] : this.version();
   }
 
   /** The interpreter PM2 runs the app with (e.g. /usr/bin/node). */
@@ -211,7 +211,18 @@ export class Pm2 {
     }
   }
 
+  /**
+   * The CLI's version, read from the package.json beside the binary: `pm2 --version` would connect to (and
+   * so start) a daemon, which must not happen outside systemd just to answer a question.
+   */
   async version(): Promise<string> {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(fs.realpathSync(this.bin)), '..', 'package.json'), 'utf8'));
+      if (pkg.name === 'pm2' && typeof pkg.version === 'string') return pkg.version;
+    } catch {
+      /* an unusual install: ask the binary */
+    }
+    if (!this.daemonRunning()) throw new Error(`cannot read the version of ${this.bin} without starting a daemon`);
     const { stdout } = await this.pm2(['--version']);
     return lastLine(stdout).trim();
   }

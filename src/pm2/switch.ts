@@ -75,7 +75,16 @@ export const restartStrategy: SwitchStrategy = {
       await pm2.start(target);
     } catch (err) {
       input.logger.error('switch failed; putting the previous app back');
-      await revert().catch((revertErr: Error) => input.logger.error({ err: revertErr.message }, 'revert failed'));
+      await revert().then(
+        () => {
+          if (err instanceof Error && before) err.message += `; the previous app was started again`;
+        },
+        (revertErr: Error) => {
+          input.logger.error({ err: revertErr.message }, 'revert failed');
+          // Say it in the error itself: PM2 may now have no app at all, and the operator must know.
+          if (err instanceof Error) err.message += `; the previous app could NOT be started again (${revertErr.message}): fix the cause, then \`pm2-release activate <previous id>\``;
+        },
+      );
       throw err;
     }
     return {

@@ -75,7 +75,8 @@ export function planRetention(input: RetentionInput): RetentionPlan {
   const inProgress = new Set(input.inProgress ?? []);
 
   if (input.active && ordered.some((r) => r.id === input.active)) keep.add(input.active);
-  for (const r of ordered) if (inProgress.has(r.id)) keep.add(r.id);
+  // 'building' means its builder is alive (a dead builder's release is 'incomplete'): never remove it.
+  for (const r of ordered) if (inProgress.has(r.id) || r.status === 'building') keep.add(r.id);
 
   const ready = ordered.filter((r) => r.status === 'ready');
   let kept = ready.filter((r) => keep.has(r.id)).length;
@@ -89,7 +90,7 @@ export function planRetention(input: RetentionInput): RetentionPlan {
     if (kept < input.keep) {
       keep.add(r.id);
       kept++;
-    } else reasons.set(r.id, `older than the ${input.keep} kept`);
+    } else reasons.set(r.id, `not among the ${input.keep} kept (active, rollback target, newest)`);
   }
 
   const failed = ordered.filter((r) => r.status === 'failed' && !keep.has(r.id));
@@ -101,7 +102,6 @@ export function planRetention(input: RetentionInput): RetentionPlan {
   for (const r of ordered) {
     if (keep.has(r.id)) continue;
     if (r.status === 'incomplete') reasons.set(r.id, 'incomplete (interrupted or abandoned build)');
-    else if (r.status === 'building') reasons.set(r.id, 'build no longer running');
   }
 
   return {

@@ -175,3 +175,13 @@ export function cli(sb: Sandbox, args: string[], extraEnv: Record<string, string
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** Every regular file under dir (symlinks not followed). */
+export function walkFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const p = path.join(dir, e.name);
+    if (e.isSymbolicLink()) return [];
+    return e.isDirectory() ? walkFiles(p) : [p];
+  });
+}

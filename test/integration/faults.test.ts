@@ -125,6 +125,64 @@ function segments(polls: { release: string | null }[]): (string | null)[] {
   return out;
 }
 
+/**
+ * Processes of this sandbox's app (PM2_HOME and RELEASE_ID in their environment) that run outside PM2: their
+ * parent chain does not reach the sandbox's PM2 daemon. Linux /proc; elsewhere it finds nothing.
+ */
+function appOrphans(sb: Sandbox): { pid: number; cwd: string; release: string }[] {
+  let daemon = -1;
+  try {
+    daemon = Number(fs.readFileSync(path.join(sb.pm2Home, 'pm2.pid'), 'utf8'));
+  } catch {
+    /* no daemon: every app process is an orphan */
+  }
+  const parent = new Map<number, number>();
+  const candidates: { pid: number; cwd: string; release: string }[] = [];
+  let entries: string[] = [];
+  try {
+    entries = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return [];
+  }
+  for (const d of entries) {
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+      const env = fs.readFileSync(`/proc/${d}/environ`, 'utf8').split('\0');
+      if (!env.includes(`PM2_HOME=${sb.pm2Home}`)) continue;
+      const release = env.find((e) => e.startsWith('RELEASE_ID='));
+      if (release) candidates.push({ pid: Number(d), cwd: fs.readlinkSync(`/proc/${d}/cwd`), release: release.slice('RELEASE_ID='.length) });
+    } catch {
+      /* gone, or not ours to read */
+    }
+  }
+  return candidates.filter(({ pid }) => {
+    for (let p = pid, hops = 0; p > 1 && hops < 64; p = parent.get(p) ?? 0, hops++) if (p === daemon) return false;
+    return true;
+  });
+}
+
+/** Orphans that are still there after ~2 s (a process PM2 just deleted may take a moment to exit). */
+async function lastingOrphans(sb: Sandbox): Promise<{ pid: number; cwd: string; release: string }[]> {
+  let found = appOrphans(sb);
+  for (let i = 0; i < 10 && found.length > 0; i++) {
+    await sleep(200);
+    found = appOrphans(sb);
+  }
+  return found;
+}
+
+/** Ends the given processes by pid (only ones appOrphans found: this sandbox's app, outside PM2). */
+function killPids(pids: number[]): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
 interface ReleaseJson {
   id: string;
   status: string;
@@ -172,9 +230,15 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
    */
   const repairIfInconsistent = async (key: string) => {
     try {
+      const orphans = appOrphans(sb);
+      if (orphans.length > 0) {
+        console.warn(`after ${key}: killing app processes PM2 lost track of: ${JSON.stringify(orphans)}`);
+        killPids(orphans.map((o) => o.pid));
+      }
       const st = JSON.parse((await runCli(sb, ['status', '--json'])).stdout);
       const procs = pm2State();
-      const consistent = !st.drift?.detected && procs.app.length === 1 && procs.verify.length === 0 && dumpCwd() === procs.app[0]!.pm2_env.pm_cwd;
+      const consistent =
+        !st.drift?.detected && st.health?.ok && procs.app.length === 1 && procs.verify.length === 0 && dumpCwd() === procs.app[0]!.pm2_env.pm_cwd;
       if (consistent) return;
       sb.commit(`repair after ${key}`, { 'version.txt': `repair-${key}\n` });
       const r = await runCli(sb, ['deploy', '--json']);
@@ -193,7 +257,10 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
   }, 120_000);
 
   afterAll(async () => {
-    await sb?.close();
+    if (!sb) return;
+    await sb.close();
+    // close() kills the sandbox's daemon; app processes PM2 lost track of (see appOrphans) would outlive it.
+    killPids(appOrphans(sb).map((o) => o.pid));
   });
 
   describe.each(matrix)('%s:%s', (point, action) => {
@@ -206,6 +273,16 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
     it(`deploy with PM2_RELEASE_FAILPOINT=${key} → ${
       BEFORE_SWITCH.includes(point) ? 'live app untouched' : action === 'fail' && point !== 'retain' ? 'previous release put back' : 'a ready release serves'
     }, no half-done release`, async () => {
+      let passed = false;
+      try {
+        await injectedRun();
+        passed = true;
+      } finally {
+        if (!passed) await repairIfInconsistent(key);
+      }
+    });
+
+    const injectedRun = async () => {
       // ---- before: what serves now
       const before = await list({ configPath: sb.configPath, env: sb.env, cwd: sb.root });
       prev = before.active!;
@@ -240,6 +317,11 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         // SAVE_FAILED's message does not carry the cause (see the it.fails at the end); the log does.
         if (point === 'save') expect(run.stderr, 'the injected cause is logged').toContain('injected failure at save');
         else expect(out.error.message, ctx).toContain(`injected failure at ${point}`);
+        // TODO(bug, intermittent under CPU load): health:fail deletes the new app right after `pm2 start`, while
+        // `npm run start` is still spawning `sh -c node server.mjs`; that child can survive `pm2 delete` as an
+        // orphan holding the port, and the revert then ends in "putting the previous app back failed too: port
+        // … is still in use 15 s after deleting frontend-dev (held by pid …)" with nothing in PM2 serving.
+        // src/pm2/switch.ts restartStrategy revert() / src/operations/switch-release.ts putBack(). Kept strict.
         if (point === 'health' || point === 'save') expect(out.error.message, ctx).toContain(`${prev} is serving again`);
         if (point === 'save') saveFailJson = out;
       }
@@ -333,21 +415,23 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       // Whatever a resurrect would bring back is a ready release.
       const dc = dumpCwd();
       expect(after.releases.some((r) => r.status === 'ready' && r.cwd === dc), `dump cwd ${dc} is a ready release`).toBe(true);
-    });
+      // Nothing of the app runs behind PM2's back (e.g. the npm child of a deleted app holding the port).
+      expect(await lastingOrphans(sb), 'app processes outside PM2').toEqual([]);
+    };
 
     (KNOWN_BUGS[key] ? it.fails : it)(`next plain deploy after ${key} succeeds, serves the new version, no drift${KNOWN_BUGS[key] ? ` [known bug: ${KNOWN_BUGS[key]}]` : ''}`, async () => {
-      expect(fresh, 'the injected run left a release').toBeDefined();
-      if (key === 'health:fail') {
-        // The health gate marked this sha bad: a plain deploy of it is refused and changes nothing...
-        const refused = await runCli(sb, ['deploy', '--json']);
-        expect(refused.code, refused.stdout + refused.stderr.slice(-2000)).toBe(7);
-        expect(JSON.parse(refused.stdout).error).toMatchObject({ code: 'SHA_MARKED_BAD' });
-        expect((await probe(url())).release).toBe(prev);
-        // ...and a fix (a newer commit) deploys normally.
-        version = `${version}-fix`;
-        sb.commit(version, { 'version.txt': `${version}\n` });
-      }
       try {
+        expect(fresh, 'the injected run left a release').toBeDefined();
+        if (key === 'health:fail') {
+          // The health gate marked this sha bad: a plain deploy of it is refused and changes nothing...
+          const refused = await runCli(sb, ['deploy', '--json']);
+          expect(refused.code, refused.stdout + refused.stderr.slice(-2000)).toBe(7);
+          expect(JSON.parse(refused.stdout).error).toMatchObject({ code: 'SHA_MARKED_BAD' });
+          expect((await probe(url())).release).toBe(prev);
+          // ...and a fix (a newer commit) deploys normally.
+          version = `${version}-fix`;
+          sb.commit(version, { 'version.txt': `${version}\n` });
+        }
         const next = await runCli(sb, ['deploy', '--json']);
         expect(next.code, `next deploy after ${key}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
         const res = JSON.parse(next.stdout);
@@ -379,6 +463,7 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         });
         expect(pm2Next.verify, 'no leftover verify processes').toEqual([]);
         expect(removalLeftovers(), 'no half-removed releases').toEqual([]);
+        expect(await lastingOrphans(sb), 'app processes outside PM2').toEqual([]);
         expectReadyComplete(final.releases);
         expect(final.releases.filter((r) => r.status === 'incomplete' || r.status === 'building').map((r) => r.id)).toEqual([]);
         // Retention runs when a release is built (a retained release re-activated without a build skips it).

@@ -254,8 +254,8 @@ describe('bad input changes nothing', () => {
     const other = path.join(sb.root, 'other.json');
     fs.writeFileSync(other, JSON.stringify({ ...cfg, workspace: path.join(sb.root, 'nope') }));
     r = cli(sb, ['--config', other, 'deploy', '--json']);
-    expect(r.code).toBe(6); // pre-flight: the workspace check fails first
-    expect(JSON.parse(r.stdout).error.message).toContain('does not exist');
+    expect(r.code).toBe(2); // a config mistake, not an environment failure
+    expect(JSON.parse(r.stdout).error).toMatchObject({ code: 'WORKSPACE_MISSING', phase: 'resolve' });
     fs.writeFileSync(other, JSON.stringify({ ...cfg, app: { ...cfg.app, dir: 'backend' } }));
     r = cli(sb, ['--config', other, 'deploy', '--json']);
     expect(r.code).toBe(2);

@@ -5,22 +5,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, createSandbox, type Sandbox } from '../helpers/sandbox.js';
+import { cli, createSandbox, type Sandbox, walkFiles as walk } from '../helpers/sandbox.js';
 
 const CANARIES = {
   envFile: 'canary-envfile-7f3a9c',
   appEnv: 'canary-appenv-2b8c1d',
   caller: 'canary-caller-93d1e5',
 };
-
-function walk(dir: string): string[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
-    const p = path.join(dir, e.name);
-    if (e.isSymbolicLink()) return [];
-    return e.isDirectory() ? walk(p) : [p];
-  });
-}
 
 describe('secrets never reach output or logs', () => {
   let sb: Sandbox;

@@ -11,19 +11,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { list } from '../../src/index.js';
 import { sign, startWebhookServer, SECRET_ENV, type WebhookServer } from '../../src/operations/serve.js';
 import { request, setupRemote, type HttpResult, type Remote } from '../helpers/remote.js';
-import { cli, createSandbox, get, type Sandbox } from '../helpers/sandbox.js';
+import { cli, createSandbox, get, type Sandbox, walkFiles as walk } from '../helpers/sandbox.js';
 
 const SECRET = 'whsec-canary-5d2f8a71c3e94b06';
 const RELEASE_ID = /^\d{8}T\d{6}Z-[0-9a-f]{7}$/;
-
-function walk(dir: string): string[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
-    const p = path.join(dir, e.name);
-    if (e.isSymbolicLink()) return [];
-    return e.isDirectory() ? walk(p) : [p];
-  });
-}
 
 describe('webhook listener and deploy --pull', () => {
   let sb: Sandbox;

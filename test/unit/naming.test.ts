@@ -173,7 +173,7 @@ describe('planRetention', () => {
     const plan = planRetention({ releases: [rel(1, 'ready'), rel(2, 'ready'), rel(3, 'ready')], keep: 2 });
     expect(plan.keep).toEqual([rid(3), rid(2)]);
     expect(removedIds(plan)).toEqual([rid(1)]);
-    expect(plan.remove[0]!.reason).toMatch(/older than the 2 kept/);
+    expect(plan.remove[0]!.reason).toMatch(/not among the 2 kept/);
   });
 
   it('is independent of input order and returns ids newest first', () => {
@@ -302,10 +302,10 @@ describe('planRetention', () => {
     expect(removedIds(plan)).toEqual(expect.arrayContaining([rid(3), rid(2)]));
   });
 
-  it('removes a building release that is not in progress', () => {
-    const plan = planRetention({ releases: [rel(1, 'ready'), rel(2, 'building')], keep: 2 });
-    expect(plan.keep).toEqual([rid(1)]);
-    expect(plan.remove).toEqual([{ id: rid(2), reason: expect.stringMatching(/no longer running/) }]);
+  it('never removes a building release (its builder is alive; a dead one is "incomplete")', () => {
+    const plan = planRetention({ releases: [rel(1, 'ready'), rel(2, 'building')], keep: 1 });
+    expect(plan.keep).toEqual([rid(2), rid(1)]);
+    expect(plan.remove).toEqual([]);
   });
 
   it('always removes incomplete releases, even the newest and even with room to spare', () => {
@@ -323,7 +323,7 @@ describe('planRetention', () => {
     const all = [...plan.keep, ...removedIds(plan)];
     expect(all).toHaveLength(releases.length);
     expect(new Set(all)).toEqual(new Set(releases.map((r) => r.id)));
-    expect(plan.keep).toEqual([rid(10), rid(6), rid(5), rid(1)]);
+    expect(plan.keep).toEqual([rid(10), rid(6), rid(5), rid(3), rid(1)]);
     for (const r of plan.remove) expect(r.reason.length).toBeGreaterThan(0);
   });
 

@@ -1,0 +1,596 @@
+#!/usr/bin/env node
+// pm2-release benchmark: a real Next.js 15 app, a private PM2 daemon, loopback traffic only.
+//
+//   npm run bench                      # N=3 runs per scenario, 20 cluster switches under load
+//   npm run bench -- --runs 5          # more runs
+//   npm run bench -- --quick           # N=1, 4 switches
+//   options: --switches N  --connections N  --max-minutes M  --out FILE
+//
+// Measures the seed flow by hand (baseline) against pm2-release deploy (cold, unchanged lockfile),
+// redeploy of a retained sha, rollback, switches under autocannon load (seed delete+start, restart,
+// cluster, cluster to a release that crashes at boot), a long run of cluster switches, disk use of retained
+// releases and peak RSS of a deploy. Writes documentation/performance.md (overwritten) and prints the tables.
+// Everything runs in a sandbox under the temp dir, removed at the end, also on failure or Ctrl-C.
+import { fork, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { CRASH_CONFIG, ensureTemplate, lockedVersions, pageSource, writeApp } from './app.mjs';
+import { children, CLI, epoch, fmtMs, httpGet, log, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, waitAnswer } from './lib.mjs';
+import { writeReport } from './report.mjs';
+import { cleanEnv, createSandbox } from './sandbox.mjs';
+
+// ---------- options ----------
+function parseArgs(argv) {
+  const o = { runs: 3, switches: 20, connections: 10, maxMinutes: undefined, out: path.join(ROOT, 'documentation/performance.md'), quick: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    const int = (v, lo, hi) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < lo || n > hi) throw new Error(`${a}: an integer from ${lo} to ${hi}`);
+      return n;
+    };
+    if (a === '--quick') o.quick = true;
+    else if (a === '--runs') o.runs = int(next(), 1, 20);
+    else if (a === '--switches') o.switchesSet = o.switches = int(next(), 2, 200);
+    else if (a === '--connections') o.connections = int(next(), 1, 200);
+    else if (a === '--max-minutes') o.maxMinutes = int(next(), 5, 240);
+    else if (a === '--out') o.out = path.resolve(next());
+    else if (a === '--help' || a === '-h') {
+      process.stdout.write('usage: node bench/run.mjs [--runs N | --quick] [--switches N] [--connections N] [--max-minutes M] [--out FILE]\n');
+      process.exit(0);
+    } else throw new Error(`unknown option ${a}`);
+  }
+  if (o.quick) {
+    o.runs = argv.includes('--runs') ? o.runs : 1;
+    o.switches = o.switchesSet ?? 4;
+  }
+  // Bounded: a Next build takes ~30–60 s on 2 cores; the whole run has a hard limit.
+  o.maxMinutes ??= Math.ceil(15 + o.runs * 7 + o.switches * 0.5);
+  return o;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const APP = 'frontend-dev';
+const ENV_FILES = ['.env', '.env.local', '.env.production', '.env.production.local'];
+
+// ---------- lifecycle: always clean up ----------
+const controller = new AbortController();
+let sb;
+let loadChild;
+let cleaning;
+async function cleanup() {
+  cleaning ??= (async () => {
+    controller.abort(new Error('bench stopping'));
+    if (loadChild && loadChild.exitCode === null) loadChild.kill('SIGKILL');
+    await sb?.close().catch((e) => log(`cleanup failed: ${e.message}`));
+  })();
+  return cleaning;
+}
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    log(`${sig}: stopping and cleaning up`);
+    cleanup().finally(() => process.exit(130));
+  });
+}
+const watchdog = setTimeout(() => {
+  log(`time limit of ${opts.maxMinutes} min reached: stopping`);
+  cleanup().finally(() => process.exit(124));
+}, opts.maxMinutes * 60_000);
+
+// ---------- results ----------
+const R = {
+  opts: { runs: opts.runs, switches: opts.switches, connections: opts.connections },
+  started: new Date(),
+  machine: {},
+  baseline: [],
+  boot: [],
+  cold: [],
+  warm: [],
+  redeploy: [],
+  rollback: [],
+  switchSeed: [],
+  switchRestart: [],
+  switchCluster: [],
+  switchCrash: [],
+  marathon: undefined,
+  disk: undefined,
+  rss: undefined,
+  notes: [],
+};
+
+async function main() {
+  if (!fs.existsSync(path.join(ROOT, 'dist/index.js'))) throw new Error('dist/ is missing: run `npx tsc -p .` first');
+  const api = await import(pathToFileURL(path.join(ROOT, 'dist/index.js')).href);
+  log(`runs=${opts.runs} switches=${opts.switches} connections=${opts.connections} limit=${opts.maxMinutes} min`);
+
+  const templateDir = await ensureTemplate(cleanEnv());
+  sb = await createSandbox();
+  log(`sandbox ${sb.root} (PM2_HOME=${sb.pm2Home}), app port ${sb.port}`);
+  R.machine = await machineInfo(templateDir);
+
+  // ---------- the workspace: git repo with the app ----------
+  writeApp(templateDir, sb.appDir, 'v1');
+  fs.writeFileSync(path.join(sb.ws, '.gitignore'), 'node_modules/\n.next/\n.env*\n');
+  await sb.git(['init', '-q', '-b', 'main']);
+  await sb.git(['config', 'commit.gpgsign', 'false']);
+  const v1 = await sb.commit('v1');
+  log(`workspace ${sb.ws} at ${v1.slice(0, 7)}`);
+  await sb.pm2(['ping']); // start the daemon before anything is timed
+
+  const base = {
+    workspace: sb.ws,
+    releasesDir: sb.releasesDir,
+    keep: 3,
+    app: {
+      env: { FRONT_PORT: String(sb.port) },
+      // The default prune list removes `.next`, which for Next.js is the build itself (see performance.md).
+      prune: ['.next/cache', '.turbo', 'build/cache'],
+    },
+  };
+  const cfg = {
+    restart: writeConfig('restart', base),
+    cold: writeConfig('cold', { ...base, app: { ...base.app, reuseDependencies: false } }),
+    cluster: writeConfig('cluster', {
+      ...base,
+      app: { ...base.app, strategy: 'cluster', script: 'node_modules/next/dist/bin/next', args: ['start'], env: { FRONT_PORT: String(sb.port), PORT: String(sb.port) }, portEnv: 'PORT' },
+    }),
+  };
+  // Calls run one at a time: `events` holds the phase events (with wall-clock times) of the latest one.
+  let events = [];
+  const call = (config, label, extra = {}) => {
+    events = [];
+    const onEvent = (e) => {
+      if (e.type === 'phase') events.push({ phase: e.phase, state: e.state, at: epoch() });
+      if (!label) return;
+      if (e.type === 'phase' && e.state === 'start') log(`  ${label}: ${e.phase}…`);
+      if (e.type === 'warning') log(`  ${label}: warning: ${e.message}`);
+    };
+    return { configPath: config, env: sb.env, cwd: sb.root, signal: controller.signal, onEvent, ...extra };
+  };
+  /** Wall-clock start and end of the latest call's `switch` phase (end = PM2 has started the target). */
+  const switchPhase = () => ({
+    switchStartAt: events.find((e) => e.phase === 'switch' && e.state === 'start')?.at,
+    switchEndAt: events.find((e) => e.phase === 'switch' && e.state !== 'start')?.at,
+  });
+  const manifest = (id) => JSON.parse(fs.readFileSync(path.join(sb.releasesDir, id, '.pm2-release/manifest.json'), 'utf8'));
+  const mustAnswer = async (marker, what) => {
+    const a = await waitAnswer(sb.url, { marker, timeoutMs: 60_000 });
+    if (!a.ok) throw new Error(`${what}: ${sb.url} never answered with ${marker} (last: ${a.last})`);
+  };
+
+  // ================= 1. baseline: the seed flow by hand =================
+  const seedDirs = [];
+  for (let i = 1; i <= opts.runs; i++) {
+    log(`baseline ${i}/${opts.runs}: git archive | tar, env files, npm ci, npm run build, prune, pm2 delete+start, wait 200, pm2 save`);
+    const r = await seedDeploy(i);
+    seedDirs.push(r.appDir);
+    R.baseline.push(r);
+    R.boot.push(r.bootMs);
+    log(`baseline ${i}: total ${fmtMs(r.totalMs)} (npm ci ${fmtMs(r.ciMs)}, build ${fmtMs(r.buildMs)}, boot ${fmtMs(r.bootMs)})`);
+  }
+
+  // ================= 3a. the seed's switch (delete + start) under load =================
+  for (let j = 0; j < opts.runs; j++) {
+    const dir = seedDirs[(j + 1) % seedDirs.length];
+    const id = `seed-switch-${j + 1}`;
+    log(`switch (a) seed delete+start ${j + 1}/${opts.runs} under load`);
+    const m = await underLoad(async () => {
+      const t = now();
+      const callAt = epoch();
+      const sw = await seedSwitch(dir, id);
+      await sb.pm2(['save']);
+      return { callMs: now() - t, callAt, switchStartAt: callAt, switchEndAt: sw.startedAt, bootMs: sw.bootMs };
+    });
+    R.switchSeed.push(m);
+    logSwitch('seed', m);
+  }
+  await sb.pm2(['delete', APP]);
+  await sb.pm2(['save', '--force']);
+  for (const d of seedDirs) fs.rmSync(path.dirname(d), { recursive: true, force: true });
+
+  // ================= 2. pm2-release deploys =================
+  for (let i = 1; i <= opts.runs; i++) {
+    const sha = await sb.commit(`cold ${i}`, { 'app/page.js': pageSource(`cold-${i}`) });
+    log(`deploy cold ${i}/${opts.runs} (reuseDependencies: false)`);
+    const t = now();
+    const r = await api.deploy(call(cfg.cold, `cold ${i}`));
+    const ms = now() - t;
+    await mustAnswer(`release=${r.release.id}`, 'cold deploy');
+    const m = manifest(r.release.id);
+    R.cold.push({ id: r.release.id, sha, ms, mode: r.mode, durations: r.durationsMs, dep: m.dependencies, sizeBytes: m.sizeBytes });
+    log(`deploy cold ${i}: ${fmtMs(ms)} (install ${fmtMs(r.durationsMs.install)}, build ${fmtMs(r.durationsMs.build)}, method ${m.dependencies?.method})`);
+  }
+  for (let i = 1; i <= opts.runs; i++) {
+    const sha = await sb.commit(`warm ${i}`, { 'app/page.js': pageSource(`warm-${i}`) });
+    log(`deploy unchanged lockfile ${i}/${opts.runs}`);
+    const t = now();
+    const r = await api.deploy(call(cfg.restart, `warm ${i}`));
+    const ms = now() - t;
+    await mustAnswer(`release=${r.release.id}`, 'deploy');
+    const m = manifest(r.release.id);
+    R.warm.push({ id: r.release.id, sha, ms, mode: r.mode, durations: r.durationsMs, dep: m.dependencies, sizeBytes: m.sizeBytes });
+    log(`deploy unchanged ${i}: ${fmtMs(ms)} (dependencies ${m.dependencies?.method} ${fmtMs(m.dependencies?.durationMs)}, build ${fmtMs(r.durationsMs.build)})`);
+  }
+  const built = [...R.cold, ...R.warm];
+  const B = built[built.length - 1];
+  const A = built[built.length - 2];
+  const other = (activeId) => (activeId === A.id ? B : A);
+  let active = B.id;
+
+  // A release that crashes at boot, built once (ready, never active); the deploys below reactivate it.
+  const crashSha = await sb.commit('crash at boot', { 'next.config.js': CRASH_CONFIG });
+  log('build: the crash-at-boot release');
+  const crash = await api.build(call(cfg.restart, 'build crash'));
+  await sb.commit('no crash', { 'next.config.js': null });
+  log(`crash-at-boot release ${crash.release.id} is ready`);
+
+  // ---------- redeploy of a retained sha, rollback: time until the target answers ----------
+  for (let j = 0; j < opts.runs; j++) {
+    const target = other(active);
+    log(`redeploy retained sha ${target.sha.slice(0, 7)} ${j + 1}/${opts.runs}`);
+    const m = await timedSwitch(`release=${target.id}`, () => api.deploy(call(cfg.restart, `redeploy ${j + 1}`, { ref: target.sha })));
+    if (m.result.mode !== 'reactivated') R.notes.push(`redeploy ${j + 1}: mode ${m.result.mode}, expected reactivated`);
+    R.redeploy.push({ ...m, mode: m.result.mode, result: undefined });
+    active = target.id;
+    log(`redeploy ${j + 1}: answered after ${fmtMs(m.answerMs)}, call ${fmtMs(m.callMs)} (mode ${m.result.mode})`);
+  }
+  for (let j = 0; j < opts.runs; j++) {
+    const target = other(active);
+    log(`rollback ${j + 1}/${opts.runs} (to ${target.id})`);
+    const m = await timedSwitch(`release=${target.id}`, () => api.rollback(call(cfg.restart, `rollback ${j + 1}`)));
+    if (m.result.release.id !== target.id) R.notes.push(`rollback ${j + 1} went to ${m.result.release.id}, expected ${target.id}`);
+    R.rollback.push({ ...m, result: undefined });
+    active = m.result.release.id;
+    log(`rollback ${j + 1}: answered after ${fmtMs(m.answerMs)}, call ${fmtMs(m.callMs)}`);
+  }
+
+  // ================= 3b. restart strategy under load =================
+  for (let j = 0; j < opts.runs; j++) {
+    const target = other(active);
+    log(`switch (b) restart strategy ${j + 1}/${opts.runs} under load → ${target.id}`);
+    const m = await underLoad(() => activateTimed(cfg.restart, `restart ${j + 1}`, target));
+    active = target.id;
+    R.switchRestart.push(m);
+    logSwitch('restart', m);
+  }
+
+  // ================= 3c. cluster strategy under load =================
+  {
+    const target = other(active);
+    log(`cluster: first switch from fork mode (a restart, not measured) → ${target.id}`);
+    await activateTimed(cfg.cluster, 'cluster warm-up', target);
+    active = target.id;
+    const procs = await jlist();
+    R.clusterModeOk = procs.filter((p) => p.name === APP).every((p) => p.pm2_env?.exec_mode === 'cluster_mode');
+  }
+  for (let j = 0; j < opts.runs; j++) {
+    const target = other(active);
+    log(`switch (c) cluster strategy ${j + 1}/${opts.runs} under load → ${target.id}`);
+    const kills = sb.countPm2Log(/sending SIGKILL/);
+    const m = await underLoad(() => activateTimed(cfg.cluster, `cluster ${j + 1}`, target));
+    m.sigkills = sb.countPm2Log(/sending SIGKILL/) - kills;
+    active = target.id;
+    R.switchCluster.push(m);
+    logSwitch('cluster', m);
+  }
+
+  // ================= 3d. cluster switch to a release that crashes at boot =================
+  for (let j = 0; j < opts.runs; j++) {
+    log(`switch (d) cluster → crash-at-boot release ${j + 1}/${opts.runs} under load (deploy --no-verify, the health gate must revert)`);
+    const m = await underLoad(() => crashDeploy(j));
+    delete m.failTimes;
+    R.switchCrash.push(m);
+    logSwitch('crash', m);
+  }
+
+  // ================= 3e. many cluster switches under one long load =================
+  {
+    const S = opts.switches;
+    const crashAt = new Set(S >= 10 ? [Math.floor(S / 3), Math.floor((2 * S) / 3)] : S >= 3 ? [Math.floor(S / 2)] : []);
+    log(`marathon: ${S} cluster switches (${crashAt.size} to the crash-at-boot release) under one load run`);
+    const kills = sb.countPm2Log(/sending SIGKILL/);
+    const steps = [];
+    const m = await underLoad(
+      async () => {
+        for (let i = 0; i < S; i++) {
+          const startAt = epoch();
+          if (crashAt.has(i)) {
+            const s = await crashDeploy(`m${i}`);
+            steps.push({ kind: 'crash', startAt, endAt: epoch() + 1_000, ...s });
+            log(`  marathon ${i + 1}/${S}: crash deploy → ${s.outcome} in ${fmtMs(s.callMs)}`);
+          } else {
+            const target = other(active);
+            const s = await activateTimed(cfg.cluster, `marathon ${i + 1}`, target, true);
+            active = target.id;
+            steps.push({ kind: 'switch', startAt, endAt: epoch() + 1_000, ...s });
+            log(`  marathon ${i + 1}/${S}: → ${target.id} in ${fmtMs(s.callMs)}`);
+          }
+          await sleep(1_000);
+        }
+        return {};
+      },
+      { maxSeconds: S * 45 + 60 },
+    );
+    m.sigkills = sb.countPm2Log(/sending SIGKILL/) - kills;
+    // Which failures happened during which kind of step (each step's window includes the 1 s pause after it).
+    const attribute = (times) => {
+      const out = { switch: 0, crash: 0, between: 0 };
+      for (const t of times ?? []) out[steps.find((st) => t >= st.startAt && t <= st.endAt)?.kind ?? 'between']++;
+      return out;
+    };
+    const byKind = { autocannon: attribute(m.failTimes?.autocannon), poller: attribute(m.failTimes?.poller) };
+    delete m.failTimes;
+    R.marathon = { ...m, switches: S, crashSwitches: crashAt.size, steps, byKind };
+    log(`marathon: failed ${m.failed} (errors ${m.ac.errors} ${JSON.stringify(m.ac.errorCodes)}, non-2xx ${m.ac.non2xx}), dropped ${m.ac.dropped}, poller failed ${m.poller.failed} ${JSON.stringify(m.poller.codes)}, longest gap ${fmtMs(m.ac.maxGapMs)}; by step ${JSON.stringify(R.marathon.byKind)}`);
+  }
+
+  // ================= 4. disk: retained releases with one lockfile =================
+  {
+    const { diskUsage, reflinkSupported, fsType } = await import('./lib.mjs');
+    const lst = await api.list(call(cfg.restart, 'list'));
+    const ready = lst.releases.filter((r) => r.status === 'ready');
+    const byLock = new Map();
+    for (const r of ready) {
+      const m = manifest(r.id);
+      const k = m.lockfileHash ?? 'none';
+      byLock.set(k, [...(byLock.get(k) ?? []), { ...r, dep: m.dependencies }]);
+    }
+    const group = [...byLock.values()].sort((a, b) => b.length - a.length)[0] ?? [];
+    const three = group.slice(0, 3); // newest first
+    const singles = [];
+    for (const r of three) singles.push({ id: r.id, method: r.dep?.method, bytes: await diskUsage([r.dir]), nodeModules: await diskUsage([path.join(r.cwd, 'node_modules')]) });
+    const together = await diskUsage(three.map((r) => r.dir));
+    R.disk = { singles, together, count: three.length, fs: fsType(sb.releasesDir), reflink: reflinkSupported(sb.releasesDir) };
+    log(`disk: ${three.length} releases ${together} bytes together, singles ${singles.map((s) => s.bytes).join(', ')}`);
+  }
+
+  // ================= 4b. peak RSS of the pm2-release process during a deploy =================
+  {
+    await sb.commit('rss', { 'app/page.js': pageSource('rss') });
+    log('peak RSS: pm2-release deploy via the CLI (unchanged lockfile: node_modules cloned in-process)');
+    R.rss = await measureRss([process.execPath, CLI, 'deploy', '--config', cfg.cluster, '--json']);
+    log(`peak RSS ${(R.rss.hwmKb / 1024).toFixed(1)} MiB over ${fmtMs(R.rss.ms)} (exit ${R.rss.code})`);
+  }
+
+  R.finished = new Date();
+  R.machine.loadEnd = os.loadavg();
+  const md = writeReport(R, opts.out);
+  process.stdout.write(md.tables + '\n');
+  log(`wrote ${path.relative(ROOT, opts.out)}`);
+
+  // ---------------- helpers that need the sandbox ----------------
+  function writeConfig(name, obj) {
+    const p = path.join(sb.root, `${name}.config.json`);
+    fs.writeFileSync(p, JSON.stringify(obj, null, 2) + '\n');
+    return p;
+  }
+
+  async function jlist() {
+    const r = await sb.pm2(['jlist']);
+    const s = r.stdout;
+    return JSON.parse(s.slice(s.indexOf('['), s.lastIndexOf(']') + 1));
+  }
+
+  /** The seed flow, each step an argv array. */
+  async function seedDeploy(i) {
+    const dir = path.join(sb.seedDir, `r${i}`);
+    fs.mkdirSync(dir, { recursive: true });
+    const logFile = path.join(sb.logsDir, `seed-${i}.log`);
+    const t0 = now();
+    await runPipe(['git', 'archive', '--format=tar', 'HEAD'], ['tar', '-x', '-C', dir], { cwd: sb.ws, env: sb.env });
+    const appDir = path.join(dir, 'frontend');
+    for (const f of ENV_FILES) {
+      const src = path.join(sb.appDir, f);
+      if (fs.existsSync(src)) fs.copyFileSync(src, path.join(appDir, f));
+    }
+    const ci = await run(['npm', 'ci'], { cwd: appDir, env: sb.env, logFile, timeoutMs: 900_000 });
+    const build = await run(['npm', 'run', 'build'], { cwd: appDir, env: sb.env, logFile, timeoutMs: 900_000 });
+    await run(['rm', '-rf', '.next/cache', '.turbo', 'build/cache'], { cwd: appDir, env: sb.env });
+    const sw = await seedSwitch(appDir, `seed-${i}`);
+    await sb.pm2(['save']);
+    return { totalMs: now() - t0, ciMs: ci.ms, buildMs: build.ms, bootMs: sw.bootMs, appDir };
+  }
+
+  /** The seed's switch: pm2 delete (ignore if absent), pm2 start npm … -- run start, wait for a 200. */
+  async function seedSwitch(appDir, id) {
+    await sb.pm2(['delete', APP], {}, true);
+    const tStart = now();
+    await sb.pm2(['start', 'npm', '--name', APP, '--cwd', appDir, '--', 'run', 'start'], { FRONT_PORT: String(sb.port), RELEASE_ID: id });
+    const startedAt = epoch();
+    const a = await waitAnswer(sb.url, { marker: `release=${id}`, timeoutMs: 90_000, intervalMs: 20 });
+    if (!a.ok) throw new Error(`seed start of ${id} never answered (last: ${a.last})`);
+    return { bootMs: a.at - tStart, answerAt: a.at, startedAt };
+  }
+
+  /** Runs fn while polling for `marker`; answerMs = call start → first 200 with the marker. */
+  async function timedSwitch(marker, fn) {
+    const t = now();
+    const callAt = epoch();
+    const answer = waitAnswer(sb.url, { marker, timeoutMs: 120_000, intervalMs: 20 });
+    const result = await fn();
+    const callMs = now() - t;
+    const a = await answer;
+    if (!a.ok) throw new Error(`never answered with ${marker}`);
+    const answerAt = callAt + (a.at - t);
+    const { switchStartAt, switchEndAt } = switchPhase();
+    return {
+      callMs,
+      answerMs: a.at - t,
+      // Where the time to answer goes: before the switch phase, in it (up to `pm2 start` returning), after it.
+      beforeSwitchMs: switchStartAt - callAt,
+      switchMs: switchEndAt - switchStartAt,
+      afterStartMs: answerAt - switchEndAt,
+      result,
+      durations: result.durationsMs,
+    };
+  }
+
+  async function activateTimed(config, label, target, quiet = false) {
+    const t = now();
+    const callAt = epoch();
+    const r = await api.activate(call(config, quiet ? '' : label, { id: target.id }));
+    const callMs = now() - t;
+    const b = await httpGet(sb.url);
+    if (!(b.status === 200 && b.body.includes(`release=${target.id}`))) R.notes.push(`${label}: after activate, ${sb.url} did not serve ${target.id} (${b.status ?? b.error})`);
+    return { callMs, callAt, ...switchPhase(), durations: r.durationsMs };
+  }
+
+  /** deploy --no-verify of the crash-at-boot sha (--force: the gate marked it bad the previous time). */
+  async function crashDeploy(label) {
+    const before = await httpGet(sb.url);
+    const t = now();
+    let outcome = 'deployed (unexpected)';
+    try {
+      await api.deploy(call(cfg.cluster, '', { ref: crashSha, verify: false, force: true }));
+    } catch (e) {
+      outcome = e.code ?? e.message;
+    }
+    const callMs = now() - t;
+    const after = await httpGet(sb.url);
+    const stillOld = after.status === 200 && before.body !== undefined && after.body.includes(`release=${active}`);
+    if (!stillOld) R.notes.push(`crash deploy ${label}: the previous release did not answer afterwards (${after.status ?? after.error})`);
+    return { callMs, outcome, stillOld };
+  }
+
+  /** Starts the load child, waits for steady 2xx, runs fn, keeps the load 2 s more, stops, collects. */
+  async function underLoad(fn, { maxSeconds = 180 } = {}) {
+    const child = fork(path.join(ROOT, 'bench/load.mjs'), [sb.url, String(opts.connections), String(maxSeconds), '20'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: cleanEnv() });
+    loadChild = child;
+    children.add(child);
+    const messages = [];
+    const waiters = [];
+    child.on('message', (m) => {
+      messages.push(m);
+      for (const w of [...waiters]) w();
+    });
+    const waitFor = (type, ms) =>
+      new Promise((resolve, reject) => {
+        const check = () => {
+          const m = messages.find((x) => x.type === type);
+          if (m) {
+            clearTimeout(timer);
+            waiters.splice(waiters.indexOf(check), 1);
+            resolve(m);
+          } else if (child.exitCode !== null) {
+            clearTimeout(timer);
+            reject(new Error(`load generator exited (${child.exitCode}) before ${type}`));
+          }
+        };
+        const timer = setTimeout(() => reject(new Error(`load generator: no ${type} within ${ms} ms`)), ms);
+        waiters.push(check);
+        child.once('exit', check);
+        check();
+      });
+    try {
+      await waitFor('ready', 30_000);
+      await sleep(2_000);
+      const inner = await fn();
+      await sleep(2_000);
+      child.send({ cmd: 'stop' });
+      const res = await waitFor('result', 30_000);
+      return { ...inner, ac: res.autocannon, poller: res.poller, failTimes: res.failTimes, failed: res.autocannon.errors + res.autocannon.non2xx, loadSeconds: res.durationS };
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      children.delete(child);
+      loadChild = undefined;
+    }
+  }
+
+  function logSwitch(what, m) {
+    log(
+      `  ${what}: failed ${m.failed} (errors ${m.ac.errors} ${JSON.stringify(m.ac.errorCodes)}, non-2xx ${m.ac.non2xx}), dropped ${m.ac.dropped}, ` +
+        `longest gap ${fmtMs(m.ac.maxGapMs)}, poller failed ${m.poller.failed} ${JSON.stringify(m.poller.codes)} gap ${fmtMs(m.poller.maxGapMs)}${m.outcome ? `, outcome ${m.outcome}` : ''}`,
+    );
+  }
+
+  async function measureRss(argv) {
+    const t = now();
+    const child = spawn(argv[0], argv.slice(1), { cwd: sb.root, env: sb.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    children.add(child);
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err = (err + d).slice(-8000)));
+    let hwmKb = 0;
+    let samples = 0;
+    const timer = setInterval(() => {
+      const m = procMem(child.pid);
+      if (m?.hwmKb) {
+        hwmKb = Math.max(hwmKb, m.hwmKb);
+        samples++;
+      }
+    }, 20);
+    const killer = setTimeout(() => {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }, 900_000);
+    const code = await new Promise((resolve) => child.on('close', (c) => resolve(c)));
+    clearInterval(timer);
+    clearTimeout(killer);
+    children.delete(child);
+    let result;
+    try {
+      result = JSON.parse(out.trim().split('\n').pop());
+    } catch {
+      result = undefined;
+    }
+    if (code !== 0) R.notes.push(`CLI deploy for the RSS measurement exited ${code}: ${err.split('\n').slice(-5).join(' ')}`);
+    const id = result?.release?.id;
+    return { hwmKb, samples, code, ms: now() - t, method: id ? manifest(id).dependencies?.method : undefined, id };
+  }
+}
+
+async function machineInfo(templateDir) {
+  const { fsType } = await import('./lib.mjs');
+  const npmV = await run(['npm', '--version'], { env: cleanEnv(), cwd: os.tmpdir(), timeoutMs: 60_000 }).catch(() => ({ stdout: '?' }));
+  const pm2V = JSON.parse(fs.readFileSync(path.join(path.dirname(path.dirname(PM2_BIN)), 'package.json'), 'utf8')).version;
+  const cpus = os.cpus();
+  const fsInfo = fsType(sb.root);
+  return {
+    cpu: cpus[0]?.model ?? 'unknown',
+    cores: cpus.length,
+    ramBytes: os.totalmem(),
+    fsType: fsInfo.type,
+    fsMount: fsInfo.mnt,
+    tmpdir: os.tmpdir(),
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    node: process.version,
+    npm: npmV.stdout.trim(),
+    pm2: pm2V,
+    app: lockedVersions(templateDir),
+    loadStart: os.loadavg(),
+    date: new Date().toISOString(),
+  };
+}
+
+let exitCode = 0;
+try {
+  await main();
+} catch (err) {
+  exitCode = 1;
+  log(`FAILED: ${err?.stack ?? err}`);
+  // Still write what was measured, marked incomplete (the file is overwritten by every run).
+  try {
+    R.error = String(err?.message ?? err).split('\n')[0];
+    R.finished = new Date();
+    R.machine.loadEnd = os.loadavg();
+    writeReport(R, opts.out);
+    log(`wrote an incomplete ${path.relative(ROOT, opts.out)}`);
+  } catch (e) {
+    log(`could not write the report: ${e.message}`);
+  }
+} finally {
+  clearTimeout(watchdog);
+  await cleanup();
+}
+process.exit(exitCode);

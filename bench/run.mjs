@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CRASH_CONFIG, ensureTemplate, lockedVersions, pageSource, writeApp } from './app.mjs';
-import { children, CLI, epoch, fmtMs, httpGet, log, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, waitAnswer } from './lib.mjs';
+import { children, CLI, epoch, fmtMs, httpGet, log, median, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, waitAnswer } from './lib.mjs';
 import { writeReport } from './report.mjs';
 import { cleanEnv, createSandbox } from './sandbox.mjs';
 
@@ -100,6 +100,7 @@ const R = {
   switchCluster: [],
   switchCrash: [],
   marathon: undefined,
+  accounting: {},
   disk: undefined,
   rss: undefined,
   notes: [],
@@ -123,6 +124,13 @@ async function main() {
   const v1 = await sb.commit('v1');
   log(`workspace ${sb.ws} at ${v1.slice(0, 7)}`);
   await sb.pm2(['ping']); // start the daemon before anything is timed
+  // What one PM2 CLI call costs here (pm2-release drives PM2 through its CLI, like an operator).
+  {
+    const times = [];
+    for (let i = 0; i < 5; i++) times.push((await sb.pm2(['jlist'])).ms);
+    R.pm2CallMs = median(times);
+    log(`one \`pm2 jlist\` CLI call: ${fmtMs(R.pm2CallMs)} (median of 5)`);
+  }
 
   const base = {
     workspace: sb.ws,
@@ -249,6 +257,58 @@ async function main() {
     R.rollback.push({ ...m, result: undefined });
     active = m.result.release.id;
     log(`rollback ${j + 1}: answered after ${fmtMs(m.answerMs)}, call ${fmtMs(m.callMs)}`);
+  }
+
+  // ---------- where a redeploy's and a rollback's time goes: every PM2 CLI call, by phase ----------
+  // One extra redeploy and rollback (not in the medians above) with PM2_RELEASE_PM2 pointing at a wrapper
+  // that logs each call's start, end and command, then runs the real pm2.
+  {
+    const wrapper = path.join(sb.root, 'pm2-logged');
+    const callLog = path.join(sb.root, 'pm2-calls.log');
+    fs.writeFileSync(wrapper, `#!/bin/sh\ns=$(date +%s%3N)\n"${PM2_BIN}" "$@"\nrc=$?\nprintf '%s %s %s\\n' "$s" "$(date +%s%3N)" "$1" >> "${callLog}"\nexit $rc\n`, { mode: 0o755 });
+    const account = async (label, fn) => {
+      fs.writeFileSync(callLog, '');
+      const t = epoch();
+      const m = await fn({ env: { ...sb.env, PM2_RELEASE_PM2: wrapper } });
+      const end = epoch();
+      const calls = fs
+        .readFileSync(callLog, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => {
+          const [a, b, cmd] = l.split(' ');
+          return { start: Number(a), end: Number(b), cmd };
+        });
+      const windows = events
+        .filter((e) => e.state === 'start')
+        .map((e) => ({ phase: e.phase, start: e.at, end: events.find((x) => x.phase === e.phase && x.state !== 'start' && x.at >= e.at)?.at ?? end }));
+      const byPhase = {};
+      for (const c of calls) {
+        const w = windows.filter((x) => c.start >= x.start - 1 && c.end <= x.end + 1).pop();
+        const k = w?.phase ?? '(between phases)';
+        byPhase[k] ??= { count: 0, ms: 0, cmds: {} };
+        byPhase[k].count++;
+        byPhase[k].ms += c.end - c.start;
+        byPhase[k].cmds[c.cmd] = (byPhase[k].cmds[c.cmd] ?? 0) + 1;
+      }
+      const sw = windows.find((x) => x.phase === 'switch');
+      const beforeSwitch = calls.filter((c) => sw && c.end <= sw.start + 1);
+      R.accounting[label] = {
+        totalMs: end - t,
+        calls: calls.length,
+        callsMs: calls.reduce((a, c) => a + c.end - c.start, 0),
+        beforeSwitch: { count: beforeSwitch.length, ms: beforeSwitch.reduce((a, c) => a + c.end - c.start, 0), untilMs: sw ? sw.start - t : undefined },
+        byPhase,
+        answerMs: m.answerMs,
+      };
+      log(`accounting ${label}: ${calls.length} PM2 CLI calls, ${fmtMs(R.accounting[label].callsMs)} in them; ${beforeSwitch.length} before the switch phase`);
+    };
+    let target = other(active);
+    await account('redeploy', (extra) => timedSwitch(`release=${target.id}`, () => api.deploy(call(cfg.restart, 'accounting redeploy', { ref: target.sha, ...extra }))));
+    active = target.id;
+    target = other(active);
+    await account('rollback', (extra) => timedSwitch(`release=${target.id}`, () => api.rollback(call(cfg.restart, 'accounting rollback', extra))));
+    active = target.id;
   }
 
   // ================= 3b. restart strategy under load =================

@@ -17,7 +17,7 @@ import { record } from './audit.js';
 import { runHook } from './hooks.js';
 import { applyRetention, cleanupInterrupted, retentionPlan } from './retain.js';
 import { releaseInfo, type BuildResult, type DeployResult } from './results.js';
-import { currentRelease, switchToRelease } from './switch-release.js';
+import { adoptRunning, currentRelease, switchToRelease } from './switch-release.js';
 import { removeVerifyLeftovers, verifyRelease } from './verify.js';
 
 export interface DeployOptions extends CommonOptions {
@@ -64,7 +64,12 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
         const same = active?.status === 'ready' && active.manifest?.sha === resolved.sha ? active : releases.find((r) => r.status === 'ready' && r.manifest?.sha === resolved.sha);
         if (same) {
           to = same.id;
-          const unchanged = same.id === from;
+          let unchanged = same.id === from;
+          // PM2 serves it but the record or the dump may not say so (a run killed after its switch): settle that.
+          if (unchanged && (await ctx.store.readState())?.active !== same.id) {
+            warn(ctx, `PM2 serves ${same.id} but it was not recorded as active (an interrupted deploy): saving it`);
+            if (!(await adoptRunning(ctx, same))) unchanged = false;
+          }
           let url = healthUrl(ctx.config.app, appPort(ctx.config.app));
           let previous: string | null = null;
           if (unchanged) {

@@ -64,8 +64,9 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
 
   // The env we hand to the pm2 CLI becomes the app's env: the caller's, minus the outer npm run's variables.
   const pm2Env = childEnv(ctx.env);
-  const handle = await phase(ctx, 'switch', () =>
-    strategy.switch({
+  const handle = await phase(ctx, 'switch', async () => {
+    try {
+      return await strategy.switch({
       pm2: ctx.pm2.withEnv(pm2Env),
       logger: ctx.logger,
       target: app,
@@ -73,15 +74,31 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       portWaitMs: ctx.config.app.portReleaseTimeoutMs,
       signal: ctx.signal,
       beforeStart: () => failpoint(ctx.env, 'switch'),
-    }),
-  );
+      ownedRoot: ctx.config.releasesDir,
+    });
+    } catch (err) {
+      // The strategy already started the previous app again (when there was one): make that a fact before
+      // reporting, and save the dump so a reboot brings back the same app.
+      if ((await ctx.pm2.processes(app.name).catch(() => [])).length > 0) {
+        const again = await waitHealthy({
+          checks: healthChecks(ctx.config.app, port),
+          timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+          settleMs: 0,
+          sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+        });
+        await ctx.pm2.save().catch(() => undefined);
+        if (err instanceof Error) err.message += again.ok ? ' and answers' : `, but it does not answer (${again.reason})`;
+      }
+      throw err;
+    }
+  });
 
   /** Puts the previous app back and saves the dump again; returns a one-line account for the error. */
-  const putBack = async (why: string): Promise<string> => {
+  const putBack = async (why: string, markAsBad: boolean): Promise<string> => {
     ctx.logger.error(`release ${release.id} ${why}; putting ${previous ?? 'the previous app'} back`);
     const sha = release.manifest?.sha ?? null;
     // The gate said no: don't let automation deploy this sha again until a newer commit arrives.
-    if (sha) await markBad(ctx.config.releasesDir, { sha, release: release.id, reason: `health gate reverted it: ${why}`, markedAt: ctx.now().toISOString(), by: 'health-gate' }).catch(() => undefined);
+    if (sha && markAsBad) await markBad(ctx.config.releasesDir, { sha, release: release.id, reason: `health gate reverted it: ${why}`, markedAt: ctx.now().toISOString(), by: 'health-gate' }).catch(() => undefined);
     const outcome = await revertNow();
     await record(ctx, { action: 'revert', from: release.id, to: previous, sha, result: outcome.ok ? 'ok' : 'failed', detail: `${why}; ${outcome.text}` });
     return outcome.text;
@@ -134,7 +151,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       outcome = { ok: false, reason: (err as Error).message, probes: [], elapsedMs: 0 };
     }
     if (!outcome.ok) {
-      const reverted = await putBack(`is not healthy: ${outcome.reason}`);
+      const reverted = await putBack(`is not healthy: ${outcome.reason}`, true);
       throw new SwitchError('HEALTH_FAILED', `release ${release.id} failed its health check (${outcome.reason}); ${reverted}`, {
         phase: 'health',
         hint: `see the app's output with \`pm2 logs ${app.name} --lines 100\``,
@@ -151,8 +168,9 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     } catch (err) {
       // Without a saved dump a reboot would bring back the old release while PM2 serves the new one:
       // go back to the state the dump describes rather than leave the two disagreeing.
-      const reverted = await putBack(`could not be saved (${(err as Error).message})`);
-      throw new SwitchError('SAVE_FAILED', `pm2 save failed after switching to ${release.id}; ${reverted}`, {
+      // A failed save says nothing about the release: it is not marked bad and can be deployed again.
+      const reverted = await putBack(`could not be saved (${(err as Error).message})`, false);
+      throw new SwitchError('SAVE_FAILED', `pm2 save failed after switching to ${release.id} (${(err as Error).message}); ${reverted}`, {
         phase: 'save',
         hint: `check that ${ctx.pm2.home} is writable, then deploy again`,
         releaseId: release.id,
@@ -162,4 +180,31 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
   });
 
   return { app, previous: previous === release.id ? null : previous, health, url };
+}
+
+/**
+ * PM2 already serves `release` (an interrupted run switched but did not save or record it): check it is
+ * healthy, then save the dump and record it as active, without restarting anything. Returns false when it
+ * is not healthy (the caller switches properly instead).
+ */
+export async function adoptRunning(ctx: Context, release: ReleaseRecord): Promise<boolean> {
+  const app = appDefinition(ctx, release);
+  const port = appPort(ctx.config.app);
+  const initial = new Map((await ctx.pm2.processes(app.name)).map((p) => [p.pmId, p.restarts]));
+  const outcome = await phase(ctx, 'health', () =>
+    waitHealthy({
+      checks: healthChecks(ctx.config.app, port),
+      timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+      settleMs: ctx.config.app.healthcheck.settleMs,
+      signal: ctx.signal,
+      // Restarts before we looked are history; a restart while we watch is a crash loop.
+      sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts - (initial.get(p.pmId) ?? 0) })),
+    }),
+  );
+  if (!outcome.ok) return false;
+  await phase(ctx, 'save', async () => {
+    await ctx.pm2.save();
+    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now());
+  });
+  return true;
 }

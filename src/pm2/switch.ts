@@ -4,6 +4,9 @@
  * starts it again from the new release, exactly like the seed runbook. A zero-downtime strategy (start the
  * new release beside the old one, then retire the old) fits the same interface.
  */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SwitchError } from '../errors.js';
 import { portHolder, waitPortFree } from '../health.js';
 import type { Logger } from '../log.js';
@@ -20,6 +23,11 @@ export interface SwitchInput {
   signal?: AbortSignal;
   /** Called after the old app stopped and before the new one starts (the fault-injection point). */
   beforeStart?: () => void;
+  /**
+   * The releases dir: a process outside PM2 that holds the port and runs from inside it is an orphan of an
+   * app PM2 started for us (a child that escaped `pm2 delete`'s tree kill) and is stopped, by its pid.
+   */
+  ownedRoot?: string;
 }
 
 export interface SwitchHandle {
@@ -53,7 +61,9 @@ export const restartStrategy: SwitchStrategy = {
     const freePortOrExplain = async (): Promise<void> => {
       if (input.port === undefined) return;
       if (await waitPortFree(input.port, portWaitMs, input.signal)) return;
-      const pid = await portHolder(input.port);
+      let pid = await portHolder(input.port);
+      if (pid && input.ownedRoot && (await stopOrphan(pid, input.ownedRoot, input.logger)) && (await waitPortFree(input.port, 5_000, input.signal))) return;
+      pid = await portHolder(input.port);
       throw new SwitchError('PORT_BUSY', `port ${input.port} is still in use ${portWaitMs / 1000} s after deleting ${target.name}${pid ? ` (held by pid ${pid})` : ''}`, {
         phase: 'switch',
         hint: pid ? `an orphan of the old app may hold it: check \`ps -o pid,args -p ${pid}\` and stop it` : 'find the process with `ss -ltnp`',
@@ -152,4 +162,35 @@ export function strategyFor(name: string): SwitchStrategy {
   if (name === 'restart') return restartStrategy;
   if (name === 'cluster') return clusterStrategy;
   throw new Error(`unknown switch strategy ${name}`);
+}
+
+/**
+ * Stops a process that holds the app port although PM2 no longer manages it, when it runs from inside the
+ * releases dir (so PM2 started it for pm2-release and it escaped the tree kill, e.g. a server spawned by
+ * `npm start` just as the app was deleted). Killed by pid, SIGTERM then SIGKILL. Returns true if it was ours.
+ */
+export async function stopOrphan(pid: number, ownedRoot: string, logger: Logger): Promise<boolean> {
+  const cwd = await fsp.readlink(`/proc/${pid}/cwd`).catch(() => '');
+  const root = await fsp.realpath(ownedRoot).catch(() => ownedRoot);
+  if (!cwd || !(cwd === root || cwd.startsWith(root + path.sep))) return false;
+  logger.warn(`pid ${pid} (running from ${cwd}) holds the app port outside PM2: stopping it`);
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return true;
+  }
+  for (let i = 0; i < 30; i++) {
+    await sleep(100);
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return true;
+    }
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+  return true;
 }

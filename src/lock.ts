@@ -90,7 +90,12 @@ export async function acquireLock(opts: LockOptions): Promise<HeldLock> {
       if ((err as NodeJS.ErrnoException).code !== 'ELOCKED') throw err;
     }
 
-    const owner = await readLockOwner(opts.releasesDir);
+    // The holder writes its owner file right after taking the lock: give it a moment before saying "unknown".
+    let owner = await readLockOwner(opts.releasesDir);
+    for (let i = 0; !owner && i < 20; i++) {
+      await sleep(50);
+      owner = await readLockOwner(opts.releasesDir);
+    }
     if (owner && owner.host === os.hostname() && !pidAlive(owner.pid)) {
       opts.logger.warn({ pid: owner.pid, command: owner.command }, `breaking the lock of pid ${owner.pid} (${owner.command}), which is no longer running`);
       await fsp.rm(ownerPath, { force: true });

@@ -261,7 +261,8 @@ async function main() {
 
   // ---------- where a redeploy's and a rollback's time goes: every PM2 CLI call, by phase ----------
   // One extra redeploy and rollback (not in the medians above) with PM2_RELEASE_PM2 pointing at a wrapper
-  // that logs each call's start, end and command, then runs the real pm2.
+  // that logs each call's start, end and command, then runs the real pm2. (--force: the rollbacks above
+  // marked the target's sha bad.)
   {
     const wrapper = path.join(sb.root, 'pm2-logged');
     const callLog = path.join(sb.root, 'pm2-calls.log');
@@ -304,7 +305,7 @@ async function main() {
       log(`accounting ${label}: ${calls.length} PM2 CLI calls, ${fmtMs(R.accounting[label].callsMs)} in them; ${beforeSwitch.length} before the switch phase`);
     };
     let target = other(active);
-    await account('redeploy', (extra) => timedSwitch(`release=${target.id}`, () => api.deploy(call(cfg.restart, 'accounting redeploy', { ref: target.sha, ...extra }))));
+    await account('redeploy', (extra) => timedSwitch(`release=${target.id}`, () => api.deploy(call(cfg.restart, 'accounting redeploy', { ref: target.sha, force: true, ...extra }))));
     active = target.id;
     target = other(active);
     await account('rollback', (extra) => timedSwitch(`release=${target.id}`, () => api.rollback(call(cfg.restart, 'accounting rollback', extra))));

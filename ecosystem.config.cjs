@@ -87,6 +87,8 @@ function webhookApp(file, config) {
     cwd: file ? path.dirname(file) : process.cwd(),
     autorestart: true,
     max_restarts: 10,
+    // On stop/restart the listener finishes a running deploy before exiting: give it time.
+    kill_timeout: 15 * 60 * 1000,
     env: file ? { PM2_RELEASE_CONFIG: file } : {},
   };
 }

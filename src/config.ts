@@ -339,6 +339,10 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
     problems.push('releasesDir: must not be the workspace or inside it (releases would be archived into releases)');
   if (config.app.strategy === 'cluster' && (config.app.script === 'npm' || config.app.script === 'yarn' || config.app.script === 'pnpm'))
     problems.push(`app.script: the cluster strategy runs a Node script in PM2 cluster mode, not ${config.app.script} (e.g. "node_modules/next/dist/bin/next" with args ["start"])`);
+  if (port !== undefined && config.app.args.includes(port) && config.app.verify.enabled)
+    problems.push(
+      `app.args: hard-codes the app port ${port}; take it from app.env.${config.app.portEnv} instead (next start reads PORT), or the verify run would join the live port`,
+    );
   if (config.app.build.length === 0) warnings.push('app.build is empty: releases are not built, only installed');
 
   if (problems.length > 0) throw new ConfigError(problems, source);

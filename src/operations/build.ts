@@ -11,6 +11,7 @@ import { cloneTree, dependencyKey, supportsReflink } from '../release/dependenci
 import { diskUsage, existsSync, MANIFEST_VERSION, type Manifest, type ReleaseRecord } from '../release/store.js';
 import {
   buildEnv,
+  installEnv,
   copyEnvFiles,
   lockfileHash,
   pruneCaches,
@@ -113,11 +114,18 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     manifest.node = versions.node;
     manifest.npm = versions.npm;
     const lockfile = await fsp.readFile(path.join(cwd, 'package-lock.json')).catch(() => undefined);
-    const key = lockfile ? dependencyKey(lockfile, versions.node, versions.npm) : undefined;
+    // Reuse only when installing would do nothing but lay out the lockfile: the app's own install
+    // lifecycle scripts (postinstall, prepare…) must run, so such apps always install.
+    const lifecycle = await installScripts(cwd);
+    if (lifecycle.length && config.app.reuseDependencies) ctx.logger.info(`package.json has ${lifecycle.join(', ')}: node_modules is installed, not reused`);
+    const key =
+      lockfile && lifecycle.length === 0
+        ? dependencyKey(Buffer.concat([lockfile, Buffer.from(`\0${config.app.install.join('\0')}\0${env.NODE_ENV ?? ''}`)]), versions.node, versions.npm)
+        : undefined;
     await phase(ctx, 'install', async () => {
       const started = performance.now();
       const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile) : undefined;
-      if (!reused) await runStep(ctx, 'install', config.app.install, cwd, logFile, env);
+      if (!reused) await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha));
       manifest.dependencies = { method: reused?.method ?? 'install', key, from: reused?.from, durationMs: Math.round(performance.now() - started) };
       failpoint(ctx.env, 'install');
     });
@@ -149,6 +157,15 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
   const record = await store.get(id);
   if (!record) throw new Error(`release ${id} vanished after its build`);
   return record;
+}
+
+async function installScripts(cwd: string): Promise<string[]> {
+  try {
+    const pkg = JSON.parse(await fsp.readFile(path.join(cwd, 'package.json'), 'utf8')) as { scripts?: Record<string, string> };
+    return ['preinstall', 'install', 'postinstall', 'prepare'].filter((k) => pkg.scripts?.[k]);
+  } catch {
+    return [];
+  }
 }
 
 /**

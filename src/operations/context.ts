@@ -92,12 +92,19 @@ export function createContext(opts: CommonOptions, overrides?: { keep?: number }
 }
 
 /** Runs one phase: emits start/end events, records its duration, tags errors with the phase. */
+/**
+ * Phases after the new release went live (save, retain) are short and must finish: cancelling them would
+ * leave PM2, the dump and the record disagreeing. A cancel arriving then is honoured by the next operation.
+ */
+const NOT_CANCELLABLE: Phase[] = ['save', 'retain'];
+
 export async function phase<T>(ctx: Context, name: Phase, fn: () => Promise<T>): Promise<T> {
   const started = performance.now();
   ctx.emit({ type: 'phase', phase: name, state: 'start' });
   ctx.logger.info({ phase: name }, `${name}…`);
   try {
-    if (ctx.signal?.aborted) throw cancelled(name);
+    const cancellable = !NOT_CANCELLABLE.includes(name);
+    if (cancellable && ctx.signal?.aborted) throw cancelled(name);
     const result = await fn();
     const durationMs = Math.round(performance.now() - started);
     ctx.durations[name] = (ctx.durations[name] ?? 0) + durationMs;
@@ -107,7 +114,8 @@ export async function phase<T>(ctx: Context, name: Phase, fn: () => Promise<T>):
   } catch (err) {
     const durationMs = Math.round(performance.now() - started);
     ctx.durations[name] = (ctx.durations[name] ?? 0) + durationMs;
-    const e = ctx.signal?.aborted && !(err instanceof ReleaseError && err.code === 'CANCELLED') ? cancelled(name) : asReleaseError(err, name);
+    const e =
+      ctx.signal?.aborted && !NOT_CANCELLABLE.includes(name) && !(err instanceof ReleaseError && err.code === 'CANCELLED') ? cancelled(name) : asReleaseError(err, name);
     // The PM2 gateway cannot know which phase called it: its errors take the phase they happened in.
     if (e.code.startsWith('PM2_')) e.phase = name;
     ctx.emit({ type: 'phase', phase: name, state: 'fail', durationMs, code: e.code, message: e.message });
@@ -131,9 +139,18 @@ export function warn(ctx: Context, message: string): void {
  */
 const OUTER_NPM_VARS = /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$|PM2_RELEASE_WEBHOOK_SECRET$|PM2_RELEASE_FAILPOINT$)/;
 
+/**
+ * What PM2 puts into the environment of a process it runs (pm2_env keys). When pm2-release itself runs under
+ * PM2 (the webhook listener), these describe the listener, not the app, and must not reach the app's env.
+ */
+const PM2_BOOKKEEPING = new Set(
+  'pm_id name namespace NODE_APP_INSTANCE unique_id cwd pm_cwd pm_exec_path pm_out_log_path pm_err_log_path pm_log_path pm_pid_path pm_uptime status restart_time unstable_restarts created_at exec_mode exec_interpreter instances max_restarts min_uptime autorestart autostart vizion vizion_running km_link watch treekill kill_timeout kill_retry_time merge_logs args node_args version node_version username windowsHide instance_var filter_env automation pmx exit_code axm_actions axm_monitor axm_options axm_dynamic prev_restart_delay PM2_USAGE PM2_JSON_PROCESSING PM2_PROGRAMMATIC PM2_INTERACTOR_PROCESSING'.split(' '),
+);
+
 export function childEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
+  const underPm2 = env.pm_id !== undefined && env.PM2_HOME !== undefined;
   const out: Record<string, string | undefined> = {};
-  for (const [k, v] of Object.entries(env)) if (!OUTER_NPM_VARS.test(k)) out[k] = v;
+  for (const [k, v] of Object.entries(env)) if (!OUTER_NPM_VARS.test(k) && !(underPm2 && PM2_BOOKKEEPING.has(k))) out[k] = v;
   return out;
 }
 

@@ -11,7 +11,7 @@ import { SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor } from '../pm2/switch.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
-import { childEnv, phase, type Context } from './context.js';
+import { childEnv, phase, warn, type Context } from './context.js';
 import { record } from './audit.js';
 import { markBad } from '../release/history.js';
 
@@ -98,7 +98,8 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     ctx.logger.error(`release ${release.id} ${why}; putting ${previous ?? 'the previous app'} back`);
     const sha = release.manifest?.sha ?? null;
     // The gate said no: don't let automation deploy this sha again until a newer commit arrives.
-    if (sha && markAsBad) await markBad(ctx.config.releasesDir, { sha, release: release.id, reason: `health gate reverted it: ${why}`, markedAt: ctx.now().toISOString(), by: 'health-gate' }).catch(() => undefined);
+    // A cancel is the caller's decision, not a verdict on the release.
+    if (sha && markAsBad && !ctx.signal?.aborted) await markBad(ctx.config.releasesDir, { sha, release: release.id, reason: `health gate reverted it: ${why}`, markedAt: ctx.now().toISOString(), by: 'health-gate' }).catch(() => undefined);
     const outcome = await revertNow();
     await record(ctx, { action: 'revert', from: release.id, to: previous, sha, result: outcome.ok ? 'ok' : 'failed', detail: `${why}; ${outcome.text}` });
     return outcome.text;
@@ -166,6 +167,13 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       failpoint(ctx.env, 'save');
       await ctx.pm2.save();
     } catch (err) {
+      if (handle.committed) {
+        // Cluster: the old processes are already retired, so there is nothing to go back to. The new release
+        // is healthy and serving; record it and say loudly that the dump is stale.
+        await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now());
+        warn(ctx, `pm2 save failed (${(err as Error).message}): ${release.id} serves, but a reboot would bring back an older list; run \`pm2 save\``);
+        return;
+      }
       // Without a saved dump a reboot would bring back the old release while PM2 serves the new one:
       // go back to the state the dump describes rather than leave the two disagreeing.
       // A failed save says nothing about the release: it is not marked bad and can be deployed again.

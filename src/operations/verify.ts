@@ -45,13 +45,15 @@ export async function verifyRelease(ctx: Context, release: ReleaseRecord): Promi
       if (!outcome.ok)
         throw new BuildError('VERIFY_FAILED', `release ${release.id} failed verification on port ${port}: ${outcome.reason}`, {
           phase: 'verify',
-          hint: `the live app was not touched; see the app's output in ${ctx.pm2.home}/logs/${def.name}-error.log`,
+          hint: `the live app was not touched; see the app's output in ${ctx.pm2.home}/logs/${def.name}-error*.log`,
           releaseId: release.id,
         });
       // Passed: its PM2 log files have nothing worth keeping (a failed one keeps them for the operator).
       await ctx.pm2.delete(def.name).catch(() => undefined);
       deleted = true;
-      for (const f of [`${def.name}-out.log`, `${def.name}-error.log`]) await fsp.rm(path.join(ctx.pm2.home, 'logs', f), { force: true });
+      // fork mode: <name>-out.log; cluster mode: <name>-out-<pm_id>.log
+      const logs = await fsp.readdir(path.join(ctx.pm2.home, 'logs')).catch(() => [] as string[]);
+      for (const f of logs) if (f.startsWith(`${def.name}-`) && f.endsWith('.log')) await fsp.rm(path.join(ctx.pm2.home, 'logs', f), { force: true });
     } finally {
       if (!deleted) await ctx.pm2.delete(def.name).catch(() => undefined);
     }

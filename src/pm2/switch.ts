@@ -112,8 +112,8 @@ export const restartStrategy: SwitchStrategy = {
  * gate watches only the new ids, and only then are the old ids deleted. If the new processes fail, only
  * they are deleted: the old release never stopped serving.
  *
- * The overlap window (from the new ids answering to the old ids' deletion) is a few hundred ms: both
- * builds answer requests then. For Next.js, a page rendered by one build can ask for static chunks the
+ * The overlap window (from the new ids answering to the old ids' deletion) lasts the health settle time
+ * plus the `pm2 delete` of the old ids (about 1 s with settleMs 500): both builds answer requests then. For Next.js, a page rendered by one build can ask for static chunks the
  * other build does not have; keep the window short (health settle time) and prefer `assetPrefix`/a CDN
  * for chunks if that matters.
  */

@@ -98,7 +98,18 @@ export async function lockfileHash(appCwd: string): Promise<string | undefined> 
 }
 
 /**
- * Environment for install and build: the app's configured env (build-time config must match run time:
+ * Environment for install: the caller's, without the app's configured env (NODE_ENV=production there would
+ * make `npm ci` leave out the devDependencies the build needs).
+ */
+export function installEnv(ctx: Context, releaseId: string, sha: string): Record<string, string | undefined> {
+  const env = buildEnv(ctx, releaseId, sha);
+  for (const k of Object.keys(ctx.config.app.env)) env[k] = ctx.env[k];
+  for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
+  return env;
+}
+
+/**
+ * Environment for the build: the app's configured env (build-time config must match run time:
  * Next.js inlines NEXT_PUBLIC_* at build), quiet npm, no update checks, no network audit on every deploy.
  */
 export function buildEnv(ctx: Context, releaseId: string, sha: string): Record<string, string | undefined> {

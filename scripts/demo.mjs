@@ -41,6 +41,7 @@ if (!fs.existsSync(path.join(root, 'dist/index.js'))) {
 }
 const { deploy, rollback, list, createLogger } = await import('../dist/index.js');
 const { formatList } = await import('../dist/format.js');
+const { createProgress } = await import('../dist/progress.js');
 
 if (stop()) console.log('(removed the previous demo sandbox)');
 const workspace = path.join(sandbox, 'workspace');
@@ -70,8 +71,9 @@ fs.writeFileSync(
 );
 
 const env = { ...process.env, PM2_HOME: pm2Home, PM2_RELEASE_PM2: pm2Bin, npm_config_offline: 'true' };
-const logger = createLogger({ level: 'info', pretty: !!process.stderr.isTTY });
-const common = { configPath, env, cwd: sandbox, logger, trigger: 'cli' };
+const logger = createLogger({ level: 'warn', pretty: !!process.stderr.isTTY });
+const onEvent = createProgress({ write: (s) => process.stderr.write(s), tty: !!process.stderr.isTTY, quiet: false, columns: process.stderr.columns });
+const common = { configPath, env, cwd: sandbox, logger, onEvent, trigger: 'cli' };
 const url = `http://127.0.0.1:${port}/`;
 const show = async (label) => console.log(`${label}: ${url} → ${(await (await fetch(url)).text()).trim()}`);
 

@@ -1,0 +1,94 @@
+/** The CLI as a mapping: argv → invocation and global options, errors → exit codes. */
+import { CommanderError } from 'commander';
+import { describe, expect, it } from 'vitest';
+import { exitCodeFor, main, parseArgv } from '../../src/cli.js';
+import { BuildError, ConfigError, EnvironmentError, ExitCode, LockError, ReleaseError, SwitchError, UsageError } from '../../src/errors.js';
+
+describe('parseArgv', () => {
+  it.each([
+    [['deploy'], { command: 'deploy', ref: 'HEAD', verify: true, force: false, rebuild: false, waitMs: undefined, pull: undefined }],
+    [['deploy', '--ref', 'v1.2.3'], { command: 'deploy', ref: 'v1.2.3' }],
+    [['deploy', '-r', 'main', '--no-verify'], { command: 'deploy', ref: 'main', verify: false }],
+    [['deploy', '--wait'], { command: 'deploy', waitMs: 300_000 }],
+    [['deploy', '--wait=45'], { command: 'deploy', waitMs: 45_000 }],
+    [['deploy', '--pull'], { command: 'deploy', pull: true }],
+    [['deploy', '--pull', 'main', '--force'], { command: 'deploy', pull: 'main', force: true }],
+    [['deploy', '--rebuild'], { command: 'deploy', rebuild: true }],
+    [['build', '--ref', 'abc1234'], { command: 'build', ref: 'abc1234' }],
+    [['activate', '20261121T204233Z-3f2a9c1'], { command: 'activate', id: '20261121T204233Z-3f2a9c1' }],
+    [['rollback', '--wait', '10'], { command: 'rollback', waitMs: 10_000 }],
+    [['list'], { command: 'list' }],
+    [['status'], { command: 'status' }],
+    [['doctor'], { command: 'doctor' }],
+    [['history', '--limit', '5'], { command: 'history', limit: 5 }],
+    [['prune', '--keep', '3', '--dry-run'], { command: 'prune', keep: 3, dryRun: true }],
+    [['prune'], { command: 'prune', keep: undefined, dryRun: false }],
+    [['serve'], { command: 'serve' }],
+  ])('%j → %j', (argv, expected) => {
+    expect(parseArgv(argv).invocation).toMatchObject(expected);
+  });
+
+  it('global options before or after the command', () => {
+    expect(parseArgv(['--json', '-c', '/etc/p.json', 'list']).global).toEqual({ config: '/etc/p.json', json: true, verbose: false, quiet: false });
+    expect(parseArgv(['status', '--json', '--verbose']).global).toMatchObject({ json: true, verbose: true });
+    expect(parseArgv(['-q', 'deploy']).global.quiet).toBe(true);
+  });
+
+  it.each([
+    [['bogus']],
+    [['activate']],
+    [['prune', '--keep', '0']],
+    [['prune', '--keep', 'two']],
+    [['history', '--limit', '-1']],
+    [['deploy', '--wait=soon']],
+    [['deploy', '--ref', 'main', '--pull']],
+    [['list', '--nope']],
+  ])('%j is a usage error', (argv) => {
+    expect(() => parseArgv(argv)).toThrow(CommanderError);
+  });
+
+  it('--help and --version produce text and no invocation', () => {
+    const help = parseArgv(['--help']);
+    expect(help.invocation).toBeUndefined();
+    expect(help.output).toContain('Exit codes:');
+    expect(parseArgv(['deploy', '--help']).output).toContain('Examples:');
+    expect(parseArgv(['--version']).output).toMatch(/^\d+\.\d+\.\d+/);
+  });
+});
+
+describe('exit codes', () => {
+  it.each([
+    [new CommanderError(1, 'commander.unknownCommand', 'x'), ExitCode.usage],
+    [new ConfigError(['keep: bad'], 'f.json'), ExitCode.usage],
+    [new UsageError('RELEASE_ID_INVALID', 'bad id'), ExitCode.usage],
+    [new LockError('locked by pid 1'), ExitCode.locked],
+    [new BuildError('BUILD_FAILED', 'x', { phase: 'build' }), ExitCode.build],
+    [new SwitchError('HEALTH_FAILED', 'x', { phase: 'health' }), ExitCode.switch],
+    [new EnvironmentError('PM2_FAILED', 'x', { phase: 'switch' }), ExitCode.environment],
+    [new ReleaseError('SHA_MARKED_BAD', ExitCode.refused, 'x', { phase: 'resolve' }), 7],
+    [new Error('boom'), ExitCode.internal],
+  ])('%s → %i', (err, code) => {
+    expect(exitCodeFor(err)).toBe(code);
+  });
+
+  it('the distinct codes are distinct', () => {
+    expect(new Set(Object.values(ExitCode)).size).toBe(Object.values(ExitCode).length);
+  });
+
+  it('a usage error with --json prints exactly one JSON object on stdout and returns 2', async () => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await main(['--json', 'activate'], { stdout: (s) => out.push(s), stderr: (s) => err.push(s), env: {}, cwd: '/', stderrIsTTY: false });
+    expect(code).toBe(2);
+    expect(out).toHaveLength(1);
+    expect(JSON.parse(out[0]!)).toMatchObject({ ok: false, error: { code: 'USAGE', phase: 'config' } });
+  });
+
+  it('a config error with --json is one JSON object with code CONFIG_INVALID, exit 2', async () => {
+    const out: string[] = [];
+    const code = await main(['--json', '--config', '/nonexistent/pm2-release.json', 'list'], { stdout: (s) => out.push(s), stderr: () => undefined, env: {}, cwd: '/', stderrIsTTY: false });
+    expect(code).toBe(2);
+    expect(out).toHaveLength(1);
+    expect(JSON.parse(out[0]!).error.code).toBe('CONFIG_INVALID');
+  });
+});

@@ -7,7 +7,7 @@ import { archive, commitHas, commitSubject, ensureRepository, isDirty, resolveRe
 import { asReleaseError, UsageError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { makeReleaseId } from '../release/naming.js';
-import { cloneTree, dependencyKey, supportsReflink } from '../release/dependencies.js';
+import { cloneDirectory, dependencyKey, supportsReflink } from '../release/dependencies.js';
 import { diskUsage, existsSync, MANIFEST_VERSION, type Manifest, type ReleaseRecord } from '../release/store.js';
 import {
   buildEnv,
@@ -179,7 +179,7 @@ async function reuseDependencies(ctx: Context, key: string, cwd: string, logFile
   if (!donor) return undefined;
   const reflink = await supportsReflink(cwd);
   try {
-    await cloneTree(path.join(donor.cwd, 'node_modules'), target, reflink);
+    await cloneDirectory(path.join(donor.cwd, 'node_modules'), target, reflink, ctx.logger);
     const method = reflink ? 'reflink' : 'copy';
     const note = `reused node_modules from ${donor.id} (${method}): same package-lock.json, node, npm and platform`;
     await fsp.appendFile(logFile, `${note}\n`);

@@ -69,7 +69,7 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
   await add(() => checkReleasesDir(ctx));
   await add(() => checkDisk(ctx));
   await add(() => checkMemory(ctx));
-  await add(() => checkPm2(ctx));
+  await add(() => checkPm2(ctx, scope));
   await add(() => checkPort(ctx));
   if (scope === 'all') {
     await add(() => checkNode(ctx));
@@ -139,7 +139,7 @@ async function checkMemory(ctx: Context): Promise<Check> {
     : bad('memory', 'warn', `only ${availMB} MiB available: the build may be OOM-killed`, 'stop memory-heavy jobs before deploying, or add swap');
 }
 
-async function checkPm2(ctx: Context): Promise<Check[]> {
+async function checkPm2(ctx: Context, scope: 'all' | 'preflight'): Promise<Check[]> {
   let cli: string;
   try {
     cli = await ctx.pm2.version();
@@ -153,7 +153,8 @@ async function checkPm2(ctx: Context): Promise<Check[]> {
       return [bad('pm2', 'fail', `the PM2 daemon (systemd unit ${unit}) is not running`, `sudo systemctl start ${unit}, then pm2 status`)];
     return [bad('pm2', 'warn', `pm2 ${cli} is installed but no daemon runs for PM2_HOME ${ctx.pm2.home}: the deploy will start one`, 'under systemd, enable it with `pm2 startup`')];
   }
-  const daemon = await ctx.pm2.daemonVersion().catch(() => undefined);
+  // The daemon/CLI version comparison costs a PM2 round trip: doctor only, not every deploy.
+  const daemon = scope === 'all' ? await ctx.pm2.daemonVersion().catch(() => undefined) : undefined;
   if (daemon && daemon !== cli)
     return [bad('pm2', 'warn', `pm2 CLI ${cli} talks to an in-memory daemon ${daemon}`, 'run `pm2 update` to restart the daemon on the installed version')];
   return [ok('pm2', `pm2 ${cli} at ${ctx.pm2.bin} (PM2_HOME ${ctx.pm2.home})`)];

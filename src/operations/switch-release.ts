@@ -84,7 +84,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
           checks: healthChecks(ctx.config.app, port),
           timeoutMs: ctx.config.app.healthcheck.timeoutMs,
           settleMs: 0,
-          sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+          sample: async () => (await ctx.pm2.processes(app.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts })),
         });
         await ctx.pm2.save().catch(() => undefined);
         if (err instanceof Error) err.message += again.ok ? ' and answers' : `, but it does not answer (${again.reason})`;
@@ -119,7 +119,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       checks: healthChecks(ctx.config.app, port),
       timeoutMs: ctx.config.app.healthcheck.timeoutMs,
       settleMs: 0,
-      sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+      sample: async () => (await ctx.pm2.processes(app.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts })),
     });
     const back = again.ok
       ? `${previous ?? 'the previous app'} is serving again`
@@ -143,7 +143,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
         signal: ctx.signal,
         sample: async () => {
           const ids = new Set(await handle.newIds());
-          return (await ctx.pm2.processes(app.name)).filter((p) => ids.has(p.pmId)).map((p) => ({ status: p.status, restarts: p.restarts }));
+          return (await ctx.pm2.processes(app.name, { fresh: true })).filter((p) => ids.has(p.pmId)).map((p) => ({ status: p.status, restarts: p.restarts }));
         },
       });
       // Zero-downtime strategies retire the old release only now that the new one passed.
@@ -198,7 +198,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
 export async function adoptRunning(ctx: Context, release: ReleaseRecord): Promise<boolean> {
   const app = appDefinition(ctx, release);
   const port = appPort(ctx.config.app);
-  const initial = new Map((await ctx.pm2.processes(app.name)).map((p) => [p.pmId, p.restarts]));
+  const initial = new Map((await ctx.pm2.processes(app.name, { fresh: true })).map((p) => [p.pmId, p.restarts]));
   const outcome = await phase(ctx, 'health', () =>
     waitHealthy({
       checks: healthChecks(ctx.config.app, port),
@@ -206,7 +206,7 @@ export async function adoptRunning(ctx: Context, release: ReleaseRecord): Promis
       settleMs: ctx.config.app.healthcheck.settleMs,
       signal: ctx.signal,
       // Restarts before we looked are history; a restart while we watch is a crash loop.
-      sample: async () => (await ctx.pm2.processes(app.name)).map((p) => ({ status: p.status, restarts: p.restarts - (initial.get(p.pmId) ?? 0) })),
+      sample: async () => (await ctx.pm2.processes(app.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts - (initial.get(p.pmId) ?? 0) })),
     }),
   );
   if (!outcome.ok) return false;

@@ -40,7 +40,7 @@ export async function verifyRelease(ctx: Context, release: ReleaseRecord): Promi
         timeoutMs: app.healthcheck.timeoutMs,
         settleMs: app.verify.settleMs,
         signal: ctx.signal,
-        sample: async () => (await ctx.pm2.processes(def.name)).map((p) => ({ status: p.status, restarts: p.restarts })),
+        sample: async () => (await ctx.pm2.processes(def.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts })),
       });
       if (!outcome.ok)
         throw new BuildError('VERIFY_FAILED', `release ${release.id} failed verification on port ${port}: ${outcome.reason}`, {

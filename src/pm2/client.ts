@@ -37,7 +37,16 @@ export interface Pm2Snapshot {
   env: Record<string, string>;
 }
 
+/** `pm2 jlist` costs a Node start and a daemon round trip (~150–300 ms): reuse it briefly between mutations. */
+interface JlistCache {
+  at: number;
+  data?: RawProcess[];
+}
+const JLIST_TTL_MS = 1_000;
+
 export interface Pm2Options {
+  /** Shared by the instances withEnv() makes: they talk to the same daemon. */
+  cache?: JlistCache;
   /** Environment for the pm2 CLI (PM2_HOME, PATH). */
   env: Record<string, string | undefined>;
   logger: Logger;
@@ -76,13 +85,15 @@ export function pm2Home(env: Record<string, string | undefined>): string {
 
 export class Pm2 {
   readonly bin: string;
+  private readonly cache: JlistCache;
   constructor(private readonly opts: Pm2Options) {
     this.bin = opts.bin ?? resolvePm2Bin(opts.env);
+    this.cache = opts.cache ?? { at: 0 };
   }
 
   /** The same daemon, with another environment for the CLI (and so for the apps it starts). */
   withEnv(env: Record<string, string | undefined>): Pm2 {
-    return new Pm2({ ...this.opts, env, bin: this.bin });
+    return new Pm2({ ...this.opts, env, bin: this.bin, cache: this.cache });
   }
 
   get home(): string {
@@ -114,19 +125,29 @@ export class Pm2 {
   }
 
   /** `pm2 jlist`, parsed defensively (PM2 may print warnings around the JSON). Raw entries hold env values. */
-  async jlistRaw(): Promise<RawProcess[]> {
+  async jlistRaw(opts: { fresh?: boolean } = {}): Promise<RawProcess[]> {
     // Asking a stopped daemon for its list would start a new one outside systemd: no daemon, no processes.
     if (!this.daemonRunning()) return [];
+    if (!opts.fresh && this.cache.data && Date.now() - this.cache.at < JLIST_TTL_MS) return this.cache.data;
     const { stdout } = await this.pm2(['jlist']);
-    return parseJlist(stdout);
+    const data = parseJlist(stdout);
+    this.cache.at = Date.now();
+    this.cache.data = data;
+    return data;
   }
 
-  async list(): Promise<Pm2Process[]> {
-    return (await this.jlistRaw()).map(toProcess);
+  /** Any command that changes the process list makes the cached list stale. */
+  private invalidate(): void {
+    this.cache.data = undefined;
   }
 
-  async processes(name: string): Promise<Pm2Process[]> {
-    return (await this.list()).filter((p) => p.name === name);
+  async list(opts: { fresh?: boolean } = {}): Promise<Pm2Process[]> {
+    return (await this.jlistRaw(opts)).map(toProcess);
+  }
+
+  /** The app's processes. Pollers (health gates) pass `fresh`: they watch for changes. */
+  async processes(name: string, opts: { fresh?: boolean } = {}): Promise<Pm2Process[]> {
+    return (await this.list(opts)).filter((p) => p.name === name);
   }
 
   /** Everything needed to start this app again as it runs now. */
@@ -156,6 +177,7 @@ export class Pm2 {
     if (app.execMode === 'cluster') args.push('-i', String(app.instances ?? 1));
     // PM2 refuses a second app with the same name unless forced; the cluster switch wants exactly that.
     if (opts.alongside) args.push('-f');
+    this.invalidate();
     // A trailing `--` with no arguments makes PM2 look for ecosystem.config.js.
     await this.pm2(app.args.length ? [...args, '--', ...app.args] : args, app.env);
   }
@@ -164,11 +186,13 @@ export class Pm2 {
   async startSnapshot(snap: Pm2Snapshot): Promise<void> {
     const args = ['start', snap.script, '--name', snap.name, '--cwd', snap.cwd];
     if (snap.args.length) args.push('--', ...snap.args);
+    this.invalidate();
     // The snapshot env replaces ours, but PM2_HOME and PATH must still point at this daemon and its node.
     await this.pm2(args, { PM2_HOME: this.opts.env.PM2_HOME, PATH: this.opts.env.PATH }, snap.env);
   }
 
   async delete(nameOrId: string | number): Promise<void> {
+    this.invalidate();
     await this.pm2(['delete', String(nameOrId)]);
   }
 

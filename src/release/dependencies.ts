@@ -10,6 +10,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { CommandFailure, run } from '../exec.js';
+import type { Logger } from '../log.js';
 
 export type DependencyMethod = 'install' | 'reflink' | 'copy';
 
@@ -31,6 +33,22 @@ export async function supportsReflink(dir: string): Promise<boolean> {
     await fsp.rm(a, { force: true });
     await fsp.rm(b, { force: true });
   }
+}
+
+/**
+ * Clones a tree with GNU `cp -a --reflink=auto` when it is there (one process in C: several times faster
+ * than walking the tree from Node, and it reflinks by itself where it can), else with cloneTreeNode.
+ */
+export async function cloneDirectory(src: string, dest: string, reflink: boolean, logger: Logger): Promise<void> {
+  try {
+    await run(['cp', '-a', '--reflink=auto', '--', src, dest], { cwd: path.dirname(dest), logger });
+    return;
+  } catch (err) {
+    if (!(err instanceof CommandFailure)) throw err;
+    await fsp.rm(dest, { recursive: true, force: true });
+    logger.debug(`cp -a failed (${err.reason}); cloning from Node`);
+  }
+  await cloneTree(src, dest, reflink);
 }
 
 /**

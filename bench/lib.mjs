@@ -28,6 +28,9 @@ export const epoch = () => performance.timeOrigin + performance.now();
 /** Children we spawned (each in its own process group), so cleanup can end exactly these. */
 export const children = new Set();
 
+/** Set once cleanup begins: no new child process may start (it could bring a PM2 daemon back). */
+export const state = { stopping: false };
+
 export function killTracked() {
   for (const c of children) {
     try {
@@ -49,8 +52,9 @@ const TAIL = 16_000;
  * Runs argv (never a shell string) in its own process group; resolves {code, signal, stdout, stderr, ms}.
  * Rejects on a non-zero exit unless allowFail. Bounded by timeoutMs (the group is killed).
  */
-export function run(argv, { cwd, env, timeoutMs = 600_000, allowFail = false, stdin, logFile } = {}) {
+export function run(argv, { cwd, env, timeoutMs = 600_000, allowFail = false, stdin, logFile, evenWhenStopping = false } = {}) {
   const t0 = now();
+  if (state.stopping && !evenWhenStopping) return Promise.reject(new Error(`not starting ${argv[0]}: the bench is stopping`));
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0], argv.slice(1), { cwd, env, stdio: [stdin ?? 'ignore', 'pipe', 'pipe'], detached: true });
     children.add(child);
@@ -97,6 +101,7 @@ export function run(argv, { cwd, env, timeoutMs = 600_000, allowFail = false, st
 /** `a | b`, both argv arrays (e.g. git archive HEAD | tar -x). */
 export function runPipe(a, b, { cwd, env, timeoutMs = 300_000 } = {}) {
   const t0 = now();
+  if (state.stopping) return Promise.reject(new Error('the bench is stopping'));
   return new Promise((resolve, reject) => {
     const pa = spawn(a[0], a.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const pb = spawn(b[0], b.slice(1), { cwd, env, stdio: ['pipe', 'ignore', 'pipe'], detached: true });
@@ -155,7 +160,7 @@ export async function waitAnswer(url, { marker, timeoutMs = 90_000, intervalMs =
   const deadline = now() + timeoutMs;
   let tries = 0;
   let last;
-  while (now() < deadline) {
+  while (now() < deadline && !state.stopping) {
     tries++;
     last = await httpGet(url, 2_000);
     if (last.status === 200 && (!marker || last.body.includes(marker))) return { ok: true, at: now(), tries };

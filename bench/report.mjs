@@ -6,6 +6,7 @@ import { fmtBytes, fmtMs, max, median, ratio, sum, table } from './lib.mjs';
 const PHASES = ['lock', 'preflight', 'resolve', 'archive', 'env', 'install', 'build', 'prune', 'verify', 'switch', 'health', 'save', 'retain'];
 const pick = (xs, f) => xs.map(f).filter((v) => typeof v === 'number');
 const med = (xs, f) => median(pick(xs, f));
+const cmdList = (v) => Object.entries(v.cmds).map(([c, n]) => `\`pm2 ${c}\`×${n}`).join(', ');
 const met = (ok) => (ok === undefined ? 'n/a' : ok ? '**met**' : '**not met**');
 
 export function summarize(R) {
@@ -50,6 +51,14 @@ export function summarize(R) {
         }
       : undefined;
   S.seed = sw(R.switchSeed);
+  if (S.seed)
+    S.seedParts = {
+      deleteMs: med(R.switchSeed, (m) => m.deleteMs),
+      deleteToStartMs: med(R.switchSeed, (m) => m.deleteToStartMs),
+      startMs: med(R.switchSeed, (m) => m.startMs),
+      startToAnswerMs: S.seed.answerAfterStart,
+      gapMs: S.seed.gap,
+    };
   S.restart = sw(R.switchRestart);
   S.cluster = sw(R.switchCluster);
   S.crash = sw(R.switchCrash);
@@ -90,6 +99,7 @@ function targets(R, S) {
           (bk ? `By step: autocannon failures ${bk.autocannon.switch} during normal switches, ${bk.autocannon.crash} during crash switches, ${bk.autocannon.between} outside any; poller failures ${bk.poller.switch} / ${bk.poller.crash} / ${bk.poller.between}. ` : '') +
           `Normal switches: the cluster strategy retires the old release with \`pm2 delete <id>\` (src/pm2/switch.ts, \`commit()\`); PM2 sends SIGINT, Next's handler calls \`server.close()\`, which waits for busy keep-alive connections that a steady client never lets go idle; ` +
           `after PM2's kill_timeout (1600 ms) PM2 sends SIGKILL (${m.sigkills ?? '?'} "sending SIGKILL" lines in pm2.log during this run, for ${m.switches - m.crashSwitches} normal switches) and the requests in flight on those connections are lost. ` +
+          `That is ${((m.failed + m.ac.dropped) / Math.max(1, m.switches - m.crashSwitches)).toFixed(1)} lost keep-alive requests per normal switch with ${m.ac.connections} connections open: about one per connection, the request in flight when the old worker is killed. ` +
           `A client or proxy that keeps backend connections alive (Apache mod_proxy reuses them by default) sees these as failed requests. Crash switches: see the next point.`,
       );
   }
@@ -108,12 +118,33 @@ function targets(R, S) {
     if (!ok) {
       const overlap = Math.min(...S.restart.gaps) <= Math.max(...S.seed.gaps);
       const healthCalls = R.accounting?.redeploy?.byPhase?.health;
+      const L = R.restartLogged;
+      const P = S.seedParts;
+      let logged = '';
+      if (L && P) {
+        const parts = [
+          ['`pm2 delete`', L.deleteMs, P.deleteMs],
+          ['from `pm2 delete` returning to `pm2 start` being run (the strategy\'s port-free probe and bookkeeping)', L.deleteToStartMs, P.deleteToStartMs],
+          ['`pm2 start`', L.startMs, P.startMs],
+          ['from `pm2 start` returning to the first success (Next booting)', L.startToAnswerMs, P.startToAnswerMs],
+        ];
+        const worst = parts.filter(([, a, b]) => a !== undefined && b !== undefined).sort((x, y) => y[1] - y[2] - (x[1] - x[2]))[0];
+        logged =
+          `One extra restart switch under load, with every PM2 CLI call logged (seed medians in brackets): ${parts.map(([n, a, b]) => `${n} ${fmtMs(a)} (${fmtMs(b)})`).join('; ')}; gap ${fmtMs(L.gapMs)} (${fmtMs(P.gapMs)}). ` +
+          `While the new release booted, pm2-release's health gate ran ${L.bootCalls} PM2 CLI calls (${L.bootCallCmds || 'none'}, ${fmtMs(L.bootCallsMs)} in them), each a new Node process on the same 2 cores as the booting server; the seed flow only polls HTTP. ` +
+          (worst && worst[1] - worst[2] > 50 ? `The largest difference is ${worst[0]}: +${fmtMs(worst[1] - worst[2])}. ` : '');
+      }
       reasons.push(
         `**The restart strategy's gap is longer than the seed's.** Longest gap per run: restart ${S.restart.gaps.map(fmtMs).join(', ')}; seed ${S.seed.gaps.map(fmtMs).join(', ')}. ` +
           `Anatomy (medians): the gap opens when \`pm2 delete\` stops the old process; \`pm2 start\` returned ${fmtMs(S.restart.startReturnedInGap)} into the gap for restart vs ${fmtMs(S.seed.startReturnedInGap)} for the seed, and the first success came ${fmtMs(S.restart.answerAfterStart)} vs ${fmtMs(S.seed.answerAfterStart)} after that (Next booting). ` +
           `Both do delete then start (src/pm2/switch.ts adds only a port-free probe in between). ` +
-          (healthCalls ? `While Next boots, pm2-release's health gate samples PM2 through its CLI back to back (the logged redeploy made ${healthCalls.count} PM2 CLI calls, ${fmtMs(healthCalls.ms)}, in its health phase), each a new Node process on the same 2 cores as the booting server; the seed flow only polls HTTP. ` : '') +
-          (overlap ? 'The per-run ranges overlap: part of the difference is run-to-run variation on a 2-core machine saturated by the load generator\'s reconnect loop.' : 'Every restart run was slower than every seed run here.'),
+          logged +
+          (!L && healthCalls && S.restart.answerAfterStart - S.seed.answerAfterStart > 300
+            ? `While Next boots, pm2-release's health gate samples PM2 through its CLI back to back (the logged redeploy made ${healthCalls.count} PM2 CLI calls, ${fmtMs(healthCalls.ms)}, in its health phase), each a new Node process on the same 2 cores as the booting server; the seed flow only polls HTTP. `
+            : '') +
+          (overlap
+            ? `The per-run ranges overlap (fastest restart run ${fmtMs(Math.min(...S.restart.gaps))}, slowest seed run ${fmtMs(Math.max(...S.seed.gaps))}): the two gaps are the same downtime within run-to-run variation on a 2-core machine saturated by the load generator's reconnect loop; the strategy does not shorten it, which only the cluster strategy does.`
+            : 'Every restart run was slower than every seed run here.'),
       );
     }
   }
@@ -124,10 +155,10 @@ function targets(R, S) {
     if (!ok) {
       const nm = R.disk?.singles?.[0]?.nodeModules;
       reasons.push(
-        `**Dependency reuse is not < 10% of npm ci.** The clone took ${fmtMs(S.warm.dep)} (method \`${S.warm.methods}\`) against ${fmtMs(S.base.ci)} for npm ci from a warm cache. ` +
+        `**Dependency reuse is not < 10% of npm ci.** The clone took ${fmtMs(S.warm.dep)} (method \`${S.warm.methods}\`; per run ${R.warm.map((r) => fmtMs(r.dep?.durationMs)).join(', ')}) against ${fmtMs(S.base.ci)} for npm ci from a warm cache (per run ${R.baseline.map((r) => fmtMs(r.ciMs)).join(', ')}). ` +
           (R.disk && !R.disk.reflink
-            ? `The releases dir is on ${R.disk.fs.type}, which has no reflink: \`cloneTree\` (src/release/dependencies.ts) copies every file of node_modules (${fmtBytes(nm)} allocated) byte for byte. npm ci from a warm cache is itself mostly file extraction, so a full copy saves only part of it. Hard links would make this near-instant but would share later writes; the code deliberately does not use them.`
-            : `The clone walks node_modules file by file in JS.`),
+            ? `The releases dir is on ${R.disk.fs.type}, which has no reflink, so reusing node_modules (src/release/dependencies.ts) means copying all of it (${fmtBytes(nm)} allocated) byte for byte; npm ci from a warm cache is itself mostly writing those same files, so a full copy saves only part of it. Hard links would avoid the copy but would share every later write between releases; the code deliberately does not use them.`
+            : `The clone still copies node_modules file by file.`),
       );
     }
   }
@@ -139,7 +170,10 @@ function targets(R, S) {
       const d = (k) => median(w.map((x) => x[k]).filter((v) => v !== undefined));
       reasons.push(
         `**A deploy with an unchanged lockfile is not ≤ 0.6× the seed flow.** Median phases: build ${fmtMs(d('build'))} (the seed's build: ${fmtMs(S.base.build)}), install/clone ${fmtMs(d('install'))}, verify ${fmtMs(d('verify'))} (a second boot on a spare port plus a ${'1.5 s'} settle), switch ${fmtMs(d('switch'))}, health ${fmtMs(d('health'))} (includes the 1.5 s settle), save ${fmtMs(d('save'))}, retain ${fmtMs(d('retain'))}. ` +
-          `\`next build\` is the same work in both flows and dominates; the only step reuse can shrink is the install, and verify + settle add time the seed flow does not spend.`,
+          `\`next build\` is the same work in both flows and dominates; the only step reuse can shrink is the install, and verify + settle add time the seed flow does not spend. ` +
+          (d('build') !== undefined && d('build') >= 0.6 * S.base.total
+            ? `0.6× the baseline is ${fmtMs(0.6 * S.base.total)}, less than the build alone (${fmtMs(d('build'))}): no dependency step makes this target reachable while every deploy runs a full \`next build\`.`
+            : `Even with a free dependency step the deploy would take about ${fmtMs(S.warm.total - (S.warm.dep ?? 0))}, against a target of ${fmtMs(0.6 * S.base.total)}.`),
       );
     }
   }
@@ -157,7 +191,7 @@ function targets(R, S) {
       const pre = ['lock', 'preflight', 'resolve'].filter((k) => d(k) !== undefined).map((k) => `${k} ${fmtMs(d(k))}`).join(', ');
       const acc = R.accounting?.[name === 'rollback' ? 'rollback' : 'redeploy'];
       reasons.push(
-        `**${name[0].toUpperCase() + name.slice(1)} answers later than boot + 1 s** (${fmtMs(s.answer)} after the call, boot ${fmtMs(S.boot)}). Measured split (medians): ${fmtMs(s.before)} before the switch phase starts (${pre}; plus finding the active release with \`pm2 jlist\`), ${fmtMs(s.switch)} in the switch phase until \`pm2 start\` returns (restart strategy: \`pm2 jlist\` snapshot, \`pm2 delete\`, port-free probe, \`pm2 start\`, each a PM2 CLI process), then ${fmtMs(s.after)} until the first 200 (Next booting). ` +
+        `**${name[0].toUpperCase() + name.slice(1)} answers later than boot + 1 s** (${fmtMs(s.answer)} after the call, boot ${fmtMs(S.boot)}). Measured split (medians): ${fmtMs(s.before)} before the switch phase starts (${pre}${acc?.byPhase?.['(between phases)'] ? `; ${cmdList(acc.byPhase['(between phases)'])} outside phases` : ''}), ${fmtMs(s.switch)} in the switch phase until \`pm2 start\` returns (${acc?.byPhase?.switch ? `PM2 CLI calls: ${cmdList(acc.byPhase.switch)}, plus a port-free probe` : 'delete, port-free probe, start'}), then ${fmtMs(s.after)} until the first 200 (Next booting). ` +
           `The call itself returns later still (${fmtMs(s.call)}): health settle (1.5 s) and \`pm2 save\`.` +
           (acc
             ? ` Logged in one extra ${name === 'rollback' ? 'rollback' : 'redeploy'}: ${acc.calls} PM2 CLI calls (${fmtMs(acc.callsMs)} in them, one call ≈ ${fmtMs(R.pm2CallMs)} here), ${acc.beforeSwitch.count} of them (${fmtMs(acc.beforeSwitch.ms)}) before the switch phase, which began ${fmtMs(acc.beforeSwitch.untilMs)} after the call; see "PM2 CLI calls" above.`
@@ -243,6 +277,25 @@ export function writeReport(R, outFile) {
   t.push(
     '\n"failed" counts what autocannon reports: while nothing listens, each of its connections retries at once in a tight loop, so a delete+start switch yields thousands of ECONNREFUSED per second of downtime; compare those rows by the gap. "dropped in flight": requests autocannon wrote that got neither a response nor an error (it reconnects silently when the server closes a keep-alive connection with a request in flight); one in-flight request per connection at stop time is not counted. "longest gap": the longest time between two successful autocannon responses during the run. "poller": a fresh connection every 20 ms, as a health check or a proxy without keep-alive would make.\n',
   );
+  if (R.restartLogged && S.seedParts) {
+    const L = R.restartLogged;
+    const P = S.seedParts;
+    t.push('Where a delete+start switch spends its gap under load: the seed (medians of its runs, timed around each command) vs one extra restart-strategy switch with every PM2 CLI call logged:\n');
+    t.push(
+      table(
+        ['step', '(a) seed', '(b) restart, logged run'],
+        [
+          ['`pm2 delete`', fmtMs(P.deleteMs), fmtMs(L.deleteMs)],
+          ['`pm2 delete` returned → `pm2 start` run', fmtMs(P.deleteToStartMs), fmtMs(L.deleteToStartMs)],
+          ['`pm2 start`', fmtMs(P.startMs), fmtMs(L.startMs)],
+          ['`pm2 start` returned → first success', fmtMs(P.startToAnswerMs), fmtMs(L.startToAnswerMs)],
+          ['PM2 CLI calls while the app boots', '0 (HTTP polling only)', `${L.bootCalls} (${L.bootCallCmds || '—'}; ${fmtMs(L.bootCallsMs)})`],
+          ['longest gap', fmtMs(P.gapMs), fmtMs(L.gapMs)],
+        ],
+      ),
+    );
+    t.push('');
+  }
   if (S.seed || S.restart) {
     t.push('Anatomy of the longest gap (medians, wall clock):\n');
     t.push(
@@ -305,6 +358,7 @@ export function writeReport(R, outFile) {
         ['disk', `${M.fsType} (mount ${M.fsMount}, sandbox under ${M.tmpdir})`],
         ['OS', M.kernel],
         ['Node / npm / PM2', `${M.node} / ${M.npm} / ${M.pm2} (one \`pm2 jlist\` CLI call: ${fmtMs(R.pm2CallMs)})`],
+        ['pm2-release measured', `commit ${M.commit ?? '?'}${M.srcDirty ? ' with uncommitted changes in src/' : ''}; dist/ ${M.distStale ? '**older than src/ (stale build)**' : 'built from it'}`],
         ['app', `Next.js ${M.app?.next}, React ${M.app?.react} (app router, one force-dynamic page)`],
         ['date', `${M.date} (run took ${R.finished ? fmtMs(R.finished - R.started) : 'n/a'})`],
         ['load average at start / end', `${(M.loadStart ?? []).map((x) => x.toFixed(2)).join(' ')} / ${(M.loadEnd ?? []).map((x) => x.toFixed(2)).join(' ')}`],
@@ -341,6 +395,12 @@ export function writeReport(R, outFile) {
   lines.push(
     '- The default `app.prune` (`[".next", ".turbo", "build/cache"]`, src/config.ts) removes `.next`, which for Next.js is the production build itself, not a cache: with the defaults `next start` finds no build and the release fails verify. The bench sets `.next/cache` instead (what the seed runbook removes).',
   );
+  if (S.cold.total !== undefined && S.base.total) {
+    const c = (k) => median(R.cold.map((r) => r.durations?.[k]).filter((v) => v !== undefined));
+    lines.push(
+      `- Cold deploy vs the seed flow (${ratio(S.cold.total, S.base.total)}): install ${fmtMs(c('install'))} (per run ${R.cold.map((r) => fmtMs(r.durations?.install)).join(', ')}) against the seed's npm ci ${fmtMs(S.base.ci)} (per run ${R.baseline.map((r) => fmtMs(r.ciMs)).join(', ')}), build ${fmtMs(c('build'))} against ${fmtMs(S.base.build)}, plus verify ${fmtMs(c('verify'))} and health ${fmtMs(c('health'))} that the seed flow does not spend. pm2-release runs install and build under \`nice -n 10\` and \`ionice -c2 -n7\` (app.buildLowPriority, default on) and with \`--prefer-offline --no-audit --no-fund\`; the load average during this run was ${(M.loadStart ?? []).map((x) => x.toFixed(1)).join('/')} at start on ${M.cores} cores (other work was running). Why its npm ci is slower than the seed's was not isolated: the niced build took as long as the seed's.`,
+    );
+  }
   for (const n of R.notes) lines.push(`- ${n}`);
   lines.push('');
   fs.mkdirSync(path.dirname(outFile), { recursive: true });

@@ -5,6 +5,7 @@
 //   npm run bench -- --runs 5          # more runs
 //   npm run bench -- --quick           # N=1, 4 switches
 //   options: --switches N  --connections N  --max-minutes M  --out FILE
+//            --report-only   re-render the report from the last run's results (no measuring)
 //
 // Measures the seed flow by hand (baseline) against pm2-release deploy (cold, unchanged lockfile),
 // redeploy of a retained sha, rollback, switches under autocannon load (seed delete+start, restart,
@@ -16,8 +17,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CRASH_CONFIG, ensureTemplate, lockedVersions, pageSource, writeApp } from './app.mjs';
-import { children, CLI, epoch, fmtMs, httpGet, log, median, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, waitAnswer } from './lib.mjs';
+import { CACHE_DIR, CRASH_CONFIG, ensureTemplate, lockedVersions, pageSource, writeApp } from './app.mjs';
+import { children, CLI, epoch, fmtMs, httpGet, log, median, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, state, waitAnswer } from './lib.mjs';
 import { writeReport } from './report.mjs';
 import { cleanEnv, createSandbox } from './sandbox.mjs';
 
@@ -42,8 +43,9 @@ function parseArgs(argv) {
     else if (a === '--connections') o.connections = int(next(), 1, 200);
     else if (a === '--max-minutes') o.maxMinutes = int(next(), 5, 240);
     else if (a === '--out') o.out = path.resolve(next());
+    else if (a === '--report-only') o.reportOnly = true;
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: node bench/run.mjs [--runs N | --quick] [--switches N] [--connections N] [--max-minutes M] [--out FILE]\n');
+      process.stdout.write('usage: node bench/run.mjs [--runs N | --quick] [--switches N] [--connections N] [--max-minutes M] [--out FILE] [--report-only]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
@@ -57,6 +59,14 @@ function parseArgs(argv) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
+const RESULTS_FILE = path.join(CACHE_DIR, 'last-results.json');
+if (opts.reportOnly) {
+  const R = JSON.parse(fs.readFileSync(RESULTS_FILE, 'utf8'));
+  for (const k of ['started', 'finished']) if (R[k]) R[k] = new Date(R[k]);
+  process.stdout.write(writeReport(R, opts.out).tables + '\n');
+  log(`re-rendered ${path.relative(ROOT, opts.out)} from ${RESULTS_FILE}`);
+  process.exit(0);
+}
 const APP = 'frontend-dev';
 const ENV_FILES = ['.env', '.env.local', '.env.production', '.env.production.local'];
 
@@ -65,21 +75,35 @@ const controller = new AbortController();
 let sb;
 let loadChild;
 let cleaning;
+let mainDone = Promise.resolve();
 async function cleanup() {
   cleaning ??= (async () => {
+    state.stopping = true; // no new child process from here on
     controller.abort(new Error('bench stopping'));
     if (loadChild && loadChild.exitCode === null) loadChild.kill('SIGKILL');
+    // Let an operation in flight notice the abort (it may still be talking to PM2), bounded.
+    await Promise.race([mainDone, sleep(20_000)]);
     await sb?.close().catch((e) => log(`cleanup failed: ${e.message}`));
   })();
   return cleaning;
 }
+let interrupted = false;
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(sig, () => {
+    interrupted = true;
     log(`${sig}: stopping and cleaning up`);
     cleanup().finally(() => process.exit(130));
   });
 }
+for (const ev of ['uncaughtException', 'unhandledRejection']) {
+  process.on(ev, (err) => {
+    interrupted = true;
+    log(`${ev}: ${err?.stack ?? err}; cleaning up`);
+    cleanup().finally(() => process.exit(1));
+  });
+}
 const watchdog = setTimeout(() => {
+  interrupted = true;
   log(`time limit of ${opts.maxMinutes} min reached: stopping`);
   cleanup().finally(() => process.exit(124));
 }, opts.maxMinutes * 60_000);
@@ -194,7 +218,7 @@ async function main() {
       const callAt = epoch();
       const sw = await seedSwitch(dir, id);
       await sb.pm2(['save']);
-      return { callMs: now() - t, callAt, switchStartAt: callAt, switchEndAt: sw.startedAt, bootMs: sw.bootMs };
+      return { callMs: now() - t, callAt, switchStartAt: callAt, switchEndAt: sw.startedAt, bootMs: sw.bootMs, deleteMs: sw.deleteMs, deleteToStartMs: sw.deleteToStartMs, startMs: sw.startMs };
     });
     R.switchSeed.push(m);
     logSwitch('seed', m);
@@ -259,27 +283,32 @@ async function main() {
     log(`rollback ${j + 1}: answered after ${fmtMs(m.answerMs)}, call ${fmtMs(m.callMs)}`);
   }
 
+  // A pm2 wrapper that logs each call's start, end (ms) and command, then runs the real pm2. Used only for
+  // the extra "logged" operations below, never for the measured ones.
+  const wrapper = path.join(sb.root, 'pm2-logged');
+  const callLog = path.join(sb.root, 'pm2-calls.log');
+  fs.writeFileSync(wrapper, `#!/bin/sh\ns=$(date +%s%3N)\n"${PM2_BIN}" "$@"\nrc=$?\nprintf '%s %s %s\\n' "$s" "$(date +%s%3N)" "$1" >> "${callLog}"\nexit $rc\n`, { mode: 0o755 });
+  const loggedCalls = () =>
+    fs
+      .readFileSync(callLog, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const [a, b, cmd] = l.split(' ');
+        return { start: Number(a), end: Number(b), cmd };
+      });
+
   // ---------- where a redeploy's and a rollback's time goes: every PM2 CLI call, by phase ----------
   // One extra redeploy and rollback (not in the medians above) with PM2_RELEASE_PM2 pointing at a wrapper
   // that logs each call's start, end and command, then runs the real pm2. (--force: the rollbacks above
   // marked the target's sha bad.)
   {
-    const wrapper = path.join(sb.root, 'pm2-logged');
-    const callLog = path.join(sb.root, 'pm2-calls.log');
-    fs.writeFileSync(wrapper, `#!/bin/sh\ns=$(date +%s%3N)\n"${PM2_BIN}" "$@"\nrc=$?\nprintf '%s %s %s\\n' "$s" "$(date +%s%3N)" "$1" >> "${callLog}"\nexit $rc\n`, { mode: 0o755 });
     const account = async (label, fn) => {
       fs.writeFileSync(callLog, '');
       const t = epoch();
       const m = await fn({ env: { ...sb.env, PM2_RELEASE_PM2: wrapper } });
       const end = epoch();
-      const calls = fs
-        .readFileSync(callLog, 'utf8')
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => {
-          const [a, b, cmd] = l.split(' ');
-          return { start: Number(a), end: Number(b), cmd };
-        });
+      const calls = loggedCalls();
       const windows = events
         .filter((e) => e.state === 'start')
         .map((e) => ({ phase: e.phase, start: e.at, end: events.find((x) => x.phase === e.phase && x.state !== 'start' && x.at >= e.at)?.at ?? end }));
@@ -320,6 +349,31 @@ async function main() {
     active = target.id;
     R.switchRestart.push(m);
     logSwitch('restart', m);
+  }
+
+  // One extra restart switch under load with the logged pm2 (not in the medians): where its gap goes.
+  {
+    const target = other(active);
+    log(`switch (b, logged) restart strategy under load → ${target.id}`);
+    fs.writeFileSync(callLog, '');
+    const m = await underLoad(() => activateTimed(cfg.restart, 'restart (logged)', target, false, { env: { ...sb.env, PM2_RELEASE_PM2: wrapper } }));
+    active = target.id;
+    const calls = loggedCalls();
+    const del = calls.find((c) => c.cmd === 'delete');
+    const start = calls.find((c) => c.cmd === 'start');
+    const gapEnd = m.ac.maxGapAt + m.ac.maxGapMs;
+    const duringBoot = start ? calls.filter((c) => c.start >= start.end && c.start < gapEnd) : [];
+    R.restartLogged = {
+      gapMs: m.ac.maxGapMs,
+      deleteMs: del && del.end - del.start,
+      deleteToStartMs: del && start && start.start - del.end,
+      startMs: start && start.end - start.start,
+      startToAnswerMs: start && gapEnd - start.end,
+      bootCalls: duringBoot.length,
+      bootCallsMs: duringBoot.reduce((a, c) => a + c.end - c.start, 0),
+      bootCallCmds: [...new Set(duringBoot.map((c) => c.cmd))].join(', '),
+    };
+    log(`  restart (logged): ${JSON.stringify(R.restartLogged)}`);
   }
 
   // ================= 3c. cluster strategy under load =================
@@ -380,6 +434,7 @@ async function main() {
       { maxSeconds: S * 45 + 60 },
     );
     m.sigkills = sb.countPm2Log(/sending SIGKILL/) - kills;
+    m.callMs = median(steps.map((st) => st.callMs));
     // Which failures happened during which kind of step (each step's window includes the 1 s pause after it).
     const attribute = (times) => {
       const out = { switch: 0, crash: 0, between: 0 };
@@ -422,6 +477,7 @@ async function main() {
 
   R.finished = new Date();
   R.machine.loadEnd = os.loadavg();
+  saveResults();
   const md = writeReport(R, opts.out);
   process.stdout.write(md.tables + '\n');
   log(`wrote ${path.relative(ROOT, opts.out)}`);
@@ -461,13 +517,16 @@ async function main() {
 
   /** The seed's switch: pm2 delete (ignore if absent), pm2 start npm … -- run start, wait for a 200. */
   async function seedSwitch(appDir, id) {
+    const delAt = epoch();
     await sb.pm2(['delete', APP], {}, true);
+    const delEndAt = epoch();
     const tStart = now();
+    const startAt = epoch();
     await sb.pm2(['start', 'npm', '--name', APP, '--cwd', appDir, '--', 'run', 'start'], { FRONT_PORT: String(sb.port), RELEASE_ID: id });
     const startedAt = epoch();
     const a = await waitAnswer(sb.url, { marker: `release=${id}`, timeoutMs: 90_000, intervalMs: 20 });
     if (!a.ok) throw new Error(`seed start of ${id} never answered (last: ${a.last})`);
-    return { bootMs: a.at - tStart, answerAt: a.at, startedAt };
+    return { bootMs: a.at - tStart, answerAt: a.at, startedAt, deleteMs: delEndAt - delAt, deleteToStartMs: startAt - delEndAt, startMs: startedAt - startAt };
   }
 
   /** Runs fn while polling for `marker`; answerMs = call start → first 200 with the marker. */
@@ -493,10 +552,10 @@ async function main() {
     };
   }
 
-  async function activateTimed(config, label, target, quiet = false) {
+  async function activateTimed(config, label, target, quiet = false, extra = {}) {
     const t = now();
     const callAt = epoch();
-    const r = await api.activate(call(config, quiet ? '' : label, { id: target.id }));
+    const r = await api.activate(call(config, quiet ? '' : label, { id: target.id, ...extra }));
     const callMs = now() - t;
     const b = await httpGet(sb.url);
     if (!(b.status === 200 && b.body.includes(`release=${target.id}`))) R.notes.push(`${label}: after activate, ${sb.url} did not serve ${target.id} (${b.status ?? b.error})`);
@@ -525,6 +584,7 @@ async function main() {
     const child = fork(path.join(ROOT, 'bench/load.mjs'), [sb.url, String(opts.connections), String(maxSeconds), '20'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: cleanEnv() });
     loadChild = child;
     children.add(child);
+    child.on('error', (e) => log(`load generator: ${e.message}`));
     const messages = [];
     const waiters = [];
     child.on('message', (m) => {
@@ -554,6 +614,7 @@ async function main() {
       await sleep(2_000);
       const inner = await fn();
       await sleep(2_000);
+      if (!child.connected) throw new Error('the load generator is gone');
       child.send({ cmd: 'stop' });
       const res = await waitFor('result', 30_000);
       return { ...inner, ac: res.autocannon, poller: res.poller, failTimes: res.failTimes, failed: res.autocannon.errors + res.autocannon.non2xx, loadSeconds: res.durationS };
@@ -611,12 +672,30 @@ async function main() {
   }
 }
 
+/** The raw measurements, kept in the cache dir so --report-only can re-render them. */
+function saveResults() {
+  try {
+    fs.mkdirSync(CACHE_DIR, { recursive: true });
+    fs.writeFileSync(RESULTS_FILE, JSON.stringify(R, (k, v) => (k === 'failTimes' ? undefined : v), 1));
+  } catch (e) {
+    log(`could not save the results: ${e.message}`);
+  }
+}
+
 async function machineInfo(templateDir) {
   const { fsType } = await import('./lib.mjs');
   const npmV = await run(['npm', '--version'], { env: cleanEnv(), cwd: os.tmpdir(), timeoutMs: 60_000 }).catch(() => ({ stdout: '?' }));
   const pm2V = JSON.parse(fs.readFileSync(path.join(path.dirname(path.dirname(PM2_BIN)), 'package.json'), 'utf8')).version;
   const cpus = os.cpus();
   const fsInfo = fsType(sb.root);
+  const git = async (args) => (await run(['git', ...args], { cwd: ROOT, env: cleanEnv(), timeoutMs: 30_000, allowFail: true })).stdout.trim();
+  const newest = (dir) => {
+    let t = 0;
+    for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) t = Math.max(t, fs.statSync(path.join(e.parentPath ?? e.path, e.name)).mtimeMs);
+    return t;
+  };
+  const distStale = newest(path.join(ROOT, 'src')) > newest(path.join(ROOT, 'dist'));
+  if (distStale) log('WARNING: dist/ is older than src/: the bench measures the stale build (run `npx tsc -p .`)');
   return {
     cpu: cpus[0]?.model ?? 'unknown',
     cores: cpus.length,
@@ -626,6 +705,9 @@ async function machineInfo(templateDir) {
     tmpdir: os.tmpdir(),
     kernel: `${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
+    commit: await git(['rev-parse', '--short', 'HEAD']),
+    srcDirty: (await git(['status', '--porcelain', '--', 'src'])).length > 0,
+    distStale,
     npm: npmV.stdout.trim(),
     pm2: pm2V,
     app: lockedVersions(templateDir),
@@ -636,20 +718,27 @@ async function machineInfo(templateDir) {
 
 let exitCode = 0;
 try {
-  await main();
+  const p = main();
+  mainDone = p.then(
+    () => undefined,
+    () => undefined,
+  );
+  await p;
 } catch (err) {
   exitCode = 1;
-  log(`FAILED: ${err?.stack ?? err}`);
-  // Still write what was measured, marked incomplete (the file is overwritten by every run).
-  try {
-    R.error = String(err?.message ?? err).split('\n')[0];
-    R.finished = new Date();
-    R.machine.loadEnd = os.loadavg();
-    writeReport(R, opts.out);
-    log(`wrote an incomplete ${path.relative(ROOT, opts.out)}`);
-  } catch (e) {
-    log(`could not write the report: ${e.message}`);
-  }
+  log(`FAILED: ${interrupted ? 'interrupted' : (err?.stack ?? err)}`);
+  // A failed run leaves the last complete performance.md alone; what it measured goes to the cache dir.
+  if (!interrupted)
+    try {
+      R.error = String(err?.message ?? err).split('\n')[0];
+      R.finished = new Date();
+      R.machine.loadEnd = os.loadavg();
+      const partial = path.join(CACHE_DIR, 'performance.incomplete.md');
+      writeReport(R, partial);
+      log(`wrote what was measured to ${partial}`);
+    } catch (e) {
+      log(`could not write the report: ${e.message}`);
+    }
 } finally {
   clearTimeout(watchdog);
   await cleanup();

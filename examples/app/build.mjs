@@ -1,4 +1,4 @@
-// The example's "npm run build": like `next build`, it writes the runtime output to build/ and leaves caches
+// The example's "npm run build": like the VM frontend's `next build` (distDir "build"), it writes the runtime output to build/ and leaves caches
 // (.next/, build/cache/) that pm2-release prunes from the release.
 import fs from 'node:fs';
 

@@ -1,7 +1,7 @@
 /** activate <id> and rollback: switch to a retained ready release, no install, no build. */
-import { asReleaseError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { clearBad, markBad, whoAmI } from '../release/history.js';
-import { record } from './audit.js';
+import { audited } from './audit.js';
 import { rollbackTarget } from '../release/naming.js';
 import { createContext, type CommonOptions, type Context } from './context.js';
 import { withLock } from './deploy.js';
@@ -19,16 +19,21 @@ export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
   // Validate before taking the lock: a bad id changes nothing, not even the lock file.
   const target = await ctx.store.resolveId(opts.id);
   let from: string | null = null;
-  return audited(ctx, 'activate', () => ({ from, to: target.id, sha: target.manifest?.sha ?? null }), () =>
-    withLock(ctx, 'activate', opts.waitMs, async (lock) => {
-      await lock.setRelease(target.id);
-      from = await currentRelease(ctx);
-      const fresh = await ctx.store.resolveId(target.id);
-      const result = await switchTo(ctx, fresh, 'activate');
-      // An operator chose this release explicitly: it is not "bad" any more.
-      if (fresh.manifest?.sha) await clearBad(ctx.config.releasesDir, fresh.manifest.sha);
-      return result;
-    }),
+  return audited(
+    ctx,
+    'activate',
+    () => ({ from, to: target.id, sha: target.manifest?.sha ?? null }),
+    () =>
+      withLock(ctx, 'activate', opts.waitMs, async (lock) => {
+        await lock.setRelease(target.id);
+        from = await currentRelease(ctx);
+        const fresh = await ctx.store.resolveId(target.id);
+        const result = await switchTo(ctx, fresh, 'activate');
+        // An operator chose this release explicitly: it is not "bad" any more.
+        if (fresh.manifest?.sha) await clearBad(ctx.config.releasesDir, fresh.manifest.sha);
+        return result;
+      }),
+    previousAsFrom,
   );
 }
 
@@ -41,7 +46,7 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
-  return audited(ctx, 'rollback', () => ({ from, to, sha }), () => withLock(ctx, 'rollback', opts.waitMs, async (lock) => {
+  const run = () => withLock(ctx, 'rollback', opts.waitMs, async (lock) => {
     const state = await ctx.store.readState();
     const active = await currentRelease(ctx);
     const releases = await ctx.store.list();
@@ -69,25 +74,12 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
         by: whoAmI().user,
       });
     return result;
-  }));
+  });
+  return audited(ctx, 'rollback', () => ({ from, to, sha }), run, previousAsFrom);
 }
 
-async function audited<T extends ActivateResult>(
-  ctx: Context,
-  action: 'activate' | 'rollback',
-  facts: () => { from: string | null; to: string | null; sha: string | null },
-  fn: () => Promise<T>,
-): Promise<T> {
-  try {
-    const result = await fn();
-    await record(ctx, { action, ...facts(), from: result.previous ?? facts().from, result: 'ok' });
-    return result;
-  } catch (err) {
-    const e = asReleaseError(err);
-    if (e.code !== 'LOCKED') await record(ctx, { action, ...facts(), result: 'failed', error: e });
-    throw e;
-  }
-}
+/** The history's `from` is the release that served before the switch, as the switch itself found it. */
+const previousAsFrom = (r: ActivateResult) => (r.previous ? { from: r.previous } : {});
 
 async function switchTo(ctx: Context, rel: ReleaseRecord, action: 'activate' | 'rollback'): Promise<ActivateResult> {
   if (rel.status !== 'ready')

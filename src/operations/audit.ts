@@ -1,5 +1,5 @@
 /** Appends one history line per operation; never lets a history write failure mask the operation's result. */
-import type { ReleaseError } from '../errors.js';
+import { asReleaseError, type ReleaseError } from '../errors.js';
 import { appendHistory, whoAmI, type HistoryAction } from '../release/history.js';
 import type { Context } from './context.js';
 
@@ -23,5 +23,39 @@ export async function record(
     });
   } catch (err) {
     ctx.logger.warn({ err: (err as Error).message }, 'could not append to the history file');
+  }
+}
+
+export interface AuditFacts {
+  from: string | null;
+  to: string | null;
+  sha: string | null;
+  detail?: string;
+}
+
+/**
+ * Runs an operation and appends its history line: `facts` is read when it ends (the operation fills in what
+ * it learnt), `okFacts` refines them from the result. A LOCKED refusal did nothing and is not audited;
+ * `onFailure` runs before the failure is recorded.
+ */
+export async function audited<T>(
+  ctx: Context,
+  action: HistoryAction,
+  facts: () => AuditFacts,
+  fn: () => Promise<T>,
+  okFacts?: (result: T) => Partial<AuditFacts>,
+  onFailure?: (e: ReleaseError) => Promise<unknown>,
+): Promise<T> {
+  try {
+    const result = await fn();
+    await record(ctx, { action, ...facts(), ...okFacts?.(result), result: 'ok' });
+    return result;
+  } catch (err) {
+    const e = asReleaseError(err);
+    if (e.code !== 'LOCKED') {
+      await onFailure?.(e);
+      await record(ctx, { action, ...facts(), result: 'failed', error: e });
+    }
+    throw e;
   }
 }

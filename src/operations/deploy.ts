@@ -13,7 +13,7 @@ import { appPort, healthUrl } from '../config.js';
 import { allocateId, buildRelease, markFailed, resolveRelease } from './build.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { preflight } from './doctor.js';
-import { record } from './audit.js';
+import { audited } from './audit.js';
 import { runHook } from './hooks.js';
 import { applyRetention, cleanupInterrupted, retentionPlan } from './retain.js';
 import { releaseInfo, type BuildResult, type DeployResult } from './results.js';
@@ -40,8 +40,8 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
-  try {
-    const result = await withLock(ctx, 'deploy', opts.waitMs, async (lock) => {
+  const run = () =>
+    withLock(ctx, 'deploy', opts.waitMs, async (lock): Promise<DeployResult> => {
       // Pre-flight first: recovery may start the app, which must not happen on a VM whose PM2 is down.
       await preflight(ctx);
       await recoverInterrupted(ctx);
@@ -142,16 +142,20 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
         warnings: ctx.warnings,
       };
     });
-    await record(ctx, { action: 'deploy', from: result.previous, to: result.release.id, sha: result.release.sha, result: 'ok' });
-    return result;
-  } catch (err) {
-    const e = asReleaseError(err);
-    if (e.code !== 'LOCKED') {
-      await runHook(ctx, 'onFailure', { RELEASE_ID: to ?? '', RELEASE_SHA: sha ?? '', RELEASE_DIR: to ? ctx.store.appCwd(to) : '', PREVIOUS_RELEASE_ID: from, FAILURE_CODE: e.code, FAILURE_PHASE: e.phase }, ctx.config.workspace).catch(() => false);
-      await record(ctx, { action: 'deploy', from, to, sha, result: 'failed', error: e });
-    }
-    throw e;
-  }
+  return audited(
+    ctx,
+    'deploy',
+    () => ({ from, to, sha }),
+    run,
+    (r) => ({ from: r.previous, to: r.release.id, sha: r.release.sha }),
+    (e) =>
+      runHook(
+        ctx,
+        'onFailure',
+        { RELEASE_ID: to ?? '', RELEASE_SHA: sha ?? '', RELEASE_DIR: to ? ctx.store.appCwd(to) : '', PREVIOUS_RELEASE_ID: from, FAILURE_CODE: e.code, FAILURE_PHASE: e.phase },
+        ctx.config.workspace,
+      ).catch(() => false),
+  );
 }
 
 /** A sha an operator rolled back from (or the health gate reverted) is not deployed again without --force. */
@@ -174,8 +178,8 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
   const ctx = createContext(opts);
   let to: string | null = null;
   let sha: string | null = null;
-  try {
-    const result = await withLock(ctx, 'build', opts.waitMs, async (lock) => {
+  const run = () =>
+    withLock(ctx, 'build', opts.waitMs, async (lock): Promise<BuildResult> => {
       await cleanupInterrupted(ctx);
       await preflight(ctx);
       const ref = opts.ref ?? 'HEAD';
@@ -192,13 +196,7 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
         warnings: ctx.warnings,
       };
     });
-    await record(ctx, { action: 'build', from: null, to: result.release.id, sha: result.release.sha, result: 'ok' });
-    return result;
-  } catch (err) {
-    const e = asReleaseError(err);
-    if (e.code !== 'LOCKED') await record(ctx, { action: 'build', from: null, to, sha, result: 'failed', error: e });
-    throw e;
-  }
+  return audited(ctx, 'build', () => ({ from: null, to, sha }), run, (r) => ({ to: r.release.id, sha: r.release.sha }));
 }
 
 /**

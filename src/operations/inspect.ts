@@ -1,9 +1,8 @@
 /** list, status and prune. */
 import { appPort, healthUrl } from '../config.js';
 import { probe } from '../health.js';
-import { asReleaseError } from '../errors.js';
 import { createContext, phase, type CommonOptions } from './context.js';
-import { record } from './audit.js';
+import { audited } from './audit.js';
 import { withLock } from './deploy.js';
 import { applyRetention, retentionPlan } from './retain.js';
 import { readBadShas, readHistory } from '../release/history.js';
@@ -92,13 +91,11 @@ export async function prune(opts: PruneOptions = {}): Promise<PruneResult> {
   };
   // A dry run changes nothing, so it needs no lock (and works while a deploy runs), and is not audited.
   if (opts.dryRun) return run();
-  try {
-    const result = await withLock(ctx, 'prune', opts.waitMs, run);
-    await record(ctx, { action: 'prune', from: null, to: null, sha: null, result: 'ok', detail: result.removed.length ? `removed ${result.removed.map((r) => r.id).join(', ')}` : 'nothing to remove' });
-    return result;
-  } catch (err) {
-    const e = asReleaseError(err);
-    if (e.code !== 'LOCKED') await record(ctx, { action: 'prune', from: null, to: null, sha: null, result: 'failed', error: e });
-    throw e;
-  }
+  return audited(
+    ctx,
+    'prune',
+    () => ({ from: null, to: null, sha: null }),
+    () => withLock(ctx, 'prune', opts.waitMs, run),
+    (r) => ({ detail: r.removed.length ? `removed ${r.removed.map((x) => x.id).join(', ')}` : 'nothing to remove' }),
+  );
 }

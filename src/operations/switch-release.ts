@@ -42,10 +42,12 @@ export function appDefinition(ctx: Context, release: ReleaseRecord): AppDefiniti
 /** The release PM2 serves now, by its cwd (the ground truth), else by the recorded state. */
 export async function currentRelease(ctx: Context): Promise<string | null> {
   const procs = await ctx.pm2.processes(ctx.config.app.name).catch(() => []);
-  for (const p of procs) {
+  if (procs.length > 0) {
     const records = await ctx.store.list();
-    const hit = records.find((r) => samePath(r.cwd, p.cwd));
-    if (hit) return hit.id;
+    for (const p of procs) {
+      const hit = records.find((r) => samePath(r.cwd, p.cwd));
+      if (hit) return hit.id;
+    }
   }
   return (await ctx.store.readState())?.active ?? null;
 }
@@ -54,11 +56,39 @@ export function samePath(a: string, b: string): boolean {
   return a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
 }
 
+export interface WaitForAppOptions {
+  name: string;
+  checks: { url: string; expectStatus: number[] }[];
+  settleMs: number;
+  signal?: AbortSignal;
+  /** Watch only these PM2 ids (a cluster switch's new processes); default: every process of `name`. */
+  only?: () => Promise<number[]>;
+  /** Restart counts to subtract: restarts from before we looked are history, not a crash loop. */
+  restartsBefore?: Map<number, number>;
+}
+
+/** The app's health gate: its HTTP checks answer and its PM2 processes stay online without restarting. */
+export function waitForApp(ctx: Context, o: WaitForAppOptions): Promise<HealthOutcome> {
+  return waitHealthy({
+    checks: o.checks,
+    timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+    settleMs: o.settleMs,
+    signal: o.signal,
+    sample: async () => {
+      const ids = o.only ? new Set(await o.only()) : undefined;
+      return (await ctx.pm2.processes(o.name, { fresh: true }))
+        .filter((p) => !ids || ids.has(p.pmId))
+        .map((p) => ({ status: p.status, restarts: p.restarts - (o.restartsBefore?.get(p.pmId) ?? 0) }));
+    },
+  });
+}
+
 export async function switchToRelease(ctx: Context, release: ReleaseRecord): Promise<SwitchResult> {
   if (release.status !== 'ready') throw new Error(`release ${release.id} is ${release.status}, not ready`);
   const app = appDefinition(ctx, release);
   const port = appPort(ctx.config.app);
   const url = healthUrl(ctx.config.app, port);
+  const checks = healthChecks(ctx.config.app, port);
   const previous = await currentRelease(ctx);
   const strategy = strategyFor(ctx.config.app.strategy);
 
@@ -67,25 +97,20 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
   const handle = await phase(ctx, 'switch', async () => {
     try {
       return await strategy.switch({
-      pm2: ctx.pm2.withEnv(pm2Env),
-      logger: ctx.logger,
-      target: app,
-      port,
-      portWaitMs: ctx.config.app.portReleaseTimeoutMs,
-      signal: ctx.signal,
-      beforeStart: () => failpoint(ctx.env, 'switch'),
-      ownedRoot: ctx.config.releasesDir,
-    });
+        pm2: ctx.pm2.withEnv(pm2Env),
+        logger: ctx.logger,
+        target: app,
+        port,
+        portWaitMs: ctx.config.app.portReleaseTimeoutMs,
+        signal: ctx.signal,
+        beforeStart: () => failpoint(ctx.env, 'switch'),
+        ownedRoot: ctx.config.releasesDir,
+      });
     } catch (err) {
       // The strategy already started the previous app again (when there was one): make that a fact before
       // reporting, and save the dump so a reboot brings back the same app.
       if ((await ctx.pm2.processes(app.name).catch(() => [])).length > 0) {
-        const again = await waitHealthy({
-          checks: healthChecks(ctx.config.app, port),
-          timeoutMs: ctx.config.app.healthcheck.timeoutMs,
-          settleMs: 0,
-          sample: async () => (await ctx.pm2.processes(app.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts })),
-        });
+        const again = await waitForApp(ctx, { name: app.name, checks, settleMs: 0 });
         await ctx.pm2.save().catch(() => undefined);
         if (err instanceof Error) err.message += again.ok ? ' and answers' : `, but it does not answer (${again.reason})`;
       }
@@ -115,12 +140,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     }
     if (!handle.before && !handle.keepsOld) return { ok: false, text: 'there was no previous app to put back' };
     // Wait until the previous app answers again, so "serving again" is a fact, not a hope.
-    const again = await waitHealthy({
-      checks: healthChecks(ctx.config.app, port),
-      timeoutMs: ctx.config.app.healthcheck.timeoutMs,
-      settleMs: 0,
-      sample: async () => (await ctx.pm2.processes(app.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts })),
-    });
+    const again = await waitForApp(ctx, { name: app.name, checks, settleMs: 0 });
     const back = again.ok
       ? `${previous ?? 'the previous app'} is serving again`
       : `${previous ?? 'the previous app'} was restarted but is not healthy either (${again.reason})`;
@@ -136,16 +156,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     let outcome: HealthOutcome;
     try {
       failpoint(ctx.env, 'health');
-      outcome = await waitHealthy({
-        checks: healthChecks(ctx.config.app, port),
-        timeoutMs: ctx.config.app.healthcheck.timeoutMs,
-        settleMs: ctx.config.app.healthcheck.settleMs,
-        signal: ctx.signal,
-        sample: async () => {
-          const ids = new Set(await handle.newIds());
-          return (await ctx.pm2.processes(app.name, { fresh: true })).filter((p) => ids.has(p.pmId)).map((p) => ({ status: p.status, restarts: p.restarts }));
-        },
-      });
+      outcome = await waitForApp(ctx, { name: app.name, checks, settleMs: ctx.config.app.healthcheck.settleMs, signal: ctx.signal, only: handle.newIds });
       // Zero-downtime strategies retire the old release only now that the new one passed.
       if (outcome.ok) await handle.commit();
     } catch (err) {
@@ -197,16 +208,14 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
  */
 export async function adoptRunning(ctx: Context, release: ReleaseRecord): Promise<boolean> {
   const app = appDefinition(ctx, release);
-  const port = appPort(ctx.config.app);
-  const initial = new Map((await ctx.pm2.processes(app.name, { fresh: true })).map((p) => [p.pmId, p.restarts]));
+  const restartsBefore = new Map((await ctx.pm2.processes(app.name, { fresh: true })).map((p) => [p.pmId, p.restarts]));
   const outcome = await phase(ctx, 'health', () =>
-    waitHealthy({
-      checks: healthChecks(ctx.config.app, port),
-      timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+    waitForApp(ctx, {
+      name: app.name,
+      checks: healthChecks(ctx.config.app, appPort(ctx.config.app)),
       settleMs: ctx.config.app.healthcheck.settleMs,
       signal: ctx.signal,
-      // Restarts before we looked are history; a restart while we watch is a crash loop.
-      sample: async () => (await ctx.pm2.processes(app.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts - (initial.get(p.pmId) ?? 0) })),
+      restartsBefore,
     }),
   );
   if (!outcome.ok) return false;

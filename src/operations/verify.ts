@@ -8,10 +8,10 @@ import path from 'node:path';
 import { healthChecks } from '../config.js';
 import { BuildError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
-import { freePort, waitHealthy } from '../health.js';
+import { freePort } from '../health.js';
 import type { ReleaseRecord } from '../release/store.js';
 import { childEnv, phase, type Context } from './context.js';
-import { appDefinition } from './switch-release.js';
+import { appDefinition, waitForApp } from './switch-release.js';
 
 /** Temporary verify processes are named `<app>.verify-<release id>`; leftovers are removed by the next run. */
 export function verifyName(appName: string, releaseId: string): string {
@@ -35,13 +35,7 @@ export async function verifyRelease(ctx: Context, release: ReleaseRecord): Promi
     try {
       await pm2.start(def);
       failpoint(ctx.env, 'verify');
-      const outcome = await waitHealthy({
-        checks: healthChecks(app, port, true),
-        timeoutMs: app.healthcheck.timeoutMs,
-        settleMs: app.verify.settleMs,
-        signal: ctx.signal,
-        sample: async () => (await ctx.pm2.processes(def.name, { fresh: true })).map((p) => ({ status: p.status, restarts: p.restarts })),
-      });
+      const outcome = await waitForApp(ctx, { name: def.name, checks: healthChecks(app, port, true), settleMs: app.verify.settleMs, signal: ctx.signal });
       if (!outcome.ok)
         throw new BuildError('VERIFY_FAILED', `release ${release.id} failed verification on port ${port}: ${outcome.reason}`, {
           phase: 'verify',

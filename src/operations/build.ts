@@ -60,10 +60,14 @@ export async function resolveRelease(ctx: Context, ref: string): Promise<Resolve
   });
 }
 
-/** A fresh release id. Ids have one-second resolution: two builds of one sha in the same second wait for the next. */
+/**
+ * A fresh release id. Ids sort by their one-second timestamp, and two releases of the same second would
+ * sort by sha instead of by age: wait for a second no existing release uses.
+ */
 export async function allocateId(ctx: Context, sha: string): Promise<string> {
+  const taken = new Set((await fsp.readdir(ctx.store.releasesDir).catch(() => [] as string[])).map((n) => n.split('-')[0]));
   let id = makeReleaseId(ctx.now(), sha);
-  while (existsSync(ctx.store.releaseDir(id))) {
+  while (taken.has(id.split('-')[0])) {
     await sleep(250);
     id = makeReleaseId(ctx.now(), sha);
   }

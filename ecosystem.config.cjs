@@ -56,8 +56,7 @@ function activeApp(dir) {
   if (!fs.existsSync(statePath)) return undefined;
   const state = JSON.parse(fs.readFileSync(statePath, 'utf8'));
   const app = state.app;
-  if (!RELEASE_ID.test(state.active) || !app || typeof app.cwd !== 'string')
-    throw new Error(`pm2-release: ${statePath} is not a valid state file`);
+  if (!RELEASE_ID.test(state.active) || !app || typeof app.cwd !== 'string') throw new Error(`pm2-release: ${statePath} is not a valid state file`);
   // The recorded cwd must be inside the active release, which must be complete.
   const releaseDir = path.join(dir, state.active);
   if (path.relative(releaseDir, app.cwd).startsWith('..')) throw new Error(`pm2-release: ${statePath} points outside ${releaseDir}`);

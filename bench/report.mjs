@@ -6,14 +6,22 @@ import { fmtBytes, fmtMs, max, median, ratio, sum, table } from './lib.mjs';
 const PHASES = ['lock', 'preflight', 'resolve', 'archive', 'env', 'install', 'build', 'prune', 'verify', 'switch', 'health', 'save', 'retain'];
 const pick = (xs, f) => xs.map(f).filter((v) => typeof v === 'number');
 const med = (xs, f) => median(pick(xs, f));
-const cmdList = (v) => Object.entries(v.cmds).map(([c, n]) => `\`pm2 ${c}\`×${n}`).join(', ');
+const cmdList = (v) =>
+  Object.entries(v.cmds)
+    .map(([c, n]) => `\`pm2 ${c}\`×${n}`)
+    .join(', ');
 const met = (ok) => (ok === undefined ? 'n/a' : ok ? '**met**' : '**not met**');
 
 export function summarize(R) {
   const S = {};
   S.base = { total: med(R.baseline, (r) => r.totalMs), ci: med(R.baseline, (r) => r.ciMs), build: med(R.baseline, (r) => r.buildMs) };
   S.boot = median(R.boot);
-  S.cold = { total: med(R.cold, (r) => r.ms), install: med(R.cold, (r) => r.durations.install), dep: med(R.cold, (r) => r.dep?.durationMs), build: med(R.cold, (r) => r.durations.build) };
+  S.cold = {
+    total: med(R.cold, (r) => r.ms),
+    install: med(R.cold, (r) => r.durations.install),
+    dep: med(R.cold, (r) => r.dep?.durationMs),
+    build: med(R.cold, (r) => r.durations.build),
+  };
   S.warm = {
     total: med(R.warm, (r) => r.ms),
     install: med(R.warm, (r) => r.durations.install),
@@ -22,7 +30,12 @@ export function summarize(R) {
     methods: [...new Set(R.warm.map((r) => r.dep?.method))].join(', '),
   };
   const anatomy = (xs) => ({ before: med(xs, (r) => r.beforeSwitchMs), switch: med(xs, (r) => r.switchMs), after: med(xs, (r) => r.afterStartMs) });
-  S.redeploy = { answer: med(R.redeploy, (r) => r.answerMs), call: med(R.redeploy, (r) => r.callMs), modes: [...new Set(R.redeploy.map((r) => r.mode))].join(', '), ...anatomy(R.redeploy) };
+  S.redeploy = {
+    answer: med(R.redeploy, (r) => r.answerMs),
+    call: med(R.redeploy, (r) => r.callMs),
+    modes: [...new Set(R.redeploy.map((r) => r.mode))].join(', '),
+    ...anatomy(R.redeploy),
+  };
   S.rollback = { answer: med(R.rollback, (r) => r.answerMs), call: med(R.rollback, (r) => r.callMs), ...anatomy(R.rollback) };
   const sw = (xs) =>
     xs.length
@@ -90,13 +103,15 @@ function targets(R, S) {
     rows.push([
       `cluster: 0 failed requests over ${m.switches} consecutive switches under load (${m.crashSwitches} to a crashing release)`,
       `${lost} lost: autocannon errors + non-2xx ${m.failed}, requests dropped in flight ${m.ac.dropped}, fresh-connection failures ${m.poller.failed}`,
-      met(ok) + (m.failed === 0 && !ok ? ' (autocannon\'s own errors + non-2xx count alone is 0)' : ''),
+      met(ok) + (m.failed === 0 && !ok ? " (autocannon's own errors + non-2xx count alone is 0)" : ''),
     ]);
     const bk = m.byKind;
     if (!ok || m.ac.dropped > 0 || m.poller.failed > 0)
       reasons.push(
         `**Cluster switches lose requests.** Over ${m.switches} switches: ${m.ac.errors} autocannon errors (${mergeCodes([m.ac.errorCodes]) || 'none'}), ${m.ac.non2xx} non-2xx, ${m.ac.dropped} requests written on keep-alive connections and never answered, and ${m.poller.failed} failed fresh connections (${mergeCodes([m.poller.codes]) || 'none'}). ` +
-          (bk ? `By step: autocannon failures ${bk.autocannon.switch} during normal switches, ${bk.autocannon.crash} during crash switches, ${bk.autocannon.between} outside any; poller failures ${bk.poller.switch} / ${bk.poller.crash} / ${bk.poller.between}. ` : '') +
+          (bk
+            ? `By step: autocannon failures ${bk.autocannon.switch} during normal switches, ${bk.autocannon.crash} during crash switches, ${bk.autocannon.between} outside any; poller failures ${bk.poller.switch} / ${bk.poller.crash} / ${bk.poller.between}. `
+            : '') +
           `Normal switches: the cluster strategy retires the old release with \`pm2 delete <id>\` (src/pm2/switch.ts, \`commit()\`); PM2 sends SIGINT, Next's handler calls \`server.close()\`, which waits for busy keep-alive connections that a steady client never lets go idle; ` +
           `after PM2's kill_timeout (1600 ms) PM2 sends SIGKILL (${m.sigkills ?? '?'} "sending SIGKILL" lines in pm2.log during this run, for ${m.switches - m.crashSwitches} normal switches) and the requests in flight on those connections are lost. ` +
           `That is ${((m.failed + m.ac.dropped) / Math.max(1, m.switches - m.crashSwitches)).toFixed(1)} lost keep-alive requests per normal switch with ${m.ac.connections} connections open: about one per connection, the request in flight when the old worker is killed. ` +
@@ -114,7 +129,7 @@ function targets(R, S) {
   // 2. restart gap <= seed gap.
   if (S.restart && S.seed) {
     const ok = S.restart.gap <= S.seed.gap;
-    rows.push(['restart strategy: longest gap ≤ the seed\'s delete+start gap', `${fmtMs(S.restart.gap)} vs ${fmtMs(S.seed.gap)} (medians)`, met(ok)]);
+    rows.push(["restart strategy: longest gap ≤ the seed's delete+start gap", `${fmtMs(S.restart.gap)} vs ${fmtMs(S.seed.gap)} (medians)`, met(ok)]);
     if (!ok) {
       const overlap = Math.min(...S.restart.gaps) <= Math.max(...S.seed.gaps);
       const healthCalls = R.accounting?.redeploy?.byPhase?.health;
@@ -124,7 +139,7 @@ function targets(R, S) {
       if (L && P) {
         const parts = [
           ['`pm2 delete`', L.deleteMs, P.deleteMs],
-          ['from `pm2 delete` returning to `pm2 start` being run (the strategy\'s port-free probe and bookkeeping)', L.deleteToStartMs, P.deleteToStartMs],
+          ["from `pm2 delete` returning to `pm2 start` being run (the strategy's port-free probe and bookkeeping)", L.deleteToStartMs, P.deleteToStartMs],
           ['`pm2 start`', L.startMs, P.startMs],
           ['from `pm2 start` returning to the first success (Next booting)', L.startToAnswerMs, P.startToAnswerMs],
         ];
@@ -151,7 +166,11 @@ function targets(R, S) {
   // 3. unchanged lockfile: dependency step < 10% of cold npm ci; whole deploy <= 0.6x baseline.
   if (S.warm.dep !== undefined && S.base.ci) {
     const ok = S.warm.dep < 0.1 * S.base.ci;
-    rows.push([`unchanged lockfile: dependency step < 10% of a cold npm ci`, `${fmtMs(S.warm.dep)} (${S.warm.methods}) vs npm ci ${fmtMs(S.base.ci)} = ${((100 * S.warm.dep) / S.base.ci).toFixed(0)}%`, met(ok)]);
+    rows.push([
+      `unchanged lockfile: dependency step < 10% of a cold npm ci`,
+      `${fmtMs(S.warm.dep)} (${S.warm.methods}) vs npm ci ${fmtMs(S.base.ci)} = ${((100 * S.warm.dep) / S.base.ci).toFixed(0)}%`,
+      met(ok),
+    ]);
     if (!ok) {
       const nm = R.disk?.singles?.[0]?.nodeModules;
       reasons.push(
@@ -164,7 +183,11 @@ function targets(R, S) {
   }
   if (S.warm.total !== undefined && S.base.total) {
     const ok = S.warm.total <= 0.6 * S.base.total;
-    rows.push([`unchanged lockfile: whole deploy ≤ 0.6× the baseline`, `${fmtMs(S.warm.total)} vs ${fmtMs(S.base.total)} = ${ratio(S.warm.total, S.base.total)}`, met(ok)]);
+    rows.push([
+      `unchanged lockfile: whole deploy ≤ 0.6× the baseline`,
+      `${fmtMs(S.warm.total)} vs ${fmtMs(S.base.total)} = ${ratio(S.warm.total, S.base.total)}`,
+      met(ok),
+    ]);
     if (!ok) {
       const w = R.warm.map((r) => r.durations);
       const d = (k) => median(w.map((x) => x[k]).filter((v) => v !== undefined));
@@ -188,7 +211,10 @@ function targets(R, S) {
     if (!ok) {
       const src = name === 'rollback' ? R.rollback : R.redeploy;
       const d = (k) => median(src.map((x) => x.durations?.[k]).filter((v) => v !== undefined));
-      const pre = ['lock', 'preflight', 'resolve'].filter((k) => d(k) !== undefined).map((k) => `${k} ${fmtMs(d(k))}`).join(', ');
+      const pre = ['lock', 'preflight', 'resolve']
+        .filter((k) => d(k) !== undefined)
+        .map((k) => `${k} ${fmtMs(d(k))}`)
+        .join(', ');
       const acc = R.accounting?.[name === 'rollback' ? 'rollback' : 'redeploy'];
       reasons.push(
         `**${name[0].toUpperCase() + name.slice(1)} answers later than boot + 1 s** (${fmtMs(s.answer)} after the call, boot ${fmtMs(S.boot)}). Measured split (medians): ${fmtMs(s.before)} before the switch phase starts (${pre}${acc?.byPhase?.['(between phases)'] ? `; ${cmdList(acc.byPhase['(between phases)'])} outside phases` : ''}), ${fmtMs(s.switch)} in the switch phase until \`pm2 start\` returns (${acc?.byPhase?.switch ? `PM2 CLI calls: ${cmdList(acc.byPhase.switch)}, plus a port-free probe` : 'delete, port-free probe, start'}), then ${fmtMs(s.after)} until the first 200 (Next booting). ` +
@@ -202,7 +228,11 @@ function targets(R, S) {
   // 5. disk.
   if (S.disk) {
     const ok = S.disk.ratio < 1.3;
-    rows.push([`${S.disk.count} retained releases (same lockfile) < 1.3× one release on disk`, `${fmtBytes(S.disk.together)} vs ${fmtBytes(S.disk.one)} = ${S.disk.ratio.toFixed(2)}×`, met(ok)]);
+    rows.push([
+      `${S.disk.count} retained releases (same lockfile) < 1.3× one release on disk`,
+      `${fmtBytes(S.disk.together)} vs ${fmtBytes(S.disk.one)} = ${S.disk.ratio.toFixed(2)}×`,
+      met(ok),
+    ]);
     if (!ok)
       reasons.push(
         `**Retained releases do not share disk.** ${S.disk.count} releases take ${S.disk.ratio.toFixed(2)}× one. The releases dir is on ${R.disk.fs.type} (reflink ${R.disk.reflink ? 'supported' : 'not supported'}): node_modules was ${R.disk.singles.map((s) => s.method).join('/')} per release, so every release holds a full copy (${fmtBytes(R.disk.singles[0]?.nodeModules)} of node_modules each). ` +
@@ -222,15 +252,57 @@ export function writeReport(R, outFile) {
     table(
       ['scenario', 'runs', 'whole', 'vs baseline', 'dependency step', 'build', 'notes'],
       [
-        ['baseline: seed flow by hand', R.baseline.length, fmtMs(S.base.total), '1.00×', `npm ci ${fmtMs(S.base.ci)}`, fmtMs(S.base.build), `boot (pm2 start → first 200) ${fmtMs(S.boot)}`],
-        ['pm2-release deploy, cold (reuseDependencies: false)', R.cold.length, fmtMs(S.cold.total), ratio(S.cold.total, S.base.total), `install ${fmtMs(S.cold.dep)} (phase ${fmtMs(S.cold.install)})`, fmtMs(S.cold.build), 'includes verify (boot on a spare port) and health settle'],
-        ['pm2-release deploy, unchanged lockfile', R.warm.length, fmtMs(S.warm.total), ratio(S.warm.total, S.base.total), `${S.warm.methods} ${fmtMs(S.warm.dep)} (phase ${fmtMs(S.warm.install)}) = ${ratio(S.warm.dep, S.base.ci)} of npm ci`, fmtMs(S.warm.build), 'manifest.dependencies.method / durationMs'],
-        ['redeploy of a retained sha', R.redeploy.length, fmtMs(S.redeploy.call), ratio(S.redeploy.call, S.base.total), '—', '—', `mode ${S.redeploy.modes}; answers after ${fmtMs(S.redeploy.answer)} = ${fmtMs(S.redeploy.before)} before switch + ${fmtMs(S.redeploy.switch)} switch + ${fmtMs(S.redeploy.after)} boot (app boot ${fmtMs(S.boot)})`],
-        ['rollback', R.rollback.length, fmtMs(S.rollback.call), ratio(S.rollback.call, S.base.total), '—', '—', `answers after ${fmtMs(S.rollback.answer)} = ${fmtMs(S.rollback.before)} before switch + ${fmtMs(S.rollback.switch)} switch + ${fmtMs(S.rollback.after)} boot (app boot ${fmtMs(S.boot)})`],
+        [
+          'baseline: seed flow by hand',
+          R.baseline.length,
+          fmtMs(S.base.total),
+          '1.00×',
+          `npm ci ${fmtMs(S.base.ci)}`,
+          fmtMs(S.base.build),
+          `boot (pm2 start → first 200) ${fmtMs(S.boot)}`,
+        ],
+        [
+          'pm2-release deploy, cold (reuseDependencies: false)',
+          R.cold.length,
+          fmtMs(S.cold.total),
+          ratio(S.cold.total, S.base.total),
+          `install ${fmtMs(S.cold.dep)} (phase ${fmtMs(S.cold.install)})`,
+          fmtMs(S.cold.build),
+          'includes verify (boot on a spare port) and health settle',
+        ],
+        [
+          'pm2-release deploy, unchanged lockfile',
+          R.warm.length,
+          fmtMs(S.warm.total),
+          ratio(S.warm.total, S.base.total),
+          `${S.warm.methods} ${fmtMs(S.warm.dep)} (phase ${fmtMs(S.warm.install)}) = ${ratio(S.warm.dep, S.base.ci)} of npm ci`,
+          fmtMs(S.warm.build),
+          'manifest.dependencies.method / durationMs',
+        ],
+        [
+          'redeploy of a retained sha',
+          R.redeploy.length,
+          fmtMs(S.redeploy.call),
+          ratio(S.redeploy.call, S.base.total),
+          '—',
+          '—',
+          `mode ${S.redeploy.modes}; answers after ${fmtMs(S.redeploy.answer)} = ${fmtMs(S.redeploy.before)} before switch + ${fmtMs(S.redeploy.switch)} switch + ${fmtMs(S.redeploy.after)} boot (app boot ${fmtMs(S.boot)})`,
+        ],
+        [
+          'rollback',
+          R.rollback.length,
+          fmtMs(S.rollback.call),
+          ratio(S.rollback.call, S.base.total),
+          '—',
+          '—',
+          `answers after ${fmtMs(S.rollback.answer)} = ${fmtMs(S.rollback.before)} before switch + ${fmtMs(S.rollback.switch)} switch + ${fmtMs(S.rollback.after)} boot (app boot ${fmtMs(S.boot)})`,
+        ],
       ],
     ),
   );
-  t.push('\n"whole" is the wall time of the call (baseline: from `git archive` to `pm2 save`); "answers after" is from the call to the first 200 served by the target release.\n');
+  t.push(
+    '\n"whole" is the wall time of the call (baseline: from `git archive` to `pm2 save`); "answers after" is from the call to the first 200 served by the target release.\n',
+  );
 
   t.push('### pm2-release phases (medians, from `result.durationsMs`)\n');
   const phaseRows = [];
@@ -243,7 +315,8 @@ export function writeReport(R, outFile) {
     ['activate, cluster strategy', R.switchCluster],
   ];
   const used = PHASES.filter((p) => groups.some(([, xs]) => xs.some((x) => x.durations?.[p] !== undefined)));
-  for (const [name, xs] of groups) if (xs.length) phaseRows.push([name, ...used.map((p) => fmtMs(median(xs.map((x) => x.durations?.[p]).filter((v) => v !== undefined))))]);
+  for (const [name, xs] of groups)
+    if (xs.length) phaseRows.push([name, ...used.map((p) => fmtMs(median(xs.map((x) => x.durations?.[p]).filter((v) => v !== undefined))))]);
   t.push(table(['operation', ...used], phaseRows));
 
   if (R.accounting && Object.keys(R.accounting).length) {
@@ -251,26 +324,70 @@ export function writeReport(R, outFile) {
     const rowsA = [];
     for (const [op, a] of Object.entries(R.accounting)) {
       for (const [ph, v] of Object.entries(a.byPhase))
-        rowsA.push([op, ph, v.count, fmtMs(v.ms), Object.entries(v.cmds).map(([c, n]) => `${c}×${n}`).join(', ')]);
-      rowsA.push([op, '**total**', a.calls, fmtMs(a.callsMs), `call ${fmtMs(a.totalMs)}; target answered after ${fmtMs(a.answerMs)}; switch phase began after ${fmtMs(a.beforeSwitch.untilMs)}`]);
+        rowsA.push([
+          op,
+          ph,
+          v.count,
+          fmtMs(v.ms),
+          Object.entries(v.cmds)
+            .map(([c, n]) => `${c}×${n}`)
+            .join(', '),
+        ]);
+      rowsA.push([
+        op,
+        '**total**',
+        a.calls,
+        fmtMs(a.callsMs),
+        `call ${fmtMs(a.totalMs)}; target answered after ${fmtMs(a.answerMs)}; switch phase began after ${fmtMs(a.beforeSwitch.untilMs)}`,
+      ]);
     }
     t.push(table(['operation', 'phase', 'PM2 CLI calls', 'time in them', 'commands'], rowsA));
-    t.push('\nPM2 is driven through its CLI, so every call is a new Node process that connects to the daemon. Calls in "(between phases)" are made outside a timed phase (recovering interrupted runs, finding the active release).\n');
+    t.push(
+      '\nPM2 is driven through its CLI, so every call is a new Node process that connects to the daemon. Calls in "(between phases)" are made outside a timed phase (recovering interrupted runs, finding the active release).\n',
+    );
   }
   t.push(`\n### Switch under steady load (autocannon, ${R.opts.connections} keep-alive connections, + a fresh-connection poller every 20 ms)\n`);
   const swRow = (name, s, extra = '') =>
     s
-      ? [name, s.n, `${s.failed} (${s.failedPer})`, s.dropped, s.pollFailed, `${fmtMs(s.gap)} (max ${fmtMs(s.gapMax)})`, fmtMs(s.pollGap), fmtMs(s.call), s.sigkills ?? '—', [s.codes && `autocannon ${s.codes}`, s.pollCodes && `poller ${s.pollCodes}`, s.outcomes && `deploy → ${s.outcomes}`, extra].filter(Boolean).join('; ')]
+      ? [
+          name,
+          s.n,
+          `${s.failed} (${s.failedPer})`,
+          s.dropped,
+          s.pollFailed,
+          `${fmtMs(s.gap)} (max ${fmtMs(s.gapMax)})`,
+          fmtMs(s.pollGap),
+          fmtMs(s.call),
+          s.sigkills ?? '—',
+          [s.codes && `autocannon ${s.codes}`, s.pollCodes && `poller ${s.pollCodes}`, s.outcomes && `deploy → ${s.outcomes}`, extra]
+            .filter(Boolean)
+            .join('; '),
+        ]
       : [name, 0, 'n/a', '', '', '', '', '', '', ''];
   t.push(
     table(
-      ['switch', 'runs', 'failed = errors + non-2xx (per run)', 'dropped in flight', 'poller failed', 'longest gap, median', 'poller gap', 'switch call', 'old workers SIGKILLed', 'error codes / outcome'],
+      [
+        'switch',
+        'runs',
+        'failed = errors + non-2xx (per run)',
+        'dropped in flight',
+        'poller failed',
+        'longest gap, median',
+        'poller gap',
+        'switch call',
+        'old workers SIGKILLed',
+        'error codes / outcome',
+      ],
       [
         swRow('(a) seed: pm2 delete + pm2 start', S.seed),
         swRow('(b) pm2-release restart strategy', S.restart),
         swRow('(c) pm2-release cluster strategy', S.cluster),
         swRow('(d) cluster → release crashing at boot (deploy --no-verify)', S.crash),
-        swRow(`(e) ${R.marathon?.switches ?? 0} cluster switches in one run (${R.marathon?.crashSwitches ?? 0} to the crashing release)`, S.marathon, R.marathon ? `${R.marathon.loadSeconds} s of load` : ''),
+        swRow(
+          `(e) ${R.marathon?.switches ?? 0} cluster switches in one run (${R.marathon?.crashSwitches ?? 0} to the crashing release)`,
+          S.marathon,
+          R.marathon ? `${R.marathon.loadSeconds} s of load` : '',
+        ),
       ],
     ),
   );
@@ -280,7 +397,9 @@ export function writeReport(R, outFile) {
   if (R.restartLogged && S.seedParts) {
     const L = R.restartLogged;
     const P = S.seedParts;
-    t.push('Where a delete+start switch spends its gap under load: the seed (medians of its runs, timed around each command) vs one extra restart-strategy switch with every PM2 CLI call logged:\n');
+    t.push(
+      'Where a delete+start switch spends its gap under load: the seed (medians of its runs, timed around each command) vs one extra restart-strategy switch with every PM2 CLI call logged:\n',
+    );
     t.push(
       table(
         ['step', '(a) seed', '(b) restart, logged run'],
@@ -330,7 +449,15 @@ export function writeReport(R, outFile) {
     t.push(
       table(
         ['deploy (CLI, `--json`)', 'peak RSS (VmHWM)', 'duration', 'exit', 'samples'],
-        [[`unchanged lockfile, node_modules ${R.rss.method ?? '?'}, cluster switch`, `${(R.rss.hwmKb / 1024).toFixed(1)} MiB`, fmtMs(R.rss.ms), R.rss.code, R.rss.samples]],
+        [
+          [
+            `unchanged lockfile, node_modules ${R.rss.method ?? '?'}, cluster switch`,
+            `${(R.rss.hwmKb / 1024).toFixed(1)} MiB`,
+            fmtMs(R.rss.ms),
+            R.rss.code,
+            R.rss.samples,
+          ],
+        ],
       ),
     );
     t.push('\nVmHWM of the pm2-release node process only (npm, next build and PM2 are separate processes), polled every 20 ms from /proc.\n');
@@ -358,7 +485,10 @@ export function writeReport(R, outFile) {
         ['disk', `${M.fsType} (mount ${M.fsMount}, sandbox under ${M.tmpdir})`],
         ['OS', M.kernel],
         ['Node / npm / PM2', `${M.node} / ${M.npm} / ${M.pm2} (one \`pm2 jlist\` CLI call: ${fmtMs(R.pm2CallMs)})`],
-        ['pm2-release measured', `commit ${M.commit ?? '?'}${M.srcDirty ? ' with uncommitted changes in src/' : ''}; dist/ ${M.distStale ? '**older than src/ (stale build)**' : 'built from it'}`],
+        [
+          'pm2-release measured',
+          `commit ${M.commit ?? '?'}${M.srcDirty ? ' with uncommitted changes in src/' : ''}; dist/ ${M.distStale ? '**older than src/ (stale build)**' : 'built from it'}`,
+        ],
         ['app', `Next.js ${M.app?.next}, React ${M.app?.react} (app router, one force-dynamic page)`],
         ['date', `${M.date} (run took ${R.finished ? fmtMs(R.finished - R.started) : 'n/a'})`],
         ['load average at start / end', `${(M.loadStart ?? []).map((x) => x.toFixed(2)).join(' ')} / ${(M.loadEnd ?? []).map((x) => x.toFixed(2)).join(' ')}`],

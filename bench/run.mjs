@@ -171,7 +171,14 @@ async function main() {
     cold: writeConfig('cold', { ...base, app: { ...base.app, reuseDependencies: false } }),
     cluster: writeConfig('cluster', {
       ...base,
-      app: { ...base.app, strategy: 'cluster', script: 'node_modules/next/dist/bin/next', args: ['start'], env: { FRONT_PORT: String(sb.port), PORT: String(sb.port) }, portEnv: 'PORT' },
+      app: {
+        ...base.app,
+        strategy: 'cluster',
+        script: 'node_modules/next/dist/bin/next',
+        args: ['start'],
+        env: { FRONT_PORT: String(sb.port), PORT: String(sb.port) },
+        portEnv: 'PORT',
+      },
     }),
   };
   // Calls run one at a time: `events` holds the phase events (with wall-clock times) of the latest one.
@@ -218,7 +225,16 @@ async function main() {
       const callAt = epoch();
       const sw = await seedSwitch(dir, id);
       await sb.pm2(['save']);
-      return { callMs: now() - t, callAt, switchStartAt: callAt, switchEndAt: sw.startedAt, bootMs: sw.bootMs, deleteMs: sw.deleteMs, deleteToStartMs: sw.deleteToStartMs, startMs: sw.startMs };
+      return {
+        callMs: now() - t,
+        callAt,
+        switchStartAt: callAt,
+        switchEndAt: sw.startedAt,
+        bootMs: sw.bootMs,
+        deleteMs: sw.deleteMs,
+        deleteToStartMs: sw.deleteToStartMs,
+        startMs: sw.startMs,
+      };
     });
     R.switchSeed.push(m);
     logSwitch('seed', m);
@@ -248,7 +264,9 @@ async function main() {
     await mustAnswer(`release=${r.release.id}`, 'deploy');
     const m = manifest(r.release.id);
     R.warm.push({ id: r.release.id, sha, ms, mode: r.mode, durations: r.durationsMs, dep: m.dependencies, sizeBytes: m.sizeBytes });
-    log(`deploy unchanged ${i}: ${fmtMs(ms)} (dependencies ${m.dependencies?.method} ${fmtMs(m.dependencies?.durationMs)}, build ${fmtMs(r.durationsMs.build)})`);
+    log(
+      `deploy unchanged ${i}: ${fmtMs(ms)} (dependencies ${m.dependencies?.method} ${fmtMs(m.dependencies?.durationMs)}, build ${fmtMs(r.durationsMs.build)})`,
+    );
   }
   const built = [...R.cold, ...R.warm];
   const B = built[built.length - 1];
@@ -287,7 +305,11 @@ async function main() {
   // the extra "logged" operations below, never for the measured ones.
   const wrapper = path.join(sb.root, 'pm2-logged');
   const callLog = path.join(sb.root, 'pm2-calls.log');
-  fs.writeFileSync(wrapper, `#!/bin/sh\ns=$(date +%s%3N)\n"${PM2_BIN}" "$@"\nrc=$?\nprintf '%s %s %s\\n' "$s" "$(date +%s%3N)" "$1" >> "${callLog}"\nexit $rc\n`, { mode: 0o755 });
+  fs.writeFileSync(
+    wrapper,
+    `#!/bin/sh\ns=$(date +%s%3N)\n"${PM2_BIN}" "$@"\nrc=$?\nprintf '%s %s %s\\n' "$s" "$(date +%s%3N)" "$1" >> "${callLog}"\nexit $rc\n`,
+    { mode: 0o755 },
+  );
   const loggedCalls = () =>
     fs
       .readFileSync(callLog, 'utf8')
@@ -334,7 +356,9 @@ async function main() {
       log(`accounting ${label}: ${calls.length} PM2 CLI calls, ${fmtMs(R.accounting[label].callsMs)} in them; ${beforeSwitch.length} before the switch phase`);
     };
     let target = other(active);
-    await account('redeploy', (extra) => timedSwitch(`release=${target.id}`, () => api.deploy(call(cfg.restart, 'accounting redeploy', { ref: target.sha, force: true, ...extra }))));
+    await account('redeploy', (extra) =>
+      timedSwitch(`release=${target.id}`, () => api.deploy(call(cfg.restart, 'accounting redeploy', { ref: target.sha, force: true, ...extra }))),
+    );
     active = target.id;
     target = other(active);
     await account('rollback', (extra) => timedSwitch(`release=${target.id}`, () => api.rollback(call(cfg.restart, 'accounting rollback', extra))));
@@ -444,7 +468,9 @@ async function main() {
     const byKind = { autocannon: attribute(m.failTimes?.autocannon), poller: attribute(m.failTimes?.poller) };
     delete m.failTimes;
     R.marathon = { ...m, switches: S, crashSwitches: crashAt.size, steps, byKind };
-    log(`marathon: failed ${m.failed} (errors ${m.ac.errors} ${JSON.stringify(m.ac.errorCodes)}, non-2xx ${m.ac.non2xx}), dropped ${m.ac.dropped}, poller failed ${m.poller.failed} ${JSON.stringify(m.poller.codes)}, longest gap ${fmtMs(m.ac.maxGapMs)}; by step ${JSON.stringify(R.marathon.byKind)}`);
+    log(
+      `marathon: failed ${m.failed} (errors ${m.ac.errors} ${JSON.stringify(m.ac.errorCodes)}, non-2xx ${m.ac.non2xx}), dropped ${m.ac.dropped}, poller failed ${m.poller.failed} ${JSON.stringify(m.poller.codes)}, longest gap ${fmtMs(m.ac.maxGapMs)}; by step ${JSON.stringify(R.marathon.byKind)}`,
+    );
   }
 
   // ================= 4. disk: retained releases with one lockfile =================
@@ -461,7 +487,8 @@ async function main() {
     const group = [...byLock.values()].sort((a, b) => b.length - a.length)[0] ?? [];
     const three = group.slice(0, 3); // newest first
     const singles = [];
-    for (const r of three) singles.push({ id: r.id, method: r.dep?.method, bytes: await diskUsage([r.dir]), nodeModules: await diskUsage([path.join(r.cwd, 'node_modules')]) });
+    for (const r of three)
+      singles.push({ id: r.id, method: r.dep?.method, bytes: await diskUsage([r.dir]), nodeModules: await diskUsage([path.join(r.cwd, 'node_modules')]) });
     const together = await diskUsage(three.map((r) => r.dir));
     R.disk = { singles, together, count: three.length, fs: fsType(sb.releasesDir), reflink: reflinkSupported(sb.releasesDir) };
     log(`disk: ${three.length} releases ${together} bytes together, singles ${singles.map((s) => s.bytes).join(', ')}`);
@@ -558,7 +585,8 @@ async function main() {
     const r = await api.activate(call(config, quiet ? '' : label, { id: target.id, ...extra }));
     const callMs = now() - t;
     const b = await httpGet(sb.url);
-    if (!(b.status === 200 && b.body.includes(`release=${target.id}`))) R.notes.push(`${label}: after activate, ${sb.url} did not serve ${target.id} (${b.status ?? b.error})`);
+    if (!(b.status === 200 && b.body.includes(`release=${target.id}`)))
+      R.notes.push(`${label}: after activate, ${sb.url} did not serve ${target.id} (${b.status ?? b.error})`);
     return { callMs, callAt, ...switchPhase(), durations: r.durationsMs };
   }
 
@@ -581,7 +609,10 @@ async function main() {
 
   /** Starts the load child, waits for steady 2xx, runs fn, keeps the load 2 s more, stops, collects. */
   async function underLoad(fn, { maxSeconds = 180 } = {}) {
-    const child = fork(path.join(ROOT, 'bench/load.mjs'), [sb.url, String(opts.connections), String(maxSeconds), '20'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: cleanEnv() });
+    const child = fork(path.join(ROOT, 'bench/load.mjs'), [sb.url, String(opts.connections), String(maxSeconds), '20'], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: cleanEnv(),
+    });
     loadChild = child;
     children.add(child);
     child.on('error', (e) => log(`load generator: ${e.message}`));
@@ -617,7 +648,14 @@ async function main() {
       if (!child.connected) throw new Error('the load generator is gone');
       child.send({ cmd: 'stop' });
       const res = await waitFor('result', 30_000);
-      return { ...inner, ac: res.autocannon, poller: res.poller, failTimes: res.failTimes, failed: res.autocannon.errors + res.autocannon.non2xx, loadSeconds: res.durationS };
+      return {
+        ...inner,
+        ac: res.autocannon,
+        poller: res.poller,
+        failTimes: res.failTimes,
+        failed: res.autocannon.errors + res.autocannon.non2xx,
+        loadSeconds: res.durationS,
+      };
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
       children.delete(child);
@@ -676,7 +714,10 @@ async function main() {
 function saveResults() {
   try {
     fs.mkdirSync(CACHE_DIR, { recursive: true });
-    fs.writeFileSync(RESULTS_FILE, JSON.stringify(R, (k, v) => (k === 'failTimes' ? undefined : v), 1));
+    fs.writeFileSync(
+      RESULTS_FILE,
+      JSON.stringify(R, (k, v) => (k === 'failTimes' ? undefined : v), 1),
+    );
   } catch (e) {
     log(`could not save the results: ${e.message}`);
   }
@@ -691,7 +732,8 @@ async function machineInfo(templateDir) {
   const git = async (args) => (await run(['git', ...args], { cwd: ROOT, env: cleanEnv(), timeoutMs: 30_000, allowFail: true })).stdout.trim();
   const newest = (dir) => {
     let t = 0;
-    for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) t = Math.max(t, fs.statSync(path.join(e.parentPath ?? e.path, e.name)).mtimeMs);
+    for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true }))
+      if (e.isFile()) t = Math.max(t, fs.statSync(path.join(e.parentPath ?? e.path, e.name)).mtimeMs);
     return t;
   };
   const distStale = newest(path.join(ROOT, 'src')) > newest(path.join(ROOT, 'dist'));

@@ -112,7 +112,10 @@ export async function createSandbox() {
     /** Lines of the daemon log matching `re` (e.g. SIGKILLs of workers that did not exit in time). */
     countPm2Log(re) {
       try {
-        return fs.readFileSync(path.join(pm2Home, 'pm2.log'), 'utf8').split('\n').filter((l) => re.test(l)).length;
+        return fs
+          .readFileSync(path.join(pm2Home, 'pm2.log'), 'utf8')
+          .split('\n')
+          .filter((l) => re.test(l)).length;
       } catch {
         return 0;
       }

@@ -97,7 +97,9 @@ export function parseArgv(argv: string[]): Parsed {
     .exitOverride()
     .configureOutput({ writeOut: (s) => (output += s), writeErr: (s) => (output += s) })
     .showSuggestionAfterError(true)
-    .addHelpText('after', `
+    .addHelpText(
+      'after',
+      `
 Examples:
   pm2-release deploy                  release the workspace HEAD and switch PM2 to it
   pm2-release deploy --ref v1.4.2     release a tag or sha
@@ -109,7 +111,8 @@ Examples:
   pm2-release history --limit 10
 
 Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health failed (reverted),
-6 git/pm2/filesystem failure, 7 refused (sha marked bad), 1 internal error, 130 cancelled.`);
+6 git/pm2/filesystem failure, 7 refused (sha marked bad), 1 internal error, 130 cancelled.`,
+    );
 
   program
     .command('deploy')
@@ -254,7 +257,15 @@ export async function main(argv: string[], io: Io): Promise<number> {
     let result: object;
     switch (inv.command) {
       case 'deploy': {
-        const r = await api.deploy({ ...common, ref: inv.pull ? undefined : inv.ref, pull: inv.pull, force: inv.force, rebuild: inv.rebuild, waitMs: inv.waitMs, verify: inv.verify ? undefined : false });
+        const r = await api.deploy({
+          ...common,
+          ref: inv.pull ? undefined : inv.ref,
+          pull: inv.pull,
+          force: inv.force,
+          rebuild: inv.rebuild,
+          waitMs: inv.waitMs,
+          verify: inv.verify ? undefined : false,
+        });
         [result, text] = [r, formatDeploy(r)];
         break;
       }

@@ -47,7 +47,12 @@ const appSchema = z.strictObject({
   name: z.string().regex(PM2_NAME, 'must be a PM2 app name ([A-Za-z0-9._-], at most 64)').optional(),
   dir: z.union([z.literal('.'), relativePath]).optional(),
   envFiles: z
-    .array(z.string().regex(/^[^/\\]+$/, 'must be a file name, not a path').refine((f) => f !== '.' && f !== '..', 'must be a file name'))
+    .array(
+      z
+        .string()
+        .regex(/^[^/\\]+$/, 'must be a file name, not a path')
+        .refine((f) => f !== '.' && f !== '..', 'must be a file name'),
+    )
     .optional(),
   install: argv.optional(),
   build: z.array(z.string().min(1)).optional(),
@@ -323,7 +328,10 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
   } else if (!isPort(port)) {
     problems.push(`app.env.${config.app.portEnv}: must be a TCP port number (1-65535)`);
   }
-  const urls = [['app.healthcheck.url', config.app.healthcheck.url], ...config.app.healthcheck.checks.map((c, i) => [`app.healthcheck.checks.${i}.url`, c.url])] as const;
+  const urls = [
+    ['app.healthcheck.url', config.app.healthcheck.url],
+    ...config.app.healthcheck.checks.map((c, i) => [`app.healthcheck.checks.${i}.url`, c.url]),
+  ] as const;
   for (const [where, url] of urls) {
     try {
       const u = new URL(url.replaceAll('{port}', '1'));
@@ -338,7 +346,9 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
   if (config.workspace === config.releasesDir || isInside(config.releasesDir, config.workspace))
     problems.push('releasesDir: must not be the workspace or inside it (releases would be archived into releases)');
   if (config.app.strategy === 'cluster' && (config.app.script === 'npm' || config.app.script === 'yarn' || config.app.script === 'pnpm'))
-    problems.push(`app.script: the cluster strategy runs a Node script in PM2 cluster mode, not ${config.app.script} (e.g. "node_modules/next/dist/bin/next" with args ["start"])`);
+    problems.push(
+      `app.script: the cluster strategy runs a Node script in PM2 cluster mode, not ${config.app.script} (e.g. "node_modules/next/dist/bin/next" with args ["start"])`,
+    );
   if (port !== undefined && config.app.args.includes(port) && config.app.verify.enabled)
     problems.push(
       `app.args: hard-codes the app port ${port}; take it from app.env.${config.app.portEnv} instead (next start reads PORT), or the verify run would join the live port`,
@@ -360,7 +370,8 @@ function locateConfigFile(opts: LoadConfigOptions): string | undefined {
 
 function describeIssue(issue: z.core.$ZodIssue): string {
   const where = issue.path.length ? issue.path.join('.') : '(top level)';
-  if (issue.code === 'unrecognized_keys') return `${where === '(top level)' ? '' : where + ': '}unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+  if (issue.code === 'unrecognized_keys')
+    return `${where === '(top level)' ? '' : where + ': '}unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
   return `${where}: ${issue.message}`;
 }
 

@@ -96,12 +96,10 @@ export class ReleaseError extends Error {
 export class ConfigError extends ReleaseError {
   readonly problems: string[];
   constructor(problems: string[], source: string) {
-    super(
-      'CONFIG_INVALID',
-      ExitCode.usage,
-      `invalid configuration (${source}): ${problems.join('; ')}`,
-      { phase: 'config', hint: 'fix the listed keys; see documentation/configuration.md' },
-    );
+    super('CONFIG_INVALID', ExitCode.usage, `invalid configuration (${source}): ${problems.join('; ')}`, {
+      phase: 'config',
+      hint: 'fix the listed keys; see documentation/configuration.md',
+    });
     this.problems = problems;
   }
 }

@@ -41,8 +41,12 @@ function total(d: Record<string, number>): number {
 export function formatDeploy(r: DeployResult): string {
   const removed = r.removed.length ? `; removed ${r.removed.map((x) => x.id).join(', ')}` : '';
   if (r.mode === 'unchanged') return `${r.release.id} (${r.release.shortSha}) is already active → ${r.url}; nothing to do (--rebuild builds it again)\n`;
-  if (r.mode === 'reactivated') return `reactivated retained ${r.release.id} (${r.release.shortSha}) without a build in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
-  return `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` + `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n`;
+  if (r.mode === 'reactivated')
+    return `reactivated retained ${r.release.id} (${r.release.shortSha}) without a build in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
+  return (
+    `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` +
+    `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n`
+  );
 }
 
 export function formatBuild(r: BuildResult): string {
@@ -73,7 +77,12 @@ export function formatList(r: ListResult): string {
 export function formatStatus(r: StatusResult): string {
   const rows: string[][] = [
     ['app', r.app],
-    ['pm2', r.pm2 ? `${r.pm2.status} (pid ${r.pm2.pid}, id ${r.pm2.pmId}, restarts ${r.pm2.restarts}${r.pm2.processes > 1 ? `, ${r.pm2.processes} processes` : ''})` : 'not running'],
+    [
+      'pm2',
+      r.pm2
+        ? `${r.pm2.status} (pid ${r.pm2.pid}, id ${r.pm2.pmId}, restarts ${r.pm2.restarts}${r.pm2.processes > 1 ? `, ${r.pm2.processes} processes` : ''})`
+        : 'not running',
+    ],
     ['cwd', r.pm2?.cwd ?? '-'],
     ['active', r.active ? `${r.active.id} (${r.active.shortSha})` : '-'],
     ['recorded', r.recorded ?? '-'],
@@ -93,7 +102,13 @@ export function formatPrune(r: PruneResult): string {
 /** Cause, then what to do, then where to read more: the three lines an operator needs at 3 a.m. */
 export function formatError(e: ReleaseError, verbose: boolean): string {
   let out = '';
-  if (e.outputTail) out += e.outputTail.split('\n').slice(-15).map((l) => `  | ${l}`).join('\n') + '\n';
+  if (e.outputTail)
+    out +=
+      e.outputTail
+        .split('\n')
+        .slice(-15)
+        .map((l) => `  | ${l}`)
+        .join('\n') + '\n';
   out += `error: ${e.message} [${e.code} in ${e.phase}]\n`;
   if (e.hint) out += `fix: ${e.hint}\n`;
   if (e.logFile) out += `log: ${e.logFile}\n`;
@@ -108,7 +123,9 @@ function warnings(list: string[]): string {
 export function formatDoctor(r: DoctorResult): string {
   const rows = r.checks.map((c) => [c.status.toUpperCase(), c.name, c.message + (c.fix && c.status !== 'ok' ? `\n${' '.repeat(6)}fix: ${c.fix}` : '')]);
   const w = Math.max(...r.checks.map((c) => c.name.length));
-  return rows.map(([s, n, m]) => `${s!.padEnd(4)}  ${n!.padEnd(w)}  ${m}`).join('\n') + `\n${r.ok ? 'ready to deploy' : 'NOT ready to deploy: fix the FAIL lines'}\n`;
+  return (
+    rows.map(([s, n, m]) => `${s!.padEnd(4)}  ${n!.padEnd(w)}  ${m}`).join('\n') + `\n${r.ok ? 'ready to deploy' : 'NOT ready to deploy: fix the FAIL lines'}\n`
+  );
 }
 
 export function formatHistory(r: HistoryResult): string {

@@ -123,15 +123,19 @@ export async function commitHas(workspace: string, sha: string, file: string, lo
  */
 export async function pullBranch(workspace: string, branch: string, force: boolean, logger: Logger, signal?: AbortSignal): Promise<string> {
   validateRef(branch);
-  if (branch === 'HEAD' || /^[0-9a-f]{7,40}$/.test(branch))
-    throw new UsageError('REF_INVALID', `--pull needs a branch name, not ${branch}`, { phase: 'pull' });
+  if (branch === 'HEAD' || /^[0-9a-f]{7,40}$/.test(branch)) throw new UsageError('REF_INVALID', `--pull needs a branch name, not ${branch}`, { phase: 'pull' });
   if (!force && (await isDirty(workspace, logger)))
     throw new UsageError('WORKSPACE_DIRTY', `the workspace ${workspace} has uncommitted changes: --pull would discard them`, {
       phase: 'pull',
       hint: 'commit or stash them (`git -C <workspace> status`), or pass --force to discard them',
     });
   try {
-    await run(['git', 'fetch', '--quiet', 'origin', `+refs/heads/${branch}:refs/remotes/origin/${branch}`], { cwd: workspace, logger, signal, timeoutMs: 300_000 });
+    await run(['git', 'fetch', '--quiet', 'origin', `+refs/heads/${branch}:refs/remotes/origin/${branch}`], {
+      cwd: workspace,
+      logger,
+      signal,
+      timeoutMs: 300_000,
+    });
     await run(['git', 'checkout', '--quiet', '--force', '-B', branch, `refs/remotes/origin/${branch}`], { cwd: workspace, logger, signal });
     const { stdout } = await run(['git', 'rev-parse', 'HEAD'], { cwd: workspace, logger });
     return stdout.trim();

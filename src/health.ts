@@ -111,8 +111,7 @@ export async function waitHealthy(opts: WaitHealthyOptions): Promise<HealthOutco
       healthySince = undefined;
       reason = failing.status !== undefined ? `${failing.url} answered ${failing.status}` : `${failing.url}: ${failing.error}`;
     }
-    if (Date.now() >= deadline)
-      return { ok: false, reason: `not healthy after ${opts.timeoutMs} ms: ${reason}`, probes, elapsedMs: Date.now() - started };
+    if (Date.now() >= deadline) return { ok: false, reason: `not healthy after ${opts.timeoutMs} ms: ${reason}`, probes, elapsedMs: Date.now() - started };
     await sleep(interval);
   }
 }

@@ -22,16 +22,6 @@ export type {
   Pm2State,
 } from './operations/results.js';
 export { loadConfig, DEFAULTS, CONFIG_FILE_NAME, type Config, type AppConfig, type LoadedConfig } from './config.js';
-export {
-  ReleaseError,
-  ConfigError,
-  UsageError,
-  LockError,
-  BuildError,
-  SwitchError,
-  EnvironmentError,
-  ExitCode,
-  type Phase,
-} from './errors.js';
+export { ReleaseError, ConfigError, UsageError, LockError, BuildError, SwitchError, EnvironmentError, ExitCode, type Phase } from './errors.js';
 export { createLogger, silentLogger, type Logger } from './log.js';
 export { makeReleaseId, isReleaseId, parseReleaseId, planRetention } from './release/naming.js';

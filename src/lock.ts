@@ -106,7 +106,10 @@ export async function acquireLock(opts: LockOptions): Promise<HeldLock> {
       await sleep(250);
       continue;
     }
-    throw new LockError(describeHolder(owner), waitMs > 0 ? `waited ${Math.round(waitMs / 1000)} s; try again when it finishes` : 'wait for it to finish, or pass --wait[=SECONDS]');
+    throw new LockError(
+      describeHolder(owner),
+      waitMs > 0 ? `waited ${Math.round(waitMs / 1000)} s; try again when it finishes` : 'wait for it to finish, or pass --wait[=SECONDS]',
+    );
   }
 }
 

@@ -35,7 +35,10 @@ export function createProgress(opts: ProgressOptions): (e: ReleaseEvent) => void
     if (e.type === 'warning') return;
     if (e.type === 'output') {
       if (!opts.tty) return;
-      const line = e.line.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').replace(/\r/g, '').trimEnd();
+      const line = e.line
+        .replace(/\x1b\[[0-9;]*[A-Za-z]/g, '')
+        .replace(/\r/g, '')
+        .trimEnd();
       if (!line) return;
       tail.push(line);
       if (tail.length > TAIL) tail.shift();

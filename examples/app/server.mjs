@@ -36,7 +36,9 @@ const server = http.createServer((req, res) => {
   }
   if (req.url === '/health') {
     res.writeHead(200, { 'content-type': 'application/json' });
-    return res.end(JSON.stringify({ status: 'ok', version: build.version, release: process.env.RELEASE_ID ?? null, sha: process.env.RELEASE_SHA ?? null }) + '\n');
+    return res.end(
+      JSON.stringify({ status: 'ok', version: build.version, release: process.env.RELEASE_ID ?? null, sha: process.env.RELEASE_SHA ?? null }) + '\n',
+    );
   }
   res.writeHead(200, { 'content-type': 'text/plain' });
   res.end(`${greeting(build.version)} (release ${process.env.RELEASE_ID ?? 'none'})\n`);

@@ -46,35 +46,36 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
-  const run = () => withLock(ctx, 'rollback', opts.waitMs, async (lock) => {
-    const state = await ctx.store.readState();
-    const active = await currentRelease(ctx);
-    const releases = await ctx.store.list();
-    const ready = new Set(releases.filter((r) => r.status === 'ready').map((r) => r.id));
-    const target = rollbackTarget(state?.activations ?? [], active ?? undefined, (id) => ready.has(id));
-    if (!target)
-      throw new UsageError('NO_ROLLBACK_TARGET', `no retained ready release was active before ${active ?? 'the current one'}`, {
-        phase: 'activate',
-        hint: 'see `pm2-release list`; `pm2-release activate <id>` switches to any ready release',
-      });
-    from = active;
-    to = target;
-    await lock.setRelease(target);
-    const targetRecord = await ctx.store.resolveId(target);
-    sha = targetRecord.manifest?.sha ?? null;
-    const result = await switchTo(ctx, targetRecord, 'rollback');
-    // An operator rolled back from it: automation must not deploy that sha again until a newer commit.
-    const fromRecord = active ? releases.find((r) => r.id === active) : undefined;
-    if (fromRecord?.manifest?.sha && fromRecord.manifest.sha !== sha)
-      await markBad(ctx.config.releasesDir, {
-        sha: fromRecord.manifest.sha,
-        release: fromRecord.id,
-        reason: `rolled back from by ${whoAmI().user}`,
-        markedAt: ctx.now().toISOString(),
-        by: whoAmI().user,
-      });
-    return result;
-  });
+  const run = () =>
+    withLock(ctx, 'rollback', opts.waitMs, async (lock) => {
+      const state = await ctx.store.readState();
+      const active = await currentRelease(ctx);
+      const releases = await ctx.store.list();
+      const ready = new Set(releases.filter((r) => r.status === 'ready').map((r) => r.id));
+      const target = rollbackTarget(state?.activations ?? [], active ?? undefined, (id) => ready.has(id));
+      if (!target)
+        throw new UsageError('NO_ROLLBACK_TARGET', `no retained ready release was active before ${active ?? 'the current one'}`, {
+          phase: 'activate',
+          hint: 'see `pm2-release list`; `pm2-release activate <id>` switches to any ready release',
+        });
+      from = active;
+      to = target;
+      await lock.setRelease(target);
+      const targetRecord = await ctx.store.resolveId(target);
+      sha = targetRecord.manifest?.sha ?? null;
+      const result = await switchTo(ctx, targetRecord, 'rollback');
+      // An operator rolled back from it: automation must not deploy that sha again until a newer commit.
+      const fromRecord = active ? releases.find((r) => r.id === active) : undefined;
+      if (fromRecord?.manifest?.sha && fromRecord.manifest.sha !== sha)
+        await markBad(ctx.config.releasesDir, {
+          sha: fromRecord.manifest.sha,
+          release: fromRecord.id,
+          reason: `rolled back from by ${whoAmI().user}`,
+          markedAt: ctx.now().toISOString(),
+          by: whoAmI().user,
+        });
+      return result;
+    });
   return audited(ctx, 'rollback', () => ({ from, to, sha }), run, previousAsFrom);
 }
 

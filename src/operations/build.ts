@@ -179,7 +179,9 @@ async function installScripts(cwd: string): Promise<string[]> {
 async function reuseDependencies(ctx: Context, key: string, cwd: string, logFile: string): Promise<{ method: 'reflink' | 'copy'; from: string } | undefined> {
   const target = path.join(cwd, 'node_modules');
   if (existsSync(target)) return undefined; // committed node_modules: leave it to the installer
-  const donor = (await ctx.store.list()).find((r) => r.status === 'ready' && r.manifest?.dependencies?.key === key && existsSync(path.join(r.cwd, 'node_modules')));
+  const donor = (await ctx.store.list()).find(
+    (r) => r.status === 'ready' && r.manifest?.dependencies?.key === key && existsSync(path.join(r.cwd, 'node_modules')),
+  );
   if (!donor) return undefined;
   const reflink = await supportsReflink(cwd);
   try {
@@ -197,7 +199,12 @@ async function reuseDependencies(ctx: Context, key: string, cwd: string, logFile
   }
 }
 
-export async function markFailed(ctx: Context, manifest: Manifest, err: { code: string; phase: string; message: string }, durationsMs?: Record<string, number>): Promise<void> {
+export async function markFailed(
+  ctx: Context,
+  manifest: Manifest,
+  err: { code: string; phase: string; message: string },
+  durationsMs?: Record<string, number>,
+): Promise<void> {
   if (!existsSync(ctx.store.metaDir(manifest.id))) return;
   manifest.status = 'failed';
   manifest.finishedAt = ctx.now().toISOString();

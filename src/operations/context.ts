@@ -115,7 +115,9 @@ export async function phase<T>(ctx: Context, name: Phase, fn: () => Promise<T>):
     const durationMs = Math.round(performance.now() - started);
     ctx.durations[name] = (ctx.durations[name] ?? 0) + durationMs;
     const e =
-      ctx.signal?.aborted && !NOT_CANCELLABLE.includes(name) && !(err instanceof ReleaseError && err.code === 'CANCELLED') ? cancelled(name) : asReleaseError(err, name);
+      ctx.signal?.aborted && !NOT_CANCELLABLE.includes(name) && !(err instanceof ReleaseError && err.code === 'CANCELLED')
+        ? cancelled(name)
+        : asReleaseError(err, name);
     // The PM2 gateway cannot know which phase called it: its errors take the phase they happened in.
     if (e.code.startsWith('PM2_')) e.phase = name;
     ctx.emit({ type: 'phase', phase: name, state: 'fail', durationMs, code: e.code, message: e.message });
@@ -137,14 +139,17 @@ export function warn(ctx: Context, message: string): void {
  * Variables that belong to an outer `npm run` (pm2-release itself started by npm), and pm2-release's own
  * secrets and test switches: they must not leak into the app's PM2 env or the release's own commands.
  */
-const OUTER_NPM_VARS = /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$|PM2_RELEASE_WEBHOOK_SECRET$|PM2_RELEASE_FAILPOINT$)/;
+const OUTER_NPM_VARS =
+  /^(npm_package_|npm_lifecycle_|npm_config_local_prefix$|npm_command$|npm_execpath$|npm_node_execpath$|INIT_CWD$|PM2_RELEASE_WEBHOOK_SECRET$|PM2_RELEASE_FAILPOINT$)/;
 
 /**
  * What PM2 puts into the environment of a process it runs (pm2_env keys). When pm2-release itself runs under
  * PM2 (the webhook listener), these describe the listener, not the app, and must not reach the app's env.
  */
 const PM2_BOOKKEEPING = new Set(
-  'pm_id name namespace NODE_APP_INSTANCE unique_id cwd pm_cwd pm_exec_path pm_out_log_path pm_err_log_path pm_log_path pm_pid_path pm_uptime status restart_time unstable_restarts created_at exec_mode exec_interpreter instances max_restarts min_uptime autorestart autostart vizion vizion_running km_link watch treekill kill_timeout kill_retry_time merge_logs args node_args version node_version username windowsHide instance_var filter_env automation pmx exit_code axm_actions axm_monitor axm_options axm_dynamic prev_restart_delay PM2_USAGE PM2_JSON_PROCESSING PM2_PROGRAMMATIC PM2_INTERACTOR_PROCESSING'.split(' '),
+  'pm_id name namespace NODE_APP_INSTANCE unique_id cwd pm_cwd pm_exec_path pm_out_log_path pm_err_log_path pm_log_path pm_pid_path pm_uptime status restart_time unstable_restarts created_at exec_mode exec_interpreter instances max_restarts min_uptime autorestart autostart vizion vizion_running km_link watch treekill kill_timeout kill_retry_time merge_logs args node_args version node_version username windowsHide instance_var filter_env automation pmx exit_code axm_actions axm_monitor axm_options axm_dynamic prev_restart_delay PM2_USAGE PM2_JSON_PROCESSING PM2_PROGRAMMATIC PM2_INTERACTOR_PROCESSING'.split(
+    ' ',
+  ),
 );
 
 export function childEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
@@ -153,4 +158,3 @@ export function childEnv(env: Record<string, string | undefined>): Record<string
   for (const [k, v] of Object.entries(env)) if (!OUTER_NPM_VARS.test(k) && !(underPm2 && PM2_BOOKKEEPING.has(k))) out[k] = v;
   return out;
 }
-

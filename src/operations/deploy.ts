@@ -61,7 +61,10 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
         // install or build. Deploying the active sha is a no-op.
         const releases = await ctx.store.list();
         const active = releases.find((r) => r.id === from);
-        const same = active?.status === 'ready' && active.manifest?.sha === resolved.sha ? active : releases.find((r) => r.status === 'ready' && r.manifest?.sha === resolved.sha);
+        const same =
+          active?.status === 'ready' && active.manifest?.sha === resolved.sha
+            ? active
+            : releases.find((r) => r.status === 'ready' && r.manifest?.sha === resolved.sha);
         if (same) {
           to = same.id;
           let unchanged = same.id === from;
@@ -74,12 +77,13 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
           let previous: string | null = null;
           if (unchanged) {
             ctx.logger.info(`${resolved.sha.slice(0, 7)} is already active as ${same.id}: nothing to do`);
-            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `${resolved.sha.slice(0, 7)} is active: its bad mark is cleared (--force)`);
-          }
-          else {
+            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha)))
+              warn(ctx, `${resolved.sha.slice(0, 7)} is active: its bad mark is cleared (--force)`);
+          } else {
             ctx.logger.info(`${resolved.sha.slice(0, 7)} is retained as ${same.id}: activating it without a build`);
             const switched = await switchToRelease(ctx, same);
-            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
+            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha)))
+              warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
             url = switched.url;
             previous = switched.previous;
             const vars = { RELEASE_ID: same.id, RELEASE_SHA: resolved.sha, RELEASE_DIR: same.cwd, PREVIOUS_RELEASE_ID: from };
@@ -119,15 +123,16 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
         e.releaseId ??= release.id;
         throw e;
       }
-      if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
+      if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha)))
+        warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
       await runHook(ctx, 'postSwitch', vars, release.cwd);
       // The new release is live: a failure to delete old ones is worth a warning, not a failed deploy.
-      const removed = await phase(ctx, 'retain', async () => applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain'))).catch(
-        (err: Error) => {
-          warn(ctx, `removing old releases failed (${err.message}); the next deploy or \`pm2-release prune\` retries`);
-          return [] as { id: string; reason: string }[];
-        },
-      );
+      const removed = await phase(ctx, 'retain', async () =>
+        applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain')),
+      ).catch((err: Error) => {
+        warn(ctx, `removing old releases failed (${err.message}); the next deploy or \`pm2-release prune\` retries`);
+        return [] as { id: string; reason: string }[];
+      });
       await runHook(ctx, 'postDeploy', vars, release.cwd);
       const fresh = (await ctx.store.get(release.id)) ?? release;
       return {
@@ -152,7 +157,14 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
       runHook(
         ctx,
         'onFailure',
-        { RELEASE_ID: to ?? '', RELEASE_SHA: sha ?? '', RELEASE_DIR: to ? ctx.store.appCwd(to) : '', PREVIOUS_RELEASE_ID: from, FAILURE_CODE: e.code, FAILURE_PHASE: e.phase },
+        {
+          RELEASE_ID: to ?? '',
+          RELEASE_SHA: sha ?? '',
+          RELEASE_DIR: to ? ctx.store.appCwd(to) : '',
+          PREVIOUS_RELEASE_ID: from,
+          FAILURE_CODE: e.code,
+          FAILURE_PHASE: e.phase,
+        },
         ctx.config.workspace,
       ).catch(() => false),
   );
@@ -162,10 +174,15 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
 async function refuseBadSha(ctx: Context, sha: string, force: boolean): Promise<void> {
   const mark = (await readBadShas(ctx.config.releasesDir))[sha];
   if (!mark || force) return;
-  throw new ReleaseError('SHA_MARKED_BAD', ExitCode.refused, `${sha.slice(0, 7)} was marked bad ${mark.markedAt.replace('T', ' ').slice(0, 19)} UTC (${mark.reason}): not deploying it again`, {
-    phase: 'resolve',
-    hint: 'push a fix (a newer commit deploys normally), or pass --force to deploy this sha anyway',
-  });
+  throw new ReleaseError(
+    'SHA_MARKED_BAD',
+    ExitCode.refused,
+    `${sha.slice(0, 7)} was marked bad ${mark.markedAt.replace('T', ' ').slice(0, 19)} UTC (${mark.reason}): not deploying it again`,
+    {
+      phase: 'resolve',
+      hint: 'push a fix (a newer commit deploys normally), or pass --force to deploy this sha anyway',
+    },
+  );
 }
 
 export interface BuildOptions extends CommonOptions {
@@ -196,7 +213,13 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
         warnings: ctx.warnings,
       };
     });
-  return audited(ctx, 'build', () => ({ from: null, to, sha }), run, (r) => ({ to: r.release.id, sha: r.release.sha }));
+  return audited(
+    ctx,
+    'build',
+    () => ({ from: null, to, sha }),
+    run,
+    (r) => ({ to: r.release.id, sha: r.release.sha }),
+  );
 }
 
 /**
@@ -222,13 +245,10 @@ export async function recoverInterrupted(ctx: Context): Promise<void> {
 }
 
 export async function withLock<T>(ctx: Context, command: string, waitMs: number | undefined, fn: (lock: HeldLock) => Promise<T>): Promise<T> {
-  const lock = await phase(ctx, 'lock', () =>
-    acquireLock({ releasesDir: ctx.config.releasesDir, command, logger: ctx.logger, waitMs, signal: ctx.signal }),
-  );
+  const lock = await phase(ctx, 'lock', () => acquireLock({ releasesDir: ctx.config.releasesDir, command, logger: ctx.logger, waitMs, signal: ctx.signal }));
   try {
     return await fn(lock);
   } finally {
     await lock.release();
   }
 }
-

@@ -48,7 +48,11 @@ export async function preflight(ctx: Context): Promise<Check[]> {
     if (failed.length > 0)
       throw new EnvironmentError('PREFLIGHT_FAILED', `pre-flight failed: ${failed.map((c) => `${c.name}: ${c.message}`).join('; ')}`, {
         phase: 'preflight',
-        hint: failed.map((c) => c.fix).filter(Boolean).join('; ') || 'run `pm2-release doctor`',
+        hint:
+          failed
+            .map((c) => c.fix)
+            .filter(Boolean)
+            .join('; ') || 'run `pm2-release doctor`',
       });
     return checks;
   });
@@ -98,7 +102,12 @@ async function checkReleasesDir(ctx: Context): Promise<Check> {
     await fsp.rm(probe);
     return ok('releases-dir', target === dir ? `${dir} is writable` : `${dir} will be created in ${target} (writable)`);
   } catch (err) {
-    return bad('releases-dir', 'fail', `${dir} is not writable (${(err as NodeJS.ErrnoException).code ?? 'error'})`, `create it and give ${os.userInfo().username} write access`);
+    return bad(
+      'releases-dir',
+      'fail',
+      `${dir} is not writable (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
+      `create it and give ${os.userInfo().username} write access`,
+    );
   }
 }
 
@@ -117,14 +126,24 @@ async function checkDisk(ctx: Context): Promise<Check[]> {
   out.push(
     freeMB >= minFreeDiskMB
       ? ok('disk', `${freeMB} MiB free in ${dir} (minimum ${minFreeDiskMB})`)
-      : bad('disk', 'fail', `only ${freeMB} MiB free in ${dir}, below the minimum of ${minFreeDiskMB} MiB`, 'free space (`pm2-release prune --keep 1`, `npm cache clean --force`, old logs) or lower preflight.minFreeDiskMB'),
+      : bad(
+          'disk',
+          'fail',
+          `only ${freeMB} MiB free in ${dir}, below the minimum of ${minFreeDiskMB} MiB`,
+          'free space (`pm2-release prune --keep 1`, `npm cache clean --force`, old logs) or lower preflight.minFreeDiskMB',
+        ),
   );
   // Some filesystems (btrfs) report no inode limit at all.
   if (st.files > 0)
     out.push(
       st.ffree >= minFreeInodes
         ? ok('inodes', `${st.ffree} inodes free (minimum ${minFreeInodes})`)
-        : bad('inodes', 'fail', `only ${st.ffree} inodes free, below the minimum of ${minFreeInodes}`, 'remove small files (old releases, node_modules caches) or lower preflight.minFreeInodes'),
+        : bad(
+            'inodes',
+            'fail',
+            `only ${st.ffree} inodes free, below the minimum of ${minFreeInodes}`,
+            'remove small files (old releases, node_modules caches) or lower preflight.minFreeInodes',
+          ),
     );
   return out;
 }
@@ -151,7 +170,14 @@ async function checkPm2(ctx: Context, scope: 'all' | 'preflight'): Promise<Check
     const unit = `pm2-${os.userInfo().username}`;
     if (await unitEnabled(ctx, unit))
       return [bad('pm2', 'fail', `the PM2 daemon (systemd unit ${unit}) is not running`, `sudo systemctl start ${unit}, then pm2 status`)];
-    return [bad('pm2', 'warn', `pm2 ${cli} is installed but no daemon runs for PM2_HOME ${ctx.pm2.home}: the deploy will start one`, 'under systemd, enable it with `pm2 startup`')];
+    return [
+      bad(
+        'pm2',
+        'warn',
+        `pm2 ${cli} is installed but no daemon runs for PM2_HOME ${ctx.pm2.home}: the deploy will start one`,
+        'under systemd, enable it with `pm2 startup`',
+      ),
+    ];
   }
   // The daemon/CLI version comparison costs a PM2 round trip: doctor only, not every deploy.
   const daemon = scope === 'all' ? await ctx.pm2.daemonVersion().catch(() => undefined) : undefined;
@@ -167,7 +193,12 @@ async function checkPort(ctx: Context): Promise<Check> {
   if (holder === undefined) return ok('port', `port ${port} is free or held by a process we cannot see`);
   const daemonPid = Number(await fsp.readFile(path.join(ctx.pm2.home, 'pm2.pid'), 'utf8').catch(() => '0'));
   if (daemonPid > 0 && (await descendsFrom(holder, daemonPid))) return ok('port', `port ${port} is served by PM2 (pid ${holder})`);
-  return bad('port', 'fail', `port ${port} is held by pid ${holder}, which PM2 (PM2_HOME ${ctx.pm2.home}) does not manage`, `stop it (\`ps -o pid,args -p ${holder}\`) so the app can bind its port`);
+  return bad(
+    'port',
+    'fail',
+    `port ${port} is held by pid ${holder}, which PM2 (PM2_HOME ${ctx.pm2.home}) does not manage`,
+    `stop it (\`ps -o pid,args -p ${holder}\`) so the app can bind its port`,
+  );
 }
 
 /** Walks the parent chain in /proc. */
@@ -191,7 +222,12 @@ async function checkNode(ctx: Context): Promise<Check> {
   const runtime = interpreter ? await version(interpreter).catch(() => undefined) : undefined;
   const major = (v: string) => v.replace(/^v/, '').split('.')[0];
   if (runtime && major(runtime) !== major(build))
-    return bad('node', 'warn', `builds run on node ${build} but PM2 runs ${ctx.config.app.name} with ${interpreter} (${runtime})`, 'align them: native modules and Next.js builds must match the runtime major');
+    return bad(
+      'node',
+      'warn',
+      `builds run on node ${build} but PM2 runs ${ctx.config.app.name} with ${interpreter} (${runtime})`,
+      'align them: native modules and Next.js builds must match the runtime major',
+    );
   if (major(build) !== '20') return bad('node', 'warn', `builds run on node ${build}; the project requires Node 20 LTS`, 'install Node 20 LTS');
   return ok('node', runtime ? `builds and PM2 both use node ${major(build)} (${build}, ${runtime})` : `builds use node ${build}`);
 }
@@ -222,6 +258,11 @@ async function checkSystemd(ctx: Context): Promise<Check> {
     const { stdout } = await run(['systemctl', 'is-enabled', unit], { cwd: os.tmpdir(), logger: ctx.logger, baseEnv: ctx.env });
     return ok('systemd', `${unit} is ${stdout.trim()}`);
   } catch {
-    return bad('systemd', 'warn', `${unit} is not enabled: PM2 will not come back after a reboot`, 'run `pm2 startup` and the command it prints, then `pm2 save`');
+    return bad(
+      'systemd',
+      'warn',
+      `${unit} is not enabled: PM2 will not come back after a reboot`,
+      'run `pm2 startup` and the command it prints, then `pm2 save`',
+    );
   }
 }

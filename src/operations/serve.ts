@@ -39,7 +39,13 @@ export interface WebhookStatus {
   running: { sha: string; since: string } | null;
   pending: string | null;
   deploys: number;
-  last: { sha: string; result: 'ok' | 'failed'; release: string | null; error: { code: string; phase: string; message: string } | null; finishedAt: string } | null;
+  last: {
+    sha: string;
+    result: 'ok' | 'failed';
+    release: string | null;
+    error: { code: string; phase: string; message: string } | null;
+    finishedAt: string;
+  } | null;
 }
 
 export function sign(secret: string, body: Buffer | string): string {
@@ -60,7 +66,9 @@ export function readSecret(env: Record<string, string | undefined>, secretFile: 
     try {
       secret = fs.readFileSync(secretFile, 'utf8').trim();
     } catch (err) {
-      throw new UsageError('WEBHOOK_SECRET_MISSING', `cannot read serve.secretFile ${secretFile} (${(err as NodeJS.ErrnoException).code})`, { phase: 'config' });
+      throw new UsageError('WEBHOOK_SECRET_MISSING', `cannot read serve.secretFile ${secretFile} (${(err as NodeJS.ErrnoException).code})`, {
+        phase: 'config',
+      });
     }
   }
   if (!secret)
@@ -112,7 +120,13 @@ export async function startWebhookServer(opts: ServeOptions): Promise<WebhookSer
       .catch((err) => {
         const e = asReleaseError(err);
         logger.error({ code: e.code, phase: e.phase }, `webhook deploy failed: ${ctx.redactor.redact(e.message)}`);
-        state.last = { sha, result: 'failed', release: e.releaseId ?? null, error: { code: e.code, phase: e.phase, message: ctx.redactor.redact(e.message) }, finishedAt: new Date().toISOString() };
+        state.last = {
+          sha,
+          result: 'failed',
+          release: e.releaseId ?? null,
+          error: { code: e.code, phase: e.phase, message: ctx.redactor.redact(e.message) },
+          finishedAt: new Date().toISOString(),
+        };
       })
       .finally(() => {
         state.running = null;
@@ -144,7 +158,10 @@ export async function startWebhookServer(opts: ServeOptions): Promise<WebhookSer
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const done = (status: number, body: object, note?: string) => {
-      logger.info({ method: req.method, path: url.pathname, status, event: req.headers['x-github-event'], delivery: req.headers['x-github-delivery'] }, note ?? 'webhook request');
+      logger.info(
+        { method: req.method, path: url.pathname, status, event: req.headers['x-github-event'], delivery: req.headers['x-github-delivery'] },
+        note ?? 'webhook request',
+      );
       reply(res, status, body);
     };
 
@@ -172,7 +189,8 @@ export async function startWebhookServer(opts: ServeOptions): Promise<WebhookSer
       if (aborted) return;
       const body = Buffer.concat(chunks);
       const signature = String(req.headers['x-hub-signature-256'] ?? '');
-      if (!signature || !safeEqual(signature, sign(secret, body))) return done(401, { ok: false, error: 'bad signature' }, 'webhook: rejected an unsigned or wrongly signed request');
+      if (!signature || !safeEqual(signature, sign(secret, body)))
+        return done(401, { ok: false, error: 'bad signature' }, 'webhook: rejected an unsigned or wrongly signed request');
       const event = String(req.headers['x-github-event'] ?? '');
       if (event === 'ping') return done(200, { ok: true, pong: true });
       if (event !== 'push') return done(202, { ok: true, ignored: `event ${event || '(none)'}` });

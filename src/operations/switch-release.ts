@@ -124,7 +124,14 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     const sha = release.manifest?.sha ?? null;
     // The gate said no: don't let automation deploy this sha again until a newer commit arrives.
     // A cancel is the caller's decision, not a verdict on the release.
-    if (sha && markAsBad && !ctx.signal?.aborted) await markBad(ctx.config.releasesDir, { sha, release: release.id, reason: `health gate reverted it: ${why}`, markedAt: ctx.now().toISOString(), by: 'health-gate' }).catch(() => undefined);
+    if (sha && markAsBad && !ctx.signal?.aborted)
+      await markBad(ctx.config.releasesDir, {
+        sha,
+        release: release.id,
+        reason: `health gate reverted it: ${why}`,
+        markedAt: ctx.now().toISOString(),
+        by: 'health-gate',
+      }).catch(() => undefined);
     const outcome = await revertNow();
     await record(ctx, { action: 'revert', from: release.id, to: previous, sha, result: outcome.ok ? 'ok' : 'failed', detail: `${why}; ${outcome.text}` });
     return outcome.text;

@@ -312,6 +312,9 @@ function toProcess(raw: RawProcess): Pm2Process {
 }
 
 function lastLine(text: string): string {
-  const lines = text.replace(/\x1b\[[0-9;]*m/g, '').trim().split('\n');
+  const lines = text
+    .replace(/\x1b\[[0-9;]*m/g, '')
+    .trim()
+    .split('\n');
   return lines[lines.length - 1] ?? '';
 }

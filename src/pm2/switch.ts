@@ -64,10 +64,14 @@ export const restartStrategy: SwitchStrategy = {
       let pid = await portHolder(input.port);
       if (pid && input.ownedRoot && (await stopOrphan(pid, input.ownedRoot, input.logger)) && (await waitPortFree(input.port, 5_000, input.signal))) return;
       pid = await portHolder(input.port);
-      throw new SwitchError('PORT_BUSY', `port ${input.port} is still in use ${portWaitMs / 1000} s after deleting ${target.name}${pid ? ` (held by pid ${pid})` : ''}`, {
-        phase: 'switch',
-        hint: pid ? `an orphan of the old app may hold it: check \`ps -o pid,args -p ${pid}\` and stop it` : 'find the process with `ss -ltnp`',
-      });
+      throw new SwitchError(
+        'PORT_BUSY',
+        `port ${input.port} is still in use ${portWaitMs / 1000} s after deleting ${target.name}${pid ? ` (held by pid ${pid})` : ''}`,
+        {
+          phase: 'switch',
+          hint: pid ? `an orphan of the old app may hold it: check \`ps -o pid,args -p ${pid}\` and stop it` : 'find the process with `ss -ltnp`',
+        },
+      );
     };
 
     const revert = async (): Promise<void> => {
@@ -92,7 +96,8 @@ export const restartStrategy: SwitchStrategy = {
         (revertErr: Error) => {
           input.logger.error({ err: revertErr.message }, 'revert failed');
           // Say it in the error itself: PM2 may now have no app at all, and the operator must know.
-          if (err instanceof Error) err.message += `; the previous app could NOT be started again (${revertErr.message}): fix the cause, then \`pm2-release activate <previous id>\``;
+          if (err instanceof Error)
+            err.message += `; the previous app could NOT be started again (${revertErr.message}): fix the cause, then \`pm2-release activate <previous id>\``;
         },
       );
       throw err;
@@ -125,7 +130,11 @@ export const clusterStrategy: SwitchStrategy = {
     // Sharing the port needs the old processes in cluster mode too; from fork mode (the seed's `pm2 start
     // npm`) or from nothing, the first switch is a restart.
     if (old.length === 0 || old.some((p) => p.execMode !== 'cluster_mode')) {
-      input.logger.warn(old.length ? `${target.name} runs in ${old[0]!.execMode}: this switch is a restart, later ones are zero-downtime` : `${target.name} is not running: starting it`);
+      input.logger.warn(
+        old.length
+          ? `${target.name} runs in ${old[0]!.execMode}: this switch is a restart, later ones are zero-downtime`
+          : `${target.name} is not running: starting it`,
+      );
       return restartStrategy.switch(input);
     }
     const oldIds = new Set(old.map((p) => p.pmId));

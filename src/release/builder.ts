@@ -143,7 +143,14 @@ function onPath(bin: string, pathVar: string | undefined): boolean {
   return (pathVar ?? '').split(path.delimiter).some((d) => d && fs.existsSync(path.join(d, bin)));
 }
 
-export async function runStep(ctx: Context, step: Phase, command: string[], cwd: string, logFile: string, baseEnv: Record<string, string | undefined>): Promise<void> {
+export async function runStep(
+  ctx: Context,
+  step: Phase,
+  command: string[],
+  cwd: string,
+  logFile: string,
+  baseEnv: Record<string, string | undefined>,
+): Promise<void> {
   const { argv, env } = lean(ctx, command, baseEnv);
   try {
     await run(argv, {

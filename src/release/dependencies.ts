@@ -16,7 +16,16 @@ import type { Logger } from '../log.js';
 export type DependencyMethod = 'install' | 'reflink' | 'copy';
 
 export function dependencyKey(lockfile: Buffer, node: string, npm: string | undefined, platform = `${process.platform}-${process.arch}`): string {
-  return crypto.createHash('sha256').update(lockfile).update('\0').update(node).update('\0').update(npm ?? '').update('\0').update(platform).digest('hex');
+  return crypto
+    .createHash('sha256')
+    .update(lockfile)
+    .update('\0')
+    .update(node)
+    .update('\0')
+    .update(npm ?? '')
+    .update('\0')
+    .update(platform)
+    .digest('hex');
 }
 
 /** True when `dir`'s filesystem can clone a file with a reflink. */

@@ -12,7 +12,10 @@ export function makeReleaseId(at: Date, sha: string): string {
 }
 
 function makeStamp(at: Date): string {
-  return at.toISOString().replace(/\.\d{3}Z$/, 'Z').replace(/[-:]/g, '');
+  return at
+    .toISOString()
+    .replace(/\.\d{3}Z$/, 'Z')
+    .replace(/[-:]/g, '');
 }
 
 export function isReleaseId(id: string): boolean {

@@ -173,12 +173,10 @@ export class ReleaseStore {
         phase: 'activate',
         hint: 'see `pm2-release list` for retained releases',
       });
-    if (!st.isDirectory())
-      throw new UsageError('RELEASE_ID_INVALID', `release ${id} is not a directory (symlinks are refused)`, { phase: 'activate' });
+    if (!st.isDirectory()) throw new UsageError('RELEASE_ID_INVALID', `release ${id} is not a directory (symlinks are refused)`, { phase: 'activate' });
     const real = await fsp.realpath(dir);
     const root = await fsp.realpath(this.releasesDir);
-    if (path.dirname(real) !== root)
-      throw new UsageError('RELEASE_ID_INVALID', `release ${id} resolves outside ${this.releasesDir}`, { phase: 'activate' });
+    if (path.dirname(real) !== root) throw new UsageError('RELEASE_ID_INVALID', `release ${id} resolves outside ${this.releasesDir}`, { phase: 'activate' });
     const record = await this.get(id);
     if (!record) throw new UsageError('RELEASE_NOT_FOUND', `release ${id} not found`, { phase: 'activate' });
     return record;

@@ -128,7 +128,10 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
     jlist() {
       // The call that starts the daemon prints "[PM2] …" lines first: take the line holding the JSON array.
       const out = pm2('jlist');
-      const line = out.split('\n').reverse().find((l) => l.trim().startsWith('[{') || l.trim() === '[]');
+      const line = out
+        .split('\n')
+        .reverse()
+        .find((l) => l.trim().startsWith('[{') || l.trim() === '[]');
       return JSON.parse(line ?? '[]');
     },
     async close() {

@@ -39,7 +39,12 @@ function writeConfig(sb: Sandbox, name: string, change: (c: { app: Record<string
 
 /** The built CLI with another config file than sb.configPath. */
 function cliWith(sb: Sandbox, configPath: string, args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, '--config', configPath, ...args], { env: sb.env as NodeJS.ProcessEnv, encoding: 'utf8', cwd: sb.root, timeout: 180_000 });
+  const r = spawnSync(process.execPath, [CLI, '--config', configPath, ...args], {
+    env: sb.env as NodeJS.ProcessEnv,
+    encoding: 'utf8',
+    cwd: sb.root,
+    timeout: 180_000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -51,7 +56,12 @@ function processesWith(token: string): string[] {
 }
 
 function releaseDirs(sb: Sandbox): string[] {
-  return fs.existsSync(sb.releasesDir) ? fs.readdirSync(sb.releasesDir).filter((n) => ID_RE.test(n)).sort() : [];
+  return fs.existsSync(sb.releasesDir)
+    ? fs
+        .readdirSync(sb.releasesDir)
+        .filter((n) => ID_RE.test(n))
+        .sort()
+    : [];
 }
 
 /** Start offset of each header word (table headers are single words separated by two or more spaces). */
@@ -267,7 +277,8 @@ describe('history and bad-sha marks', () => {
     ]);
     const { user, host } = { user: os.userInfo().username, host: os.hostname() };
     for (const e of h.entries) {
-      for (const k of ['time', 'action', 'trigger', 'user', 'host', 'from', 'to', 'sha', 'result', 'error', 'durationsMs'] as const) expect(e, `${e.action}.${k}`).toHaveProperty(k);
+      for (const k of ['time', 'action', 'trigger', 'user', 'host', 'from', 'to', 'sha', 'result', 'error', 'durationsMs'] as const)
+        expect(e, `${e.action}.${k}`).toHaveProperty(k);
       expect(e).toMatchObject({ trigger: 'api', user, host });
       expect(new Date(e.time).toISOString()).toBe(e.time);
       for (const v of Object.values(e.durationsMs)) expect(v).toBeGreaterThanOrEqual(0);
@@ -406,7 +417,10 @@ describe('history and bad-sha marks', () => {
     const s = cli(sb, ['status']);
     expect(s.code, s.stderr).toBe(0);
     expect(s.stdout + s.stderr).not.toContain(ANSI);
-    const slines = s.stdout.trimEnd().split('\n').filter((x) => !x.startsWith('warning: '));
+    const slines = s.stdout
+      .trimEnd()
+      .split('\n')
+      .filter((x) => !x.startsWith('warning: '));
     expect(slines.map((x) => x.split(' ')[0])).toEqual(['app', 'pm2', 'cwd', 'active', 'recorded', 'health', 'drift']);
     const valueAt = new Set(slines.map((x) => /^\S+\s+/.exec(x)![0].length));
     expect(valueAt.size, s.stdout).toBe(1);
@@ -471,7 +485,21 @@ describe('hooks', () => {
     // postSwitch after the save, postDeploy last.
     const starts = events.filter((e): e is PhaseEvent => e.type === 'phase' && e.state === 'start').map((e) => e.phase);
     expect(starts.filter((p) => p !== 'lock' && p !== 'preflight')).toEqual([
-      'resolve', 'hook', 'archive', 'env', 'install', 'build', 'prune', 'hook', 'verify', 'switch', 'health', 'save', 'hook', 'retain', 'hook',
+      'resolve',
+      'hook',
+      'archive',
+      'env',
+      'install',
+      'build',
+      'prune',
+      'hook',
+      'verify',
+      'switch',
+      'health',
+      'save',
+      'hook',
+      'retain',
+      'hook',
     ]);
     expect(events.filter((e) => e.type === 'phase' && e.phase === 'hook' && e.state === 'end')).toHaveLength(4);
     expect(Object.keys(r.durationsMs)).toEqual(expect.arrayContaining(['hook:preDeploy', 'hook:postBuild', 'hook:postSwitch', 'hook:postDeploy']));
@@ -502,7 +530,17 @@ describe('hooks', () => {
     expect(l.releases.find((x) => x.id === failedId)).toMatchObject({ status: 'failed', error: { code: 'HOOK_FAILED', phase: 'hook' } });
     // onFailure ran once, with the failure and the release variables.
     expect(records()).toEqual([
-      { hook: 'onFailure', id: failedId, sha, dir: path.join(sb.releasesDir, failedId, 'frontend'), prev: r2, app: 'frontend-dev', code: 'HOOK_FAILED', phase: 'hook', cwd: fs.realpathSync(sb.workspace) },
+      {
+        hook: 'onFailure',
+        id: failedId,
+        sha,
+        dir: path.join(sb.releasesDir, failedId, 'frontend'),
+        prev: r2,
+        app: 'frontend-dev',
+        code: 'HOOK_FAILED',
+        phase: 'hook',
+        cwd: fs.realpathSync(sb.workspace),
+      },
     ]);
     // The human form exits 4 too.
     const human = cliWith(sb, cfg, ['deploy']);
@@ -567,6 +605,8 @@ describe('hooks', () => {
   // onFailure runs for every failure but LOCKED, a cancellation included: it must not inherit the aborted signal.
   it('onFailure also runs when a deploy is cancelled (FAILURE_CODE=CANCELLED, FAILURE_PHASE=build)', () => {
     expect(cancelled, 'the cancel test above did not run').not.toBeNull();
-    expect(records(), `warnings: ${JSON.stringify(cancelWarnings)}`).toMatchObject([{ hook: 'onFailure', code: 'CANCELLED', phase: 'build', id: cancelled!.releaseId }]);
+    expect(records(), `warnings: ${JSON.stringify(cancelWarnings)}`).toMatchObject([
+      { hook: 'onFailure', code: 'CANCELLED', phase: 'build', id: cancelled!.releaseId },
+    ]);
   });
 });

@@ -123,9 +123,15 @@ describe('core release cycle', () => {
     expect(parsed.releases.map((r: { id: string }) => r.id)).toEqual([...parsed.releases.map((r: { id: string }) => r.id)].sort().reverse());
     const human = cli(sb, ['list']);
     expect(human.stdout).toMatch(/^\s+ID\s+SHA\s+STATUS\s+CREATED\s+SIZE/);
-    expect(human.stdout).toMatch(new RegExp(`^\\*\\s+${ids[2]}\\s`, "m"));
+    expect(human.stdout).toMatch(new RegExp(`^\\*\\s+${ids[2]}\\s`, 'm'));
     const st = cli(sb, ['status', '--json']);
-    expect(JSON.parse(st.stdout)).toMatchObject({ ok: true, app: 'frontend-dev', active: { id: ids[2] }, pm2: { status: 'online' }, drift: { detected: false } });
+    expect(JSON.parse(st.stdout)).toMatchObject({
+      ok: true,
+      app: 'frontend-dev',
+      active: { id: ids[2] },
+      pm2: { status: 'online' },
+      drift: { detected: false },
+    });
   });
 
   it('pm2 kill + pm2 resurrect brings back the active release', async () => {

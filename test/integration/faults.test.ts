@@ -205,7 +205,10 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
   const dumpCwd = (): string => {
     const procs = JSON.parse(fs.readFileSync(path.join(sb.pm2Home, 'dump.pm2'), 'utf8')) as { name: string; pm_cwd: string }[];
     const apps = procs.filter((p) => p.name === APP);
-    expect(apps.map((p) => p.pm_cwd), 'the dump holds exactly one frontend-dev').toHaveLength(1);
+    expect(
+      apps.map((p) => p.pm_cwd),
+      'the dump holds exactly one frontend-dev',
+    ).toHaveLength(1);
     return apps[0]!.pm_cwd;
   };
   /** A `ready` release must be complete: its runtime build is there. */
@@ -323,7 +326,10 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       // ---- what the interrupted run left
       const after = await listJson();
       const created = after.releases.filter((r) => !idsBefore.has(r.id));
-      expect(created.map((r) => r.id), 'the injected run created exactly one release').toHaveLength(1);
+      expect(
+        created.map((r) => r.id),
+        'the injected run created exactly one release',
+      ).toHaveLength(1);
       fresh = created[0]!;
       const expectedStatus =
         action === 'fail'
@@ -361,7 +367,10 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         // The live app never noticed: every poll answered by the previous release, PM2 untouched.
         expect(failedPolls.slice(0, 3), `${failedPolls.length} failed polls`).toEqual([]);
         expect([...served]).toEqual([prev]);
-        expect(pm2After.app.map((p) => p.pid), 'PM2 pid of frontend-dev unchanged').toEqual([pidBefore]);
+        expect(
+          pm2After.app.map((p) => p.pid),
+          'PM2 pid of frontend-dev unchanged',
+        ).toEqual([pidBefore]);
         expect(now.release).toBe(prev);
         expect(dumpCwd()).toBe(prevCwd);
         if (action === 'fail') expect(pm2After.verify, 'a failed verify removes its process').toEqual([]);
@@ -392,7 +401,10 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
         // never comes back within the run, and afterwards whatever serves is a ready release.
         expect(seq[0]).toBe(prev);
         expect(outages, `outages: ${JSON.stringify(seq)}`).toBeLessThanOrEqual(1);
-        expect(seq.filter((s) => s === prev), `the previous release never comes back: ${JSON.stringify(seq)}`).toHaveLength(1);
+        expect(
+          seq.filter((s) => s === prev),
+          `the previous release never comes back: ${JSON.stringify(seq)}`,
+        ).toHaveLength(1);
         if (now.release !== null) expect(readyIds.has(now.release), `now serving ${now.release}`).toBe(true);
         if (point === 'switch') {
           // Killed between `pm2 delete` and `pm2 start`: nothing serves until the next run repairs it.
@@ -408,66 +420,72 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       }
       // Whatever a resurrect would bring back is a ready release.
       const dc = dumpCwd();
-      expect(after.releases.some((r) => r.status === 'ready' && r.cwd === dc), `dump cwd ${dc} is a ready release`).toBe(true);
+      expect(
+        after.releases.some((r) => r.status === 'ready' && r.cwd === dc),
+        `dump cwd ${dc} is a ready release`,
+      ).toBe(true);
       // Nothing of the app runs behind PM2's back (e.g. the npm child of a deleted app holding the port).
       expect(await lastingOrphans(sb), 'app processes outside PM2').toEqual([]);
     };
 
-    (KNOWN_BUGS[key] ? it.fails : it)(`next plain deploy after ${key} succeeds, serves the new version, no drift${KNOWN_BUGS[key] ? ` [known bug: ${KNOWN_BUGS[key]}]` : ''}`, async () => {
-      let passed = false;
-      try {
-        expect(fresh, 'the injected run left a release').toBeDefined();
-        if (key === 'health:fail') {
-          // The health gate marked this sha bad: a plain deploy of it is refused and changes nothing...
-          const refused = await runCli(sb, ['deploy', '--json']);
-          expect(refused.code, refused.stdout + refused.stderr.slice(-2000)).toBe(7);
-          expect(JSON.parse(refused.stdout).error).toMatchObject({ code: 'SHA_MARKED_BAD' });
-          expect((await probe(url())).release).toBe(prev);
-          // ...and a fix (a newer commit) deploys normally.
-          version = `${version}-fix`;
-          sb.commit(version, { 'version.txt': `${version}\n` });
+    (KNOWN_BUGS[key] ? it.fails : it)(
+      `next plain deploy after ${key} succeeds, serves the new version, no drift${KNOWN_BUGS[key] ? ` [known bug: ${KNOWN_BUGS[key]}]` : ''}`,
+      async () => {
+        let passed = false;
+        try {
+          expect(fresh, 'the injected run left a release').toBeDefined();
+          if (key === 'health:fail') {
+            // The health gate marked this sha bad: a plain deploy of it is refused and changes nothing...
+            const refused = await runCli(sb, ['deploy', '--json']);
+            expect(refused.code, refused.stdout + refused.stderr.slice(-2000)).toBe(7);
+            expect(JSON.parse(refused.stdout).error).toMatchObject({ code: 'SHA_MARKED_BAD' });
+            expect((await probe(url())).release).toBe(prev);
+            // ...and a fix (a newer commit) deploys normally.
+            version = `${version}-fix`;
+            sb.commit(version, { 'version.txt': `${version}\n` });
+          }
+          const next = await runCli(sb, ['deploy', '--json']);
+          expect(next.code, `next deploy after ${key}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
+          const res = JSON.parse(next.stdout);
+          expect(res).toMatchObject({ ok: true, action: 'deploy', release: { status: 'ready' } });
+          const nowNext = await probe(url());
+          expect(nowNext.release, JSON.stringify(nowNext)).toBe(res.release.id);
+          expect(nowNext.body).toContain(version);
+          const [final, st] = await Promise.all([listJson(), runCli(sb, ['status', '--json'])]);
+          expect(st.code, st.stderr).toBe(0);
+          const status = JSON.parse(st.stdout);
+          const pm2Next = pm2State();
+          // PM2, the dump, the record and `status` all agree on the release the deploy reported.
+          expect({
+            pm2Cwd: pm2Next.app.map((p) => p.pm2_env.pm_cwd),
+            dumpCwd: dumpCwd(),
+            listActive: final.active,
+            statusActive: status.active?.id,
+            recorded: status.recorded,
+            drift: status.drift,
+            healthOk: status.health?.ok,
+          }).toEqual({
+            pm2Cwd: [res.release.cwd],
+            dumpCwd: res.release.cwd,
+            listActive: res.release.id,
+            statusActive: res.release.id,
+            recorded: res.release.id,
+            drift: { detected: false, reason: null },
+            healthOk: true,
+          });
+          expect(pm2Next.verify, 'no leftover verify processes').toEqual([]);
+          expect(removalLeftovers(), 'no half-removed releases').toEqual([]);
+          expect(await lastingOrphans(sb), 'app processes outside PM2').toEqual([]);
+          expectReadyComplete(final.releases);
+          expect(final.releases.filter((r) => r.status === 'incomplete' || r.status === 'building').map((r) => r.id)).toEqual([]);
+          // Retention runs when a release is built (a retained release re-activated without a build skips it).
+          if (res.mode === undefined || res.mode === 'built') expect(final.releases.filter((r) => r.status === 'ready').length).toBeLessThanOrEqual(KEEP);
+          passed = true;
+        } finally {
+          if (!passed) await repairIfInconsistent(key);
         }
-        const next = await runCli(sb, ['deploy', '--json']);
-        expect(next.code, `next deploy after ${key}\n${next.stdout}\n${next.stderr.slice(-3000)}`).toBe(0);
-        const res = JSON.parse(next.stdout);
-        expect(res).toMatchObject({ ok: true, action: 'deploy', release: { status: 'ready' } });
-        const nowNext = await probe(url());
-        expect(nowNext.release, JSON.stringify(nowNext)).toBe(res.release.id);
-        expect(nowNext.body).toContain(version);
-        const [final, st] = await Promise.all([listJson(), runCli(sb, ['status', '--json'])]);
-        expect(st.code, st.stderr).toBe(0);
-        const status = JSON.parse(st.stdout);
-        const pm2Next = pm2State();
-        // PM2, the dump, the record and `status` all agree on the release the deploy reported.
-        expect({
-          pm2Cwd: pm2Next.app.map((p) => p.pm2_env.pm_cwd),
-          dumpCwd: dumpCwd(),
-          listActive: final.active,
-          statusActive: status.active?.id,
-          recorded: status.recorded,
-          drift: status.drift,
-          healthOk: status.health?.ok,
-        }).toEqual({
-          pm2Cwd: [res.release.cwd],
-          dumpCwd: res.release.cwd,
-          listActive: res.release.id,
-          statusActive: res.release.id,
-          recorded: res.release.id,
-          drift: { detected: false, reason: null },
-          healthOk: true,
-        });
-        expect(pm2Next.verify, 'no leftover verify processes').toEqual([]);
-        expect(removalLeftovers(), 'no half-removed releases').toEqual([]);
-        expect(await lastingOrphans(sb), 'app processes outside PM2').toEqual([]);
-        expectReadyComplete(final.releases);
-        expect(final.releases.filter((r) => r.status === 'incomplete' || r.status === 'building').map((r) => r.id)).toEqual([]);
-        // Retention runs when a release is built (a retained release re-activated without a build skips it).
-        if (res.mode === undefined || res.mode === 'built') expect(final.releases.filter((r) => r.status === 'ready').length).toBeLessThanOrEqual(KEEP);
-        passed = true;
-      } finally {
-        if (!passed) await repairIfInconsistent(key);
-      }
-    });
+      },
+    );
   });
 
   it('save:fail → the JSON error names the cause of the failed save', () => {

@@ -70,14 +70,22 @@ describe('cluster strategy: zero-downtime switch', () => {
   });
 
   it('a release that crashes at boot: only its new processes are deleted, the old release never stops serving', async () => {
-    const before = sb.jlist().filter((p) => p.name === 'frontend-dev').map((p) => p.pid);
+    const before = sb
+      .jlist()
+      .filter((p) => p.name === 'frontend-dev')
+      .map((p) => p.pid);
     sb.commit('crash', { CRASH_ON_BOOT: '1' });
     const p = poller(url());
     await expect(deploy({ ...opts(), verify: false })).rejects.toMatchObject({ code: 'HEALTH_FAILED', exitCode: 5 });
     const { failures, bodies } = await p.finish();
     expect(failures).toEqual([]);
     expect([...bodies].every((b) => b.includes('v2'))).toBe(true);
-    expect(sb.jlist().filter((p) => p.name === 'frontend-dev').map((p) => p.pid)).toEqual(before);
+    expect(
+      sb
+        .jlist()
+        .filter((p) => p.name === 'frontend-dev')
+        .map((p) => p.pid),
+    ).toEqual(before);
   });
 
   it('rollback in cluster mode is zero-downtime too, and pm2 resurrect brings the cluster app back', async () => {

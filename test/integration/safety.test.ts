@@ -11,7 +11,12 @@ import { deploy, list, prune } from '../../src/index.js';
 import { CLI, cli, createSandbox, get, type Sandbox } from '../helpers/sandbox.js';
 
 function releaseDirs(sb: Sandbox): string[] {
-  return fs.existsSync(sb.releasesDir) ? fs.readdirSync(sb.releasesDir).filter((n) => /^\d{8}T/.test(n)).sort() : [];
+  return fs.existsSync(sb.releasesDir)
+    ? fs
+        .readdirSync(sb.releasesDir)
+        .filter((n) => /^\d{8}T/.test(n))
+        .sort()
+    : [];
 }
 
 function frontend(sb: Sandbox) {
@@ -51,7 +56,10 @@ describe('a release that builds but crashes never stays live', () => {
     expect(out.error).toMatchObject({ code: 'HEALTH_FAILED', phase: 'health' });
     expect(out.error.message).toContain('serving again');
     const res = await get(url());
-    expect(res.body, JSON.stringify({ res, procs: sb.jlist().map((p) => [p.name, p.pm2_env.status, p.pm2_env.pm_cwd, p.pm2_env.FRONT_PORT]), stderr: r.stderr.slice(-3000) })).toContain(good);
+    expect(
+      res.body,
+      JSON.stringify({ res, procs: sb.jlist().map((p) => [p.name, p.pm2_env.status, p.pm2_env.pm_cwd, p.pm2_env.FRONT_PORT]), stderr: r.stderr.slice(-3000) }),
+    ).toContain(good);
     const proc = frontend(sb)!;
     expect(proc.pm2_env.pm_cwd).toBe(path.join(sb.releasesDir, good, 'frontend'));
     const dump = fs.readFileSync(path.join(sb.pm2Home, 'dump.pm2'), 'utf8');
@@ -157,7 +165,10 @@ describe('one change at a time', () => {
   it('a lock left by a dead process is broken automatically (and logged)', async () => {
     fs.mkdirSync(path.join(sb.releasesDir, '.lock'));
     // pid 2^22+1 is above Linux's pid_max default: never alive
-    fs.writeFileSync(path.join(sb.releasesDir, '.lock.json'), JSON.stringify({ pid: 4194305, host: (await import('node:os')).hostname(), command: 'deploy', since: new Date().toISOString() }));
+    fs.writeFileSync(
+      path.join(sb.releasesDir, '.lock.json'),
+      JSON.stringify({ pid: 4194305, host: (await import('node:os')).hostname(), command: 'deploy', since: new Date().toISOString() }),
+    );
     const r = cli(sb, ['prune']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain('breaking the lock of pid 4194305');

@@ -50,7 +50,11 @@ describe('secrets never reach output or logs', () => {
         ...cfg,
         app: {
           ...cfg.app,
-          build: ['node', '-e', "console.log(require('fs').readFileSync('.env.production','utf8'), process.env.API_TOKEN, process.env.DEPLOY_TOKEN); process.exit(3)"],
+          build: [
+            'node',
+            '-e',
+            "console.log(require('fs').readFileSync('.env.production','utf8'), process.env.API_TOKEN, process.env.DEPLOY_TOKEN); process.exit(3)",
+          ],
         },
       }),
     );

@@ -191,7 +191,14 @@ describe('webhook listener and deploy --pull', () => {
     expect(r.status).toBe(200);
     expect(r.headers['content-type']).toMatch(/application\/json/);
     const s = json(r);
-    expect(s).toMatchObject({ ok: true, branch: 'main', running: null, pending: null, deploys: hook.status().deploys, last: { result: 'ok', sha: hookShas[2] } });
+    expect(s).toMatchObject({
+      ok: true,
+      branch: 'main',
+      running: null,
+      pending: null,
+      deploys: hook.status().deploys,
+      last: { result: 'ok', sha: hookShas[2] },
+    });
     expect(s.deploys).toBeGreaterThanOrEqual(1);
   });
 

@@ -86,7 +86,13 @@ describe('exit codes', () => {
 
   it('a config error with --json is one JSON object with code CONFIG_INVALID, exit 2', async () => {
     const out: string[] = [];
-    const code = await main(['--json', '--config', '/nonexistent/pm2-release.json', 'list'], { stdout: (s) => out.push(s), stderr: () => undefined, env: {}, cwd: '/', stderrIsTTY: false });
+    const code = await main(['--json', '--config', '/nonexistent/pm2-release.json', 'list'], {
+      stdout: (s) => out.push(s),
+      stderr: () => undefined,
+      env: {},
+      cwd: '/',
+      stderrIsTTY: false,
+    });
     expect(code).toBe(2);
     expect(out).toHaveLength(1);
     expect(JSON.parse(out[0]!).error.code).toBe('CONFIG_INVALID');

@@ -42,7 +42,13 @@ const LIST: ListResult = {
   ok: true,
   active: '20261121T204233Z-3f2a9c1',
   releases: [
-    release('20261121T210000Z-0badc0d', { sha: SHA_C, status: 'failed', sizeBytes: 2048, error: { code: 'HEALTH_FAILED', phase: 'health', message: 'x' }, bad: { reason: 'health gate reverted it: is not healthy: process exited', markedAt: '2026-11-21T21:00:30.000Z' } }),
+    release('20261121T210000Z-0badc0d', {
+      sha: SHA_C,
+      status: 'failed',
+      sizeBytes: 2048,
+      error: { code: 'HEALTH_FAILED', phase: 'health', message: 'x' },
+      bad: { reason: 'health gate reverted it: is not healthy: process exited', markedAt: '2026-11-21T21:00:30.000Z' },
+    }),
     release('20261121T204233Z-3f2a9c1', { sha: SHA_A, active: true }),
     release('20261121T193000Z-9e8d7c6', { sha: SHA_B, bad: { reason: 'rolled back from by deploy', markedAt: '2026-11-21T20:50:00.000Z' } }),
     release('20261121T180000Z-1234567', { status: 'failed', sizeBytes: 512, error: { code: 'BUILD_FAILED', phase: 'build', message: 'build failed' } }),
@@ -103,9 +109,34 @@ const HISTORY: HistoryResult = {
   ok: true,
   entries: [
     entry({ time: '2026-11-21T21:05:00.001Z', action: 'prune', trigger: 'api', detail: 'removed 20261121T180000Z-1234567' }),
-    entry({ time: '2026-11-21T21:00:41.500Z', from: '20261121T204233Z-3f2a9c1', to: '20261121T210000Z-0badc0d', sha: SHA_C, result: 'failed', error: { code: 'HEALTH_FAILED', phase: 'health' }, durationsMs: { build: 4000, health: 12_345 } }),
-    entry({ time: '2026-11-21T21:00:40.000Z', action: 'revert', from: '20261121T210000Z-0badc0d', to: '20261121T204233Z-3f2a9c1', sha: SHA_C, durationsMs: { switch: 800 } }),
-    entry({ time: '2026-11-21T20:50:00.000Z', action: 'rollback', trigger: 'webhook', user: 'root', host: 'h', from: '20261121T204233Z-3f2a9c1', to: '20261121T193000Z-9e8d7c6', sha: SHA_B, durationsMs: { switch: 1200, health: 1550 } }),
+    entry({
+      time: '2026-11-21T21:00:41.500Z',
+      from: '20261121T204233Z-3f2a9c1',
+      to: '20261121T210000Z-0badc0d',
+      sha: SHA_C,
+      result: 'failed',
+      error: { code: 'HEALTH_FAILED', phase: 'health' },
+      durationsMs: { build: 4000, health: 12_345 },
+    }),
+    entry({
+      time: '2026-11-21T21:00:40.000Z',
+      action: 'revert',
+      from: '20261121T210000Z-0badc0d',
+      to: '20261121T204233Z-3f2a9c1',
+      sha: SHA_C,
+      durationsMs: { switch: 800 },
+    }),
+    entry({
+      time: '2026-11-21T20:50:00.000Z',
+      action: 'rollback',
+      trigger: 'webhook',
+      user: 'root',
+      host: 'h',
+      from: '20261121T204233Z-3f2a9c1',
+      to: '20261121T193000Z-9e8d7c6',
+      sha: SHA_B,
+      durationsMs: { switch: 1200, health: 1550 },
+    }),
     entry({ to: '20261121T204233Z-3f2a9c1', from: '20261121T193000Z-9e8d7c6', sha: SHA_A, durationsMs: { lock: 12, install: 2300, build: 700, switch: 900 } }),
   ],
 };
@@ -188,7 +219,10 @@ describe('formatStatus', () => {
       drift     none
       "
     `);
-    const offsets = out.trimEnd().split('\n').map((l) => /^\S+\s+/.exec(l)![0].length);
+    const offsets = out
+      .trimEnd()
+      .split('\n')
+      .map((l) => /^\S+\s+/.exec(l)![0].length);
     expect(new Set(offsets).size).toBe(1);
     expect(out).not.toMatch(ANSI);
   });
@@ -275,7 +309,12 @@ describe('formatDoctor', () => {
     expect(out).not.toContain('never shown for an ok check');
     expect(out).not.toMatch(ANSI);
     expect(out.trimEnd().split('\n').at(-1)).toBe('NOT ready to deploy: fix the FAIL lines');
-    expect(formatDoctor({ ok: true, checks: DOCTOR.checks.slice(0, 1) }).trimEnd().split('\n').at(-1)).toBe('ready to deploy');
+    expect(
+      formatDoctor({ ok: true, checks: DOCTOR.checks.slice(0, 1) })
+        .trimEnd()
+        .split('\n')
+        .at(-1),
+    ).toBe('ready to deploy');
   });
 });
 

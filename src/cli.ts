@@ -83,6 +83,19 @@ function waitMs(v: unknown): number | undefined {
   return (v === true ? DEFAULT_WAIT_S : Number(v)) * 1000;
 }
 
+/** The option bags commander hands to actions (commander types them as any). */
+interface CommandOpts {
+  ref?: string;
+  pull?: string | boolean;
+  wait?: number | boolean;
+  verify?: boolean;
+  force?: boolean;
+  rebuild?: boolean;
+  limit?: number;
+  keep?: number;
+  dryRun?: boolean;
+}
+
 /** Pure: argv (without node and script) → what to run. Throws CommanderError on bad usage. */
 export function parseArgv(argv: string[]): Parsed {
   let invocation: Invocation | undefined;
@@ -127,7 +140,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
       'after',
       '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --wait=600       # queue behind a running deploy',
     )
-    .action((o) => {
+    .action((o: CommandOpts) => {
       if (o.ref !== 'HEAD' && o.pull) throw new InvalidArgumentError('--ref and --pull exclude each other');
       invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false, pull: o.pull, force: !!o.force, rebuild: !!o.rebuild };
     });
@@ -137,7 +150,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
     .addOption(waitOption())
     .addHelpText('after', '\nExample:\n  pm2-release build --ref HEAD && pm2-release activate <id>')
-    .action((o) => {
+    .action((o: CommandOpts) => {
       invocation = { command: 'build', ref: o.ref, waitMs: waitMs(o.wait) };
     });
   program
@@ -146,7 +159,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .argument('<id>', 'release id, as shown by `pm2-release list`')
     .addOption(waitOption())
     .addHelpText('after', '\nExample:\n  pm2-release activate 20261121T204233Z-3f2a9c1')
-    .action((id: string, o) => {
+    .action((id: string, o: CommandOpts) => {
       invocation = { command: 'activate', id, waitMs: waitMs(o.wait) };
     });
   program
@@ -154,7 +167,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .description('activate the release that was active before the current one')
     .addOption(waitOption())
     .addHelpText('after', '\nExample:\n  pm2-release rollback --json')
-    .action((o) => {
+    .action((o: CommandOpts) => {
       invocation = { command: 'rollback', waitMs: waitMs(o.wait) };
     });
   program
@@ -176,7 +189,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .description('what ran when: deploys, activations, rollbacks, automatic reverts, prunes (newest first)')
     .option('-n, --limit <n>', 'show at most N entries', positiveInt('--limit'))
     .addHelpText('after', '\nExamples:\n  pm2-release history --limit 20\n  pm2-release history --json')
-    .action((o) => {
+    .action((o: CommandOpts) => {
       invocation = { command: 'history', limit: o.limit };
     });
   program
@@ -200,7 +213,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .option('-n, --dry-run', 'show what would be removed', false)
     .addOption(waitOption())
     .addHelpText('after', '\nExamples:\n  pm2-release prune --dry-run\n  pm2-release prune --keep 3')
-    .action((o) => {
+    .action((o: CommandOpts) => {
       invocation = { command: 'prune', keep: o.keep, dryRun: !!o.dryRun, waitMs: waitMs(o.wait) };
     });
 
@@ -218,7 +231,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
 }
 
 function globals(program: Command): GlobalOptions {
-  const o = program.opts();
+  const o = program.opts<{ config?: string; json?: boolean; verbose?: boolean; quiet?: boolean }>();
   return { config: o.config, json: !!o.json, verbose: !!o.verbose, quiet: !!o.quiet };
 }
 

@@ -7,7 +7,7 @@
  * one starts), health (while the new release is being checked), save (before `pm2 save`), retain (after the
  * first removal started).
  */
-import { ReleaseError, ExitCode, type Phase } from './errors.js';
+import { ReleaseError, ExitCode } from './errors.js';
 
 export const FAILPOINTS = ['archive', 'env', 'install', 'build', 'prune', 'verify', 'switch', 'health', 'save', 'retain'] as const;
 export type Failpoint = (typeof FAILPOINTS)[number];
@@ -19,5 +19,5 @@ export function failpoint(env: Record<string, string | undefined>, point: Failpo
   if (name !== point) return;
   if (action === 'kill') process.kill(process.pid, 'SIGKILL');
   const exitCode = ['switch', 'health', 'save'].includes(point) ? ExitCode.switch : ['retain'].includes(point) ? ExitCode.environment : ExitCode.build;
-  throw new ReleaseError('INJECTED_FAILURE', exitCode as ExitCode, `injected failure at ${point}`, { phase: point as Phase });
+  throw new ReleaseError('INJECTED_FAILURE', exitCode, `injected failure at ${point}`, { phase: point });
 }

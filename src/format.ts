@@ -8,7 +8,7 @@ export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]) =>
     cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i])))
       .join('  ')
       .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
@@ -89,8 +89,8 @@ export function formatStatus(r: StatusResult): string {
     ['health', `${r.health.ok ? 'ok' : 'FAILING'} ${r.health.url} → ${r.health.status ?? r.health.error ?? '-'}`],
     ['drift', r.drift.detected ? `YES: ${r.drift.reason}` : 'none'],
   ];
-  const w = Math.max(...rows.map((x) => x[0]!.length));
-  return warnings(r.warnings) + rows.map(([k, v]) => `${k!.padEnd(w)}  ${v}`).join('\n') + '\n';
+  const w = Math.max(...rows.map((x) => x[0].length));
+  return warnings(r.warnings) + rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n';
 }
 
 export function formatPrune(r: PruneResult): string {
@@ -124,7 +124,7 @@ export function formatDoctor(r: DoctorResult): string {
   const rows = r.checks.map((c) => [c.status.toUpperCase(), c.name, c.message + (c.fix && c.status !== 'ok' ? `\n${' '.repeat(6)}fix: ${c.fix}` : '')]);
   const w = Math.max(...r.checks.map((c) => c.name.length));
   return (
-    rows.map(([s, n, m]) => `${s!.padEnd(4)}  ${n!.padEnd(w)}  ${m}`).join('\n') + `\n${r.ok ? 'ready to deploy' : 'NOT ready to deploy: fix the FAIL lines'}\n`
+    rows.map(([s, n, m]) => `${s.padEnd(4)}  ${n.padEnd(w)}  ${m}`).join('\n') + `\n${r.ok ? 'ready to deploy' : 'NOT ready to deploy: fix the FAIL lines'}\n`
   );
 }
 

@@ -167,8 +167,8 @@ export async function portHolder(port: number): Promise<number | undefined> {
     for (const line of text.split('\n').slice(1)) {
       const cols = line.trim().split(/\s+/);
       if (cols.length < 10) continue;
-      const localPort = parseInt(cols[1]!.split(':')[1] ?? '', 16);
-      if (localPort === port && cols[3] === '0A') inodes.add(cols[9]!); // 0A = LISTEN
+      const localPort = parseInt(cols[1].split(':')[1] ?? '', 16);
+      if (localPort === port && cols[3] === '0A') inodes.add(cols[9]); // 0A = LISTEN
     }
   }
   if (inodes.size === 0) return undefined;
@@ -179,7 +179,7 @@ export async function portHolder(port: number): Promise<number | undefined> {
     for (const fd of fds) {
       const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
       const m = /^socket:\[(\d+)\]$/.exec(target);
-      if (m && inodes.has(m[1]!)) return Number(pid);
+      if (m && inodes.has(m[1])) return Number(pid);
     }
   }
   return undefined;

@@ -45,9 +45,9 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   if (opts.file) {
     rotate(opts.file);
     const main = opts.pretty ? prettyStream(opts.destination ?? 2) : pino.destination({ dest: opts.destination ?? 2, sync: true });
-    const file = pino.destination({ dest: opts.file, sync: true, mkdir: true, mode: 0o640 } as Parameters<typeof pino.destination>[0]);
+    const file = pino.destination({ dest: opts.file, sync: true, mkdir: true, mode: 0o640 });
     const fileLevel = level === 'debug' || level === 'trace' ? level : 'info';
-    const minLevel = pino.levels.values[level]! < pino.levels.values[fileLevel]! ? level : fileLevel;
+    const minLevel = pino.levels.values[level] < pino.levels.values[fileLevel] ? level : fileLevel;
     return pino(
       { level: minLevel, redact, base: undefined, timestamp: pino.stdTimeFunctions.isoTime },
       pino.multistream([

@@ -65,7 +65,7 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
       const r = await fn();
       checks.push(...(Array.isArray(r) ? r : [r]));
     } catch (err) {
-      checks.push(bad(fn.name || 'check', 'fail', (err as Error).message.split('\n')[0]!, 'see the message'));
+      checks.push(bad(fn.name || 'check', 'fail', (err as Error).message.split('\n')[0], 'see the message'));
     }
   };
   // In deploy the workspace is checked by resolve, with a usage error (exit 2): it is a config mistake.

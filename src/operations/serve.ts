@@ -196,13 +196,13 @@ export async function startWebhookServer(opts: ServeOptions): Promise<WebhookSer
       if (event !== 'push') return done(202, { ok: true, ignored: `event ${event || '(none)'}` });
       let payload: { ref?: unknown; after?: unknown; deleted?: unknown };
       try {
-        payload = JSON.parse(body.toString('utf8'));
+        payload = JSON.parse(body.toString('utf8')) as typeof payload;
       } catch {
         return done(400, { ok: false, error: 'body is not JSON' });
       }
       if (payload.ref !== `refs/heads/${branch}`) return done(202, { ok: true, ignored: `push to ${String(payload.ref).slice(0, 100)}, not ${branch}` });
       if (payload.deleted === true) return done(202, { ok: true, ignored: 'branch deleted' });
-      const after = String(payload.after ?? '');
+      const after = typeof payload.after === 'string' ? payload.after : '';
       if (!/^[0-9a-f]{40}$/.test(after)) return done(400, { ok: false, error: 'push without a commit sha' });
       const how = enqueue(after);
       return done(202, { ok: true, accepted: after, [how]: true }, `webhook: push of ${after.slice(0, 7)} ${how}`);

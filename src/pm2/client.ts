@@ -241,7 +241,7 @@ export class Pm2 {
    */
   async version(): Promise<string> {
     try {
-      const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(fs.realpathSync(this.bin)), '..', 'package.json'), 'utf8'));
+      const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(fs.realpathSync(this.bin)), '..', 'package.json'), 'utf8')) as { name?: unknown; version?: unknown };
       if (pkg.name === 'pm2' && typeof pkg.version === 'string') return pkg.version;
     } catch {
       /* an unusual install: ask the binary */
@@ -295,7 +295,7 @@ export function parseJlist(stdout: string): RawProcess[] {
 
 function toProcess(raw: RawProcess): Pm2Process {
   const e = raw.pm2_env ?? {};
-  const env = (e.env ?? {}) as Record<string, unknown>;
+  const env = (e.env ?? {});
   const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
   return {
     pmId: Number(raw.pm_id ?? -1),

@@ -34,11 +34,11 @@ export interface SwitchHandle {
   /** How the app ran before the switch (undefined on a first deploy). Holds env values: never log it. */
   before?: Pm2Snapshot;
   /** PM2 ids of the new release's processes (the health gate watches these). */
-  newIds(): Promise<number[]>;
+  newIds: () => Promise<number[]>;
   /** After the health gate passed: retire the old release (no-op for restart, which already stopped it). */
-  commit(): Promise<void>;
+  commit: () => Promise<void>;
   /** Puts the app back as it was before the switch (deletes the new processes). */
-  revert(): Promise<void>;
+  revert: () => Promise<void>;
   /** True when the old processes keep running until commit (cluster): a revert before commit loses nothing. */
   keepsOld?: boolean;
   /** True once commit() retired the old processes. */
@@ -132,7 +132,7 @@ export const clusterStrategy: SwitchStrategy = {
     if (old.length === 0 || old.some((p) => p.execMode !== 'cluster_mode')) {
       input.logger.warn(
         old.length
-          ? `${target.name} runs in ${old[0]!.execMode}: this switch is a restart, later ones are zero-downtime`
+          ? `${target.name} runs in ${old[0].execMode}: this switch is a restart, later ones are zero-downtime`
           : `${target.name} is not running: starting it`,
       );
       return restartStrategy.switch(input);

@@ -84,10 +84,10 @@ export function parseEnvFile(text: string): Record<string, string> {
   for (const raw of text.split(/\r?\n/)) {
     const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)\s*$/.exec(raw);
     if (!m) continue;
-    let v = m[2]!.trim();
+    let v = m[2].trim();
     if ((v.startsWith('"') && v.endsWith('"')) || (v.startsWith("'") && v.endsWith("'"))) v = v.slice(1, -1);
     else v = v.replace(/\s+#.*$/, '');
-    out[m[1]!] = v;
+    out[m[1]] = v;
   }
   return out;
 }

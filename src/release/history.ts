@@ -79,7 +79,7 @@ export interface BadMark {
 
 export async function readBadShas(releasesDir: string): Promise<Record<string, BadMark>> {
   try {
-    const data = JSON.parse(await fsp.readFile(path.join(releasesDir, BAD_SHAS_FILE), 'utf8'));
+    const data: unknown = JSON.parse(await fsp.readFile(path.join(releasesDir, BAD_SHAS_FILE), 'utf8'));
     return data && typeof data === 'object' ? (data as Record<string, BadMark>) : {};
   } catch {
     return {};

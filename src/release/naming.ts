@@ -26,12 +26,12 @@ export function parseReleaseId(id: string): { createdAt: Date; shortSha: string 
   if (typeof id !== 'string') return undefined;
   const m = RELEASE_ID_PATTERN.exec(id);
   if (!m) return undefined;
-  const s = m[1]!;
+  const s = m[1];
   const iso = `${s.slice(0, 4)}-${s.slice(4, 6)}-${s.slice(6, 8)}T${s.slice(9, 11)}:${s.slice(11, 13)}:${s.slice(13, 15)}Z`;
   const createdAt = new Date(iso);
   // Date rolls impossible dates forward (Feb 31 → Mar 3): accept only ids that format back to themselves.
   if (Number.isNaN(createdAt.getTime()) || makeStamp(createdAt) !== s) return undefined;
-  return { createdAt, shortSha: m[2]! };
+  return { createdAt, shortSha: m[2] };
 }
 
 /** Newest first. Ids sort by their timestamp because the timestamp is fixed-width and leads. */
@@ -119,7 +119,7 @@ export function planRetention(input: RetentionInput): RetentionPlan {
  */
 export function rollbackTarget(activations: readonly string[], active: string | undefined, isReady: (id: string) => boolean): string | undefined {
   for (let i = activations.length - 1; i >= 0; i--) {
-    const id = activations[i]!;
+    const id = activations[i];
     if (id !== active && isReady(id)) return id;
   }
   return undefined;

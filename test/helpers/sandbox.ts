@@ -72,7 +72,7 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
   };
   for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
 
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: workspace, env: env as NodeJS.ProcessEnv, encoding: 'utf8' }).trim();
+  const git = (...args: string[]) => execFileSync('git', args, { cwd: workspace, env: env, encoding: 'utf8' }).trim();
   git('init', '-q', '-b', 'main');
   git('config', 'commit.gpgsign', 'false');
   fs.writeFileSync(path.join(workspace, '.gitignore'), 'node_modules/\n.env*\n');
@@ -96,7 +96,7 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
   fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
 
   const pm2 = (...args: string[]) => {
-    const r = spawnSync(PM2_BIN, args, { env: env as NodeJS.ProcessEnv, encoding: 'utf8', cwd: root });
+    const r = spawnSync(PM2_BIN, args, { env: env, encoding: 'utf8', cwd: root });
     if (r.status !== 0) throw new Error(`pm2 ${args.join(' ')} failed: ${r.stderr}`);
     return r.stdout;
   };
@@ -137,7 +137,7 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
     async close() {
       const pidFile = path.join(pm2Home, 'pm2.pid');
       const daemonPid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8')) : undefined;
-      spawnSync(PM2_BIN, ['kill'], { env: env as NodeJS.ProcessEnv, encoding: 'utf8', timeout: 30_000 });
+      spawnSync(PM2_BIN, ['kill'], { env: env, encoding: 'utf8', timeout: 30_000 });
       if (daemonPid && alive(daemonPid)) process.kill(daemonPid, 'SIGKILL');
       fs.rmSync(root, { recursive: true, force: true });
     },
@@ -171,7 +171,7 @@ export function get(url: string): Promise<{ status?: number; body?: string; erro
 /** Runs the built CLI; never throws on a non-zero exit. */
 export function cli(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}) {
   const r = spawnSync(process.execPath, [CLI, '--config', sb.configPath, ...args], {
-    env: { ...sb.env, ...extraEnv } as NodeJS.ProcessEnv,
+    env: { ...sb.env, ...extraEnv },
     encoding: 'utf8',
     cwd: sb.root,
     timeout: 180_000,

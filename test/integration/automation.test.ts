@@ -40,7 +40,7 @@ function writeConfig(sb: Sandbox, name: string, change: (c: { app: Record<string
 /** The built CLI with another config file than sb.configPath. */
 function cliWith(sb: Sandbox, configPath: string, args: string[]) {
   const r = spawnSync(process.execPath, [CLI, '--config', configPath, ...args], {
-    env: sb.env as NodeJS.ProcessEnv,
+    env: sb.env,
     encoding: 'utf8',
     cwd: sb.root,
     timeout: 180_000,
@@ -101,9 +101,9 @@ describe('library deploy: progress events, result shape, cancellation', () => {
     expect(phases.length % 2).toBe(0);
     for (let i = 0; i < phases.length; i += 2) {
       expect(phases[i]).toMatchObject({ state: 'start' });
-      expect(phases[i + 1]).toMatchObject({ phase: phases[i]!.phase, state: 'end' });
+      expect(phases[i + 1]).toMatchObject({ phase: phases[i].phase, state: 'end' });
       const d = (phases[i + 1] as { durationMs: number }).durationMs;
-      expect(Number.isInteger(d) && d >= 0, `durationMs of ${phases[i]!.phase}: ${d}`).toBe(true);
+      expect(Number.isInteger(d) && d >= 0, `durationMs of ${phases[i].phase}: ${d}`).toBe(true);
     }
     const started = phases.filter((e) => e.state === 'start').map((e) => e.phase);
     expect(started.filter((p) => DEPLOY_PHASES.includes(p))).toEqual(DEPLOY_PHASES);
@@ -283,9 +283,9 @@ describe('history and bad-sha marks', () => {
       expect(new Date(e.time).toISOString()).toBe(e.time);
       for (const v of Object.values(e.durationsMs)) expect(v).toBeGreaterThanOrEqual(0);
     }
-    expect(Object.keys(oldestFirst[0]!.durationsMs)).toEqual(expect.arrayContaining(DEPLOY_PHASES));
-    expect(oldestFirst[1]!.durationsMs).toHaveProperty('build');
-    expect(oldestFirst[1]!.durationsMs).not.toHaveProperty('switch');
+    expect(Object.keys(oldestFirst[0].durationsMs)).toEqual(expect.arrayContaining(DEPLOY_PHASES));
+    expect(oldestFirst[1].durationsMs).toHaveProperty('build');
+    expect(oldestFirst[1].durationsMs).not.toHaveProperty('switch');
     // Times never go backwards.
     const times = oldestFirst.map((e) => e.time);
     expect([...times].sort()).toEqual(times);
@@ -378,17 +378,17 @@ describe('history and bad-sha marks', () => {
     const [lh, ...lrows] = l.stdout.trimEnd().split('\n');
     expect(lh).toMatch(/^\s+ID\s+SHA\s+STATUS\s+CREATED\s+SIZE\s+NOTE$/);
     expect(lrows).toHaveLength(lj.releases.length);
-    const lc = columnStarts(lh!);
+    const lc = columnStarts(lh);
     lj.releases.forEach((x, i) => {
-      const row = lrows[i]!;
+      const row = lrows[i];
       expect(row.startsWith(x.active ? '*' : ' ')).toBe(true);
-      expectCell(row, lc.ID!, x.id);
-      expectCell(row, lc.SHA!, x.shortSha ?? '-');
-      expectCell(row, lc.STATUS!, x.status);
-      expectCell(row, lc.CREATED!, x.createdAt!.replace('T', ' ').slice(0, 19));
-      expect(row.slice(lc.SIZE!)).toMatch(/^\d/);
-      if (x.bad) expectCell(row, lc.NOTE!, `BAD: ${x.bad.reason}`);
-      else if (x.error) expectCell(row, lc.NOTE!, `${x.error.code} in ${x.error.phase}`);
+      expectCell(row, lc.ID, x.id);
+      expectCell(row, lc.SHA, x.shortSha ?? '-');
+      expectCell(row, lc.STATUS, x.status);
+      expectCell(row, lc.CREATED, x.createdAt!.replace('T', ' ').slice(0, 19));
+      expect(row.slice(lc.SIZE)).toMatch(/^\d/);
+      if (x.bad) expectCell(row, lc.NOTE, `BAD: ${x.bad.reason}`);
+      else if (x.error) expectCell(row, lc.NOTE, `${x.error.code} in ${x.error.phase}`);
     });
     expect(lrows.some((r) => r.includes('BAD'))).toBe(true);
 
@@ -398,21 +398,21 @@ describe('history and bad-sha marks', () => {
     const [hh, ...hrows] = h.stdout.trimEnd().split('\n');
     expect(hh).toMatch(/^TIME\s+ACTION\s+RESULT\s+FROM\s+TO\s+SHA\s+TRIGGER\s+BY\s+TOOK\s+ERROR$/);
     expect(hrows).toHaveLength(hj.entries.length);
-    const hc = columnStarts(hh!);
+    const hc = columnStarts(hh);
     hj.entries.forEach((e, i) => {
-      const row = hrows[i]!;
-      expectCell(row, hc.TIME!, e.time.replace('T', ' ').slice(0, 19));
-      expectCell(row, hc.ACTION!, e.action);
-      expectCell(row, hc.RESULT!, e.result);
-      expectCell(row, hc.FROM!, e.from ?? '-');
-      expectCell(row, hc.TO!, e.to ?? '-');
-      expectCell(row, hc.SHA!, e.sha ? e.sha.slice(0, 7) : '-');
-      expectCell(row, hc.TRIGGER!, e.trigger);
-      expectCell(row, hc.BY!, `${e.user}@${e.host}`);
-      expect(row.slice(hc.TOOK!)).toMatch(/^\d+\.\ds/);
-      if (e.error) expectCell(row, hc.ERROR!, `${e.error.code} in ${e.error.phase}`);
+      const row = hrows[i];
+      expectCell(row, hc.TIME, e.time.replace('T', ' ').slice(0, 19));
+      expectCell(row, hc.ACTION, e.action);
+      expectCell(row, hc.RESULT, e.result);
+      expectCell(row, hc.FROM, e.from ?? '-');
+      expectCell(row, hc.TO, e.to ?? '-');
+      expectCell(row, hc.SHA, e.sha ? e.sha.slice(0, 7) : '-');
+      expectCell(row, hc.TRIGGER, e.trigger);
+      expectCell(row, hc.BY, `${e.user}@${e.host}`);
+      expect(row.slice(hc.TOOK)).toMatch(/^\d+\.\ds/);
+      if (e.error) expectCell(row, hc.ERROR, `${e.error.code} in ${e.error.phase}`);
     });
-    expect(hrows.map((r) => r.slice(hc.ACTION!).split(' ')[0])).toEqual(expect.arrayContaining(['deploy', 'activate', 'rollback', 'revert', 'prune']));
+    expect(hrows.map((r) => r.slice(hc.ACTION).split(' ')[0])).toEqual(expect.arrayContaining(['deploy', 'activate', 'rollback', 'revert', 'prune']));
 
     const s = cli(sb, ['status']);
     expect(s.code, s.stderr).toBe(0);
@@ -424,7 +424,7 @@ describe('history and bad-sha marks', () => {
     expect(slines.map((x) => x.split(' ')[0])).toEqual(['app', 'pm2', 'cwd', 'active', 'recorded', 'health', 'drift']);
     const valueAt = new Set(slines.map((x) => /^\S+\s+/.exec(x)![0].length));
     expect(valueAt.size, s.stdout).toBe(1);
-    const col = [...valueAt][0]!;
+    const col = [...valueAt][0];
     const active = lj.releases.find((x) => x.active)!;
     const value = (k: string) => slines.find((x) => x.startsWith(`${k} `))!.slice(col);
     expect(value('app')).toBe('frontend-dev');
@@ -478,7 +478,7 @@ describe('hooks', () => {
     expect(recs.map((x) => x.hook)).toEqual(['preDeploy', 'postBuild', 'postSwitch', 'postDeploy']);
     for (const x of recs) expect(x).toMatchObject({ id: r2, sha, dir: r.release.cwd, prev: r1, app: 'frontend-dev' });
     for (const x of recs) expect(x.code).toBeUndefined();
-    expect(recs[0]!.cwd).toBe(fs.realpathSync(sb.workspace));
+    expect(recs[0].cwd).toBe(fs.realpathSync(sb.workspace));
     for (const x of recs.slice(1)) expect(x.cwd).toBe(fs.realpathSync(r.release.cwd));
 
     // Where they run among the phases: preDeploy before the build, postBuild before verify,

@@ -86,7 +86,7 @@ describe('core release cycle', () => {
     ids.push(r.release.id);
     expect((await get(url())).body).toContain('v3');
     expect(r.removed.map((x) => x.id)).toContain(ids[0]);
-    expect(fs.existsSync(path.join(sb.releasesDir, ids[0]!))).toBe(false);
+    expect(fs.existsSync(path.join(sb.releasesDir, ids[0]))).toBe(false);
     const l = await list(opts());
     expect(l.releases.filter((x) => x.status === 'ready').map((x) => x.id)).toEqual([ids[2], ids[1]]);
     expect(l.releases.filter((x) => x.status === 'failed')).toHaveLength(1);
@@ -98,8 +98,8 @@ describe('core release cycle', () => {
     expect(r.previous).toBe(ids[2]);
     expect((await get(url())).body).toContain('v2');
     const proc = sb.jlist().find((p) => p.name === 'frontend-dev')!;
-    expect(proc.pm2_env.pm_cwd).toBe(path.join(sb.releasesDir, ids[1]!, 'frontend'));
-    expect(fs.readFileSync(path.join(sb.pm2Home, 'dump.pm2'), 'utf8')).toContain(path.join(sb.releasesDir, ids[1]!, 'frontend'));
+    expect(proc.pm2_env.pm_cwd).toBe(path.join(sb.releasesDir, ids[1], 'frontend'));
+    expect(fs.readFileSync(path.join(sb.pm2Home, 'dump.pm2'), 'utf8')).toContain(path.join(sb.releasesDir, ids[1], 'frontend'));
     const s = await status(opts());
     expect(s.active?.id).toBe(ids[1]);
     expect(s.drift.detected).toBe(false);
@@ -107,7 +107,7 @@ describe('core release cycle', () => {
   });
 
   it('activate <id> switches to a retained release by id (CLI, --json)', async () => {
-    const r = cli(sb, ['activate', ids[2]!, '--json']);
+    const r = cli(sb, ['activate', ids[2], '--json']);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out).toMatchObject({ ok: true, action: 'activate', release: { id: ids[2] }, previous: ids[1] });
@@ -138,7 +138,7 @@ describe('core release cycle', () => {
     sb.pm2('kill');
     expect((await get(url())).error).toBeDefined();
     sb.pm2('resurrect');
-    await waitFor(async () => (await get(url())).body?.includes(ids[2]!) ?? false);
+    await waitFor(async () => (await get(url())).body?.includes(ids[2]) ?? false);
     expect((await get(url())).body).toContain('v3');
   });
 
@@ -147,9 +147,9 @@ describe('core release cycle', () => {
     fs.rmSync(path.join(sb.pm2Home, 'dump.pm2'), { force: true });
     fs.rmSync(path.join(sb.pm2Home, 'dump.pm2.bak'), { force: true });
     sb.pm2('start', path.join(__dirname, '../../ecosystem.config.cjs'));
-    await waitFor(async () => (await get(url())).body?.includes(ids[2]!) ?? false);
+    await waitFor(async () => (await get(url())).body?.includes(ids[2]) ?? false);
     const proc = sb.jlist().find((p) => p.name === 'frontend-dev')!;
-    expect(proc.pm2_env.pm_cwd).toBe(path.join(sb.releasesDir, ids[2]!, 'frontend'));
+    expect(proc.pm2_env.pm_cwd).toBe(path.join(sb.releasesDir, ids[2], 'frontend'));
     const s = await status(opts());
     expect(s.drift.detected).toBe(false);
   });

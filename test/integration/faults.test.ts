@@ -55,7 +55,7 @@ function probe(url: string): Promise<Probe> {
       res.on('data', (d: string) => (body += d));
       res.on('end', () => {
         const m = res.statusCode === 200 ? /\(release ([^)]+)\)/.exec(body) : null;
-        resolve({ status: res.statusCode, body, release: m ? m[1]! : null });
+        resolve({ status: res.statusCode, body, release: m ? m[1] : null });
       });
       res.on('error', (err) => resolve({ error: err.message, release: null }));
     });
@@ -75,7 +75,7 @@ interface Run {
 /** Spawns the built CLI without blocking the event loop; with `pollUrl`, probes it every ~100 ms until exit. */
 async function runCli(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}, pollUrl?: string): Promise<Run> {
   const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], {
-    env: { ...sb.env, ...extraEnv } as NodeJS.ProcessEnv,
+    env: { ...sb.env, ...extraEnv },
     cwd: sb.root,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -209,7 +209,7 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       apps.map((p) => p.pm_cwd),
       'the dump holds exactly one frontend-dev',
     ).toHaveLength(1);
-    return apps[0]!.pm_cwd;
+    return apps[0].pm_cwd;
   };
   /** A `ready` release must be complete: its runtime build is there. */
   const expectReadyComplete = (releases: ReleaseJson[]) => {
@@ -233,7 +233,7 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       const st = JSON.parse((await runCli(sb, ['status', '--json'])).stdout);
       const procs = pm2State();
       const consistent =
-        !st.drift?.detected && st.health?.ok && procs.app.length === 1 && procs.verify.length === 0 && dumpCwd() === procs.app[0]!.pm2_env.pm_cwd;
+        !st.drift?.detected && st.health?.ok && procs.app.length === 1 && procs.verify.length === 0 && dumpCwd() === procs.app[0].pm2_env.pm_cwd;
       if (consistent) return;
       sb.commit(`repair after ${key}`, { 'version.txt': `repair-${key}\n` });
       const r = await runCli(sb, ['deploy', '--json']);
@@ -286,7 +286,7 @@ describe('fault injection: every deploy failpoint × {fail, kill}', () => {
       expect((await probe(url())).release).toBe(prev);
       const pm2Before = pm2State();
       expect(pm2Before.app).toHaveLength(1);
-      const pidBefore = pm2Before.app[0]!.pid;
+      const pidBefore = pm2Before.app[0].pid;
       const idsBefore = new Set(before.releases.map((r) => r.id));
 
       n += 1;

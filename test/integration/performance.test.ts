@@ -48,7 +48,7 @@ describe('cluster strategy: zero-downtime switch', () => {
     expect(r.release.status).toBe('ready');
     const procs = sb.jlist().filter((p) => p.name === 'frontend-dev');
     expect(procs).toHaveLength(1);
-    expect(procs[0]!.pm2_env.exec_mode).toBe('cluster_mode');
+    expect(procs[0].pm2_env.exec_mode).toBe('cluster_mode');
     expect((await get(url())).body).toContain('v1');
   });
 
@@ -65,7 +65,7 @@ describe('cluster strategy: zero-downtime switch', () => {
     expect([...bodies].some((b) => b.includes('v2'))).toBe(true);
     const procs = sb.jlist().filter((p) => p.name === 'frontend-dev');
     expect(procs).toHaveLength(1);
-    expect(procs[0]!.pm2_env.pm_cwd).toBe(r.release.cwd);
+    expect(procs[0].pm2_env.pm_cwd).toBe(r.release.cwd);
     expect(fs.readFileSync(path.join(sb.pm2Home, 'dump.pm2'), 'utf8')).toContain(r.release.cwd);
   });
 

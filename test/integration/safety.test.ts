@@ -45,7 +45,7 @@ describe('a release that builds but crashes never stays live', () => {
     expect((await get(url())).body).toContain(good);
     // the temporary verify process is gone
     expect(sb.jlist().filter((p) => p.name.includes('.verify-'))).toEqual([]);
-    const failed = (await list({ configPath: sb.configPath, env: sb.env })).releases[0]!;
+    const failed = (await list({ configPath: sb.configPath, env: sb.env })).releases[0];
     expect(failed).toMatchObject({ status: 'failed', error: { code: 'VERIFY_FAILED' } });
   });
 
@@ -132,7 +132,7 @@ describe('one change at a time', () => {
 
   const runCli = (args: string[]) =>
     new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], { env: sb.env as NodeJS.ProcessEnv });
+      const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], { env: sb.env });
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (d) => (stdout += d));
@@ -233,7 +233,7 @@ describe('bad input changes nothing', () => {
       ['--upload-pack=evil', 'REF_INVALID'],
       ['main..HEAD', 'REF_INVALID'],
     ]) {
-      const r = cli(sb, ['deploy', '--ref', ref!, '--json']);
+      const r = cli(sb, ['deploy', '--ref', ref, '--json']);
       expect(r.code, ref).toBe(2);
       expect(JSON.parse(r.stdout).error.code).toBe(code);
     }

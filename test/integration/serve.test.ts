@@ -148,9 +148,9 @@ describe('webhook listener and deploy --pull', () => {
     expect(answers.map((a) => a.status)).toEqual([202, 202, 202]);
     expect(answers.map((a) => json(a).accepted)).toEqual(hookShas);
     // the first starts a deploy; the next two arrive while it runs and share one queued slot
-    expect(json(answers[0]!)).toMatchObject({ started: true });
-    expect(json(answers[1]!)).toMatchObject({ queued: true });
-    expect(json(answers[2]!)).toMatchObject({ queued: true });
+    expect(json(answers[0])).toMatchObject({ started: true });
+    expect(json(answers[1])).toMatchObject({ queued: true });
+    expect(json(answers[2])).toMatchObject({ queued: true });
     const during = hook.status();
     expect(during.running?.sha).toBe(hookShas[0]);
     expect(during.pending).toBe(hookShas[2]);

@@ -81,7 +81,7 @@ describe('exit codes', () => {
     const code = await main(['--json', 'activate'], { stdout: (s) => out.push(s), stderr: (s) => err.push(s), env: {}, cwd: '/', stderrIsTTY: false });
     expect(code).toBe(2);
     expect(out).toHaveLength(1);
-    expect(JSON.parse(out[0]!)).toMatchObject({ ok: false, error: { code: 'USAGE', phase: 'config' } });
+    expect(JSON.parse(out[0])).toMatchObject({ ok: false, error: { code: 'USAGE', phase: 'config' } });
   });
 
   it('a config error with --json is one JSON object with code CONFIG_INVALID, exit 2', async () => {
@@ -95,6 +95,6 @@ describe('exit codes', () => {
     });
     expect(code).toBe(2);
     expect(out).toHaveLength(1);
-    expect(JSON.parse(out[0]!).error.code).toBe('CONFIG_INVALID');
+    expect(JSON.parse(out[0]).error.code).toBe('CONFIG_INVALID');
   });
 });

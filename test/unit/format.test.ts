@@ -59,7 +59,7 @@ const LIST: ListResult = {
 const STATUS: StatusResult = {
   ok: true,
   app: 'frontend-dev',
-  active: LIST.releases[1]!,
+  active: LIST.releases[1],
   recorded: '20261121T204233Z-3f2a9c1',
   pm2: {
     name: 'frontend-dev',
@@ -153,7 +153,7 @@ const DOCTOR: DoctorResult = {
 
 /** Start offset of each header word (headers are single words; the first column of `list` has none). */
 function columnStarts(header: string): number[] {
-  return [...header.matchAll(/\S+/g)].map((m) => m.index!);
+  return [...header.matchAll(/\S+/g)].map((m) => m.index);
 }
 
 /**
@@ -189,10 +189,10 @@ describe('formatList', () => {
 
   it('aligns every column; the ID column starts at the same offset on every line', () => {
     const [header, ...rows] = out.trimEnd().split('\n');
-    const starts = columnStarts(header!);
-    expect(header!.trim().split(/\s+/)).toEqual(['ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'NOTE']);
+    const starts = columnStarts(header);
+    expect(header.trim().split(/\s+/)).toEqual(['ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'NOTE']);
     expectAligned(out, starts);
-    const idAt = starts[0]!;
+    const idAt = starts[0];
     expect(rows.map((r) => r.indexOf('2026'))).toEqual(rows.map(() => idAt));
     expect(rows.map((r) => r.slice(idAt, idAt + 24))).toEqual(LIST.releases.map((r) => r.id));
     expect(rows.map((r) => r[0])).toEqual([' ', '*', ' ', ' ', ' ']);
@@ -270,10 +270,10 @@ describe('formatHistory', () => {
 
   it('aligns every column; ACTION starts at the same offset on every line', () => {
     const [header, ...rows] = out.trimEnd().split('\n');
-    expect(header!.split(/\s+/)).toEqual(['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'ERROR']);
-    const starts = columnStarts(header!);
+    expect(header.split(/\s+/)).toEqual(['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'ERROR']);
+    const starts = columnStarts(header);
     expectAligned(out, starts);
-    const actionAt = starts[1]!;
+    const actionAt = starts[1];
     expect(rows.map((r) => r.slice(actionAt).split(' ')[0])).toEqual(HISTORY.entries.map((e) => e.action));
     expect(out).not.toMatch(ANSI);
     expect(out.split('\n').every((l) => l === l.trimEnd())).toBe(true);
@@ -303,8 +303,8 @@ describe('formatDoctor', () => {
   it('aligns the name and message columns', () => {
     const checkLines = out.split('\n').filter((l) => /^(OK|WARN|FAIL)\b/.test(l));
     expect(checkLines).toHaveLength(DOCTOR.checks.length);
-    expect(checkLines.map((l, i) => l.indexOf(DOCTOR.checks[i]!.name))).toEqual(DOCTOR.checks.map(() => 6));
-    const messageAt = new Set(checkLines.map((l, i) => l.indexOf(DOCTOR.checks[i]!.message)));
+    expect(checkLines.map((l, i) => l.indexOf(DOCTOR.checks[i].name))).toEqual(DOCTOR.checks.map(() => 6));
+    const messageAt = new Set(checkLines.map((l, i) => l.indexOf(DOCTOR.checks[i].message)));
     expect(messageAt.size).toBe(1);
     expect(out).not.toContain('never shown for an ok check');
     expect(out).not.toMatch(ANSI);

@@ -7,14 +7,16 @@ export default defineConfig({
       provider: 'v8',
       include: ['src/**/*.ts'],
       reporter: ['text-summary', 'json-summary'],
-      // The floor is today's level (measured by `npm test`): it may only go up.
-      thresholds: { lines: 0, statements: 0, functions: 0, branches: 0 },
+      // The floor is the level measured when it was set (npm test, 2026-12-01): raise it as coverage grows.
+      thresholds: { lines: 60, statements: 57, functions: 61, branches: 52 },
     },
     projects: [
       {
         test: {
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
+          // Pure and fast: run before the integration files.
+          sequence: { groupOrder: 0 },
         },
       },
       {
@@ -25,6 +27,7 @@ export default defineConfig({
           // time on CI's 2 cores (a file's own tests stay sequential: they share its daemon).
           fileParallelism: true,
           maxWorkers: 2,
+          sequence: { groupOrder: 1 },
           testTimeout: 120_000,
           hookTimeout: 60_000,
         },

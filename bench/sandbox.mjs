@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { NPM_CACHE } from './app.mjs';
-import { alive, freePort, killTracked, log, PM2_BIN, run } from './lib.mjs';
+import { stopDaemon } from '../scripts/pm2-sandbox.mjs';
+import { freePort, killTracked, log, PM2_BIN, run } from './lib.mjs';
 
 /** The caller's environment minus an outer `npm run`'s variables (npm_config_local_prefix would send
  * the app's npm ci to this repository), PM2 and Node settings, and node_modules/.bin on PATH. */
@@ -21,27 +22,6 @@ export function cleanEnv() {
     .filter((d) => d && !/node_modules[\\/]\.bin$/.test(d) && !/node-gyp-bin$/.test(d))
     .join(path.delimiter);
   return env;
-}
-
-/** Live PM2 daemons whose process title is `PM2 vX: God Daemon (<pm2Home>)` for exactly this PM2_HOME. */
-function daemonsOf(pm2Home) {
-  const out = [];
-  let pids = [];
-  try {
-    pids = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p));
-  } catch {
-    return out;
-  }
-  for (const p of pids) {
-    try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
-      const st = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-      if (cmd.endsWith(`God Daemon (${pm2Home})`) && !/\) Z /.test(st)) out.push(Number(p));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
 }
 
 export async function createSandbox() {
@@ -123,36 +103,8 @@ export async function createSandbox() {
     async close() {
       if (closed) return;
       closed = true;
-      // pm2 kill for this PM2_HOME, then the daemon's pid if it is still alive; twice, in case a call that
-      // was in flight when we started brought a daemon back (it writes a new pm2.pid).
-      for (let round = 0; round < 2; round++) {
-        const pid = sb.daemonPid();
-        if (!pid && round > 0) break;
-        if (fs.existsSync(pm2Home)) {
-          log(`cleanup: pm2 kill (PM2_HOME=${pm2Home})`);
-          await run([PM2_BIN, 'kill'], { cwd: os.tmpdir(), env, timeoutMs: 30_000, allowFail: true, evenWhenStopping: true }).catch(() => undefined);
-        }
-        for (let i = 0; pid && alive(pid) && i < 30; i++) await new Promise((r) => setTimeout(r, 100));
-        if (pid && alive(pid)) {
-          log(`cleanup: the daemon ${pid} is still alive: SIGKILL`);
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            /* gone */
-          }
-        }
-        if (sb.daemonPid() === pid) break;
-      }
+      stopDaemon({ pm2Bin: PM2_BIN, pm2Home, env, log });
       killTracked();
-      // Last resort: a daemon whose title names exactly this sandbox's PM2_HOME (a unique temp path) is ours.
-      for (const pid of daemonsOf(pm2Home)) {
-        log(`cleanup: a daemon for ${pm2Home} is still running (pid ${pid}): SIGKILL`);
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
       fs.rmSync(root, { recursive: true, force: true });
       log(`cleanup: removed ${root}`);
     },

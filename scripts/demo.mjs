@@ -2,12 +2,13 @@
 // `npm run demo`: a sandbox with its own PM2 daemon (PM2_HOME inside it, never ~/.pm2), a git workspace
 // holding examples/app, two deploys and a rollback. `npm run demo -- --stop` kills that daemon and removes
 // the sandbox.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { stopDaemon } from './pm2-sandbox.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const sandbox = path.join(os.tmpdir(), 'pm2-release-demo');
@@ -16,16 +17,7 @@ const pm2Home = path.join(sandbox, 'pm2');
 
 function stop() {
   if (!fs.existsSync(sandbox)) return false;
-  const pidFile = path.join(pm2Home, 'pm2.pid');
-  const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8')) : undefined;
-  spawnSync(pm2Bin, ['kill'], { env: { ...process.env, PM2_HOME: pm2Home }, stdio: 'ignore', timeout: 30_000 });
-  if (pid) {
-    try {
-      process.kill(pid, 'SIGKILL'); // only the daemon this demo started, by the pid it wrote
-    } catch {
-      /* already gone */
-    }
-  }
+  stopDaemon({ pm2Bin, pm2Home });
   fs.rmSync(sandbox, { recursive: true, force: true });
   return true;
 }

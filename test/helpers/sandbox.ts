@@ -10,6 +10,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { stopDaemon } from '../../scripts/pm2-sandbox.mjs';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const EXAMPLE_APP = path.join(ROOT, 'examples/app');
@@ -135,22 +136,10 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
       return JSON.parse(line ?? '[]');
     },
     async close() {
-      const pidFile = path.join(pm2Home, 'pm2.pid');
-      const daemonPid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8')) : undefined;
-      spawnSync(PM2_BIN, ['kill'], { env: env, encoding: 'utf8', timeout: 30_000 });
-      if (daemonPid && alive(daemonPid)) process.kill(daemonPid, 'SIGKILL');
+      stopDaemon({ pm2Bin: PM2_BIN, pm2Home, env });
       fs.rmSync(root, { recursive: true, force: true });
     },
   };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** GET on loopback over a fresh connection (no keep-alive pool); resolves to {status, body} or {error}. */

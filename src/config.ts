@@ -66,8 +66,12 @@ const appSchema = z.strictObject({
   requiredEnv: z.array(z.string().regex(ENV_NAME, 'must be an environment variable name')).optional(),
   /** How long to wait for the old process to release the port after `pm2 delete`. */
   portReleaseTimeoutMs: z.number().int().min(0).max(300_000).optional(),
-  /** restart: delete + start (the seed's way). cluster: zero-downtime, for a Node script run in PM2 cluster mode. */
-  strategy: z.enum(['restart', 'cluster']).optional(),
+  /**
+   * router: a stable front process on the app port, each release on a private port behind it (zero
+   * downtime, any start command). restart: delete + start (the seed's way). cluster: zero-downtime for a
+   * Node script run in PM2 cluster mode.
+   */
+  strategy: z.enum(['router', 'restart', 'cluster']).optional(),
   /** Cluster mode: processes per release. */
   instances: z.number().int().min(1).max(64).optional(),
   /** Reuse node_modules from a retained release whose lockfile, node, npm and platform match. */
@@ -76,6 +80,17 @@ const appSchema = z.strictObject({
   buildMaxOldSpaceMB: z.number().int().min(128).max(65_536).optional(),
   /** Run install and build with lower CPU and IO priority (nice/ionice) so the live app keeps its share. */
   buildLowPriority: z.boolean().optional(),
+});
+
+const routerSchema = z.strictObject({
+  /** Interface the router listens on (default: all, as `next start` does). */
+  host: z.string().min(1).max(255).optional(),
+  /** How long a request waits for a live release that does not accept connections before a 503. */
+  holdMs: z.number().int().min(0).max(600_000).optional(),
+  /** How long requests in flight on the previous release may take to finish after a switch. */
+  drainTimeoutMs: z.number().int().min(0).max(3_600_000).optional(),
+  /** Private loopback ports for releases, [first, last] (default: app port + 10000 … + 10099, below 32768). */
+  releasePorts: z.tuple([z.number().int().min(1024).max(65535), z.number().int().min(1024).max(65535)]).optional(),
 });
 
 const hookArgv = z.array(z.string().min(1)).min(1, 'must name a command');
@@ -106,6 +121,7 @@ const fileSchema = z.strictObject({
   preflight: preflightSchema.optional(),
   hooks: hooksSchema.optional(),
   serve: serveSchema.optional(),
+  router: routerSchema.optional(),
 });
 
 export type ConfigFile = z.infer<typeof fileSchema>;
@@ -133,7 +149,7 @@ export interface AppConfig {
   verify: { enabled: boolean; settleMs: number };
   requiredEnv: string[];
   portReleaseTimeoutMs: number;
-  strategy: 'restart' | 'cluster';
+  strategy: 'router' | 'restart' | 'cluster';
   instances: number;
   reuseDependencies: boolean;
   buildMaxOldSpaceMB?: number;
@@ -160,6 +176,13 @@ export interface ServeConfig {
   secretFile?: string;
 }
 
+export interface RouterConfig {
+  host?: string;
+  holdMs: number;
+  drainTimeoutMs: number;
+  releasePorts: [number, number];
+}
+
 export interface Config {
   workspace: string;
   releasesDir: string;
@@ -168,6 +191,7 @@ export interface Config {
   preflight: PreflightConfig;
   hooks: HooksConfig;
   serve: ServeConfig;
+  router: RouterConfig;
 }
 
 export interface LoadedConfig {
@@ -294,6 +318,12 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       buildLowPriority: app.buildLowPriority ?? true,
     },
     hooks: { ...file.hooks, timeoutMs: file.hooks?.timeoutMs ?? 120_000 },
+    router: {
+      host: file.router?.host,
+      holdMs: file.router?.holdMs ?? 15_000,
+      drainTimeoutMs: file.router?.drainTimeoutMs ?? 30_000,
+      releasePorts: file.router?.releasePorts ?? [0, 0],
+    },
     serve: {
       host: file.serve?.host ?? '127.0.0.1',
       port: file.serve?.port ?? 9321,
@@ -353,6 +383,19 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
     problems.push(
       `app.args: hard-codes the app port ${port}; take it from app.env.${config.app.portEnv} instead (next start reads PORT), or the verify run would join the live port`,
     );
+  if (config.app.strategy === 'router') {
+    if (port === undefined) problems.push(`app.env.${config.app.portEnv}: must be set: the router listens on it`);
+    const [first, last] = config.router.releasePorts;
+    if (first === 0 && port !== undefined) {
+      // Below Linux's ephemeral range (32768+): a port an outgoing connection happens to use cannot be bound.
+      const base = Number(port) + 10_000;
+      config.router.releasePorts = base + 99 < 32_768 ? [base, base + 99] : [20_000, 20_099];
+    } else if (first > last) problems.push('router.releasePorts: [first, last] with first <= last');
+    const [f, l] = config.router.releasePorts;
+    if (port !== undefined && Number(port) >= f && Number(port) <= l) problems.push(`router.releasePorts: must not include the app port ${port}`);
+    if (port !== undefined && config.app.args.includes(port))
+      problems.push(`app.args: hard-codes the app port ${port}; take it from app.env.${config.app.portEnv}: each release listens on a private port`);
+  }
   if (config.app.build.length === 0) warnings.push('app.build is empty: releases are not built, only installed');
 
   if (problems.length > 0) throw new ConfigError(problems, source);

@@ -18,6 +18,7 @@ export type Phase =
   | 'verify'
   | 'switch'
   | 'health'
+  | 'route'
   | 'save'
   | 'retain'
   | 'hook'

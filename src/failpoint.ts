@@ -5,12 +5,17 @@
  *
  * Points: archive, env, install, build, prune, verify, switch (after the old app is deleted, before the new
  * one starts), health (while the new release is being checked), save (before `pm2 save`), retain (after the
- * first removal started).
+ * first removal started); with the router strategy also route and drain (see ROUTER_FAILPOINTS).
  */
 import { ReleaseError, ExitCode } from './errors.js';
 
 export const FAILPOINTS = ['archive', 'env', 'install', 'build', 'prune', 'verify', 'switch', 'health', 'save', 'retain'] as const;
-export type Failpoint = (typeof FAILPOINTS)[number];
+/**
+ * Points only the router strategy passes: `route` after the health gate, before the route changes; `drain`
+ * after the route changed, before the previous release is drained and deleted.
+ */
+export const ROUTER_FAILPOINTS = ['route', 'drain'] as const;
+export type Failpoint = (typeof FAILPOINTS)[number] | (typeof ROUTER_FAILPOINTS)[number];
 
 export function failpoint(env: Record<string, string | undefined>, point: Failpoint): void {
   const spec = env.PM2_RELEASE_FAILPOINT;
@@ -18,6 +23,10 @@ export function failpoint(env: Record<string, string | undefined>, point: Failpo
   const [name, action] = spec.split(':');
   if (name !== point) return;
   if (action === 'kill') process.kill(process.pid, 'SIGKILL');
-  const exitCode = ['switch', 'health', 'save'].includes(point) ? ExitCode.switch : ['retain'].includes(point) ? ExitCode.environment : ExitCode.build;
-  throw new ReleaseError('INJECTED_FAILURE', exitCode, `injected failure at ${point}`, { phase: point });
+  const exitCode = ['switch', 'health', 'save', 'route', 'drain'].includes(point)
+    ? ExitCode.switch
+    : ['retain'].includes(point)
+      ? ExitCode.environment
+      : ExitCode.build;
+  throw new ReleaseError('INJECTED_FAILURE', exitCode, `injected failure at ${point}`, { phase: point === 'drain' ? 'route' : point });
 }

@@ -88,9 +88,34 @@ export function formatStatus(r: StatusResult): string {
     ['recorded', r.recorded ?? '-'],
     ['health', `${r.health.ok ? 'ok' : 'FAILING'} ${r.health.url} → ${r.health.status ?? r.health.error ?? '-'}`],
     ['drift', r.drift.detected ? `YES: ${r.drift.reason}` : 'none'],
+    ...routerRows(r),
   ];
   const w = Math.max(...rows.map((x) => x[0].length));
   return warnings(r.warnings) + rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n';
+}
+
+function routerRows(r: StatusResult): string[][] {
+  const ro = r.router;
+  if (!ro) return [];
+  if (!ro.running)
+    return [['router', `NOT RUNNING (${ro.error ?? 'no answer'})${ro.live ? `; it would route to ${ro.live.release} on :${ro.live.port}` : ''}`]];
+  const rows: string[][] = [
+    [
+      'router',
+      `${ro.listening ? 'listening' : 'WAITING for the port'} on :${ro.port} → ${ro.live ? `${ro.live.release} on :${ro.live.port}` : 'no release yet'}`,
+    ],
+  ];
+  for (const u of ro.upstreams.filter((x) => x.role === 'draining')) rows.push(['draining', `${u.release} on :${u.port} (${u.inflight} in flight)`]);
+  if (ro.held > 0) rows.push(['held', `${ro.held} request(s) waiting for the release to answer`]);
+  const live = ro.stats.find((x) => x.release === ro.live?.release);
+  const ms = (v: number | null) => (v === null ? '-' : `${v}`);
+  rows.push([
+    'last minute',
+    live
+      ? `${live.rps} req/s, 5xx ${(live.rate5xx * 100).toFixed(1)} %, p50 ${ms(live.p50Ms)} ms, p99 ${ms(live.p99Ms)} ms (${live.requests} requests)`
+      : 'no requests',
+  ]);
+  return rows;
 }
 
 export function formatPrune(r: PruneResult): string {

@@ -1,5 +1,6 @@
 // The example's "npm start": like `next start`, it refuses to run without a build, listens on $FRONT_PORT,
 // and reports which release it runs (RELEASE_ID / RELEASE_SHA come from pm2-release through PM2's env).
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -40,8 +41,74 @@ const server = http.createServer((req, res) => {
       JSON.stringify({ status: 'ok', version: build.version, release: process.env.RELEASE_ID ?? null, sha: process.env.RELEASE_SHA ?? null }) + '\n',
     );
   }
+  const release = process.env.RELEASE_ID ?? 'none';
+  if (req.url === '/upload' && req.method === 'POST') {
+    // Echoes what it received: size and sha256 (a large upload must arrive whole through any proxy).
+    const h = crypto.createHash('sha256');
+    let bytes = 0;
+    req.on('data', (c) => {
+      bytes += c.length;
+      h.update(c);
+    });
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ release, bytes, sha256: h.digest('hex') }) + '\n');
+    });
+    return;
+  }
+  if (req.url?.startsWith('/stream') || req.url?.startsWith('/events')) {
+    // A slow streamed answer (like an RSC page or server-sent events): 10 parts, 100 ms apart.
+    const sse = req.url.startsWith('/events');
+    res.writeHead(200, { 'content-type': sse ? 'text/event-stream' : 'text/plain', 'cache-control': 'no-cache' });
+    let i = 0;
+    const t = setInterval(() => {
+      res.write(sse ? `data: ${release} ${i}\n\n` : `part ${i} of ${release}\n`);
+      if (++i === 10) {
+        clearInterval(t);
+        res.end();
+      }
+    }, 100);
+    return;
+  }
+  if (fs.existsSync('SLOW_MS')) {
+    // A release that answers every request slowly (the latency gate's fixture).
+    const ms = Number(fs.readFileSync('SLOW_MS', 'utf8')) || 2000;
+    return void setTimeout(() => res.end(`${greeting(build.version)} (release ${release}) slowly\n`), ms);
+  }
+  if (fs.existsSync('FAIL_PATHS') && fs.readFileSync('FAIL_PATHS', 'utf8').split('\n').includes(req.url)) {
+    res.writeHead(500, { 'content-type': 'text/plain' });
+    return res.end(`broken route ${req.url}\n`);
+  }
   res.writeHead(200, { 'content-type': 'text/plain' });
-  res.end(`${greeting(build.version)} (release ${process.env.RELEASE_ID ?? 'none'})\n`);
+  res.end(`${greeting(build.version)} (release ${release})\n`);
+});
+
+// A WebSocket echo without a library (the fixture installs offline): the RFC 6455 handshake, then each
+// masked text frame from the client is answered with "<release>:<text>"; a close frame is answered.
+server.on('upgrade', (req, socket) => {
+  const key = req.headers['sec-websocket-key'];
+  if (!key) return socket.destroy();
+  const accept = crypto.createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`);
+  let buf = Buffer.alloc(0);
+  socket.on('data', (chunk) => {
+    buf = Buffer.concat([buf, chunk]);
+    while (buf.length >= 6) {
+      const opcode = buf[0] & 0x0f;
+      const len = buf[1] & 0x7f; // the fixture's messages are short (< 126 bytes)
+      if (buf.length < 6 + len) return;
+      const mask = buf.subarray(2, 6);
+      const data = Buffer.from(buf.subarray(6, 6 + len).map((b, i) => b ^ mask[i % 4]));
+      buf = buf.subarray(6 + len);
+      if (opcode === 0x8) {
+        socket.end(Buffer.from([0x88, 0x02, 0x03, 0xe8]));
+        return;
+      }
+      const out = Buffer.from(`${process.env.RELEASE_ID ?? 'none'}:${data.toString('utf8')}`);
+      socket.write(Buffer.concat([Buffer.from([0x81, out.length]), out]));
+    }
+  });
+  socket.on('error', () => socket.destroy());
 });
 server.listen(port, host, () => console.log(`example-frontend ${build.version} listening on http://${host}:${port}`));
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => server.close(() => process.exit(0)));

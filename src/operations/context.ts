@@ -76,7 +76,7 @@ export function createContext(opts: CommonOptions, overrides?: { keep?: number }
     trigger: opts.trigger ?? 'api',
     redactor,
     // The pm2 CLI (and so a daemon it starts) never sees our own secrets or an outer npm run's variables.
-    pm2: new Pm2({ env: childEnv(env), logger, redactor }),
+    pm2: new Pm2({ env: childEnv(env), logger, redactor, exposeEnv: [config.app.portEnv] }),
     store: new ReleaseStore(config.releasesDir, config.app.dir),
     durations: {},
     emit(event) {

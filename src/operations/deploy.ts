@@ -11,13 +11,15 @@ import { acquireLock, type HeldLock } from '../lock.js';
 import { clearBad, readBadShas } from '../release/history.js';
 import { appPort, healthUrl } from '../config.js';
 import { allocateId, buildRelease, markFailed, resolveRelease } from './build.js';
-import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
+import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { preflight } from './doctor.js';
 import { audited } from './audit.js';
 import { runHook } from './hooks.js';
 import { applyRetention, cleanupInterrupted, retentionPlan } from './retain.js';
 import { releaseInfo, type BuildResult, type DeployResult } from './results.js';
-import { adoptRunning, currentRelease, switchToRelease } from './switch-release.js';
+import { adoptRunning, currentRelease, routerControl, routerDefinition, switchToRelease } from './switch-release.js';
+import { routerRunning } from '../pm2/routed-switch.js';
+import { routerProcessName } from '../router/protocol.js';
 import { removeVerifyLeftovers, verifyRelease } from './verify.js';
 
 export interface DeployOptions extends CommonOptions {
@@ -112,7 +114,9 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
       let switched;
       try {
         await runHook(ctx, 'postBuild', vars, release.cwd);
-        if (opts.verify ?? ctx.config.app.verify.enabled) await verifyRelease(ctx, release);
+        // Behind the router the health gate runs on the new release's private port before any visitor reaches
+        // it: that is the verify run, so a deploy boots the release once.
+        if (ctx.config.app.strategy !== 'router' && (opts.verify ?? ctx.config.app.verify.enabled)) await verifyRelease(ctx, release);
         switched = await switchToRelease(ctx, release);
       } catch (err) {
         const e = asReleaseError(err);
@@ -230,6 +234,7 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
 export async function recoverInterrupted(ctx: Context): Promise<void> {
   await cleanupInterrupted(ctx);
   await removeVerifyLeftovers(ctx);
+  if (ctx.config.app.strategy === 'router') await recoverRouted(ctx);
   const state = await ctx.store.readState();
   if (!state) return;
   const procs = await ctx.pm2.processes(ctx.config.app.name);
@@ -241,6 +246,38 @@ export async function recoverInterrupted(ctx: Context): Promise<void> {
     await switchToRelease(ctx, rec);
   } catch (err) {
     warn(ctx, `could not restart ${state.active}: ${asReleaseError(err).message}`);
+  }
+}
+
+/**
+ * Behind the router, the router's state file says which release is live. A run killed mid-switch can leave
+ * a release process that is not routed (killed before the route change) or the previous one still running
+ * and the record not yet saved (killed after it): the unrouted processes are deleted, a router that is not
+ * running is started (it reads its state), and a routed release that was not recorded is adopted.
+ */
+async function recoverRouted(ctx: Context): Promise<void> {
+  const name = ctx.config.app.name;
+  const live = (await routerControl(ctx).readState())?.live;
+  if (!live) return;
+  const procs = await ctx.pm2.processes(name, { fresh: true });
+  const serving = procs.filter((p) => p.vars[ctx.config.app.portEnv] === String(live.port));
+  if (serving.length === 0) return; // nothing serves the routed port: the generic recovery below starts the record
+  for (const p of procs.filter((x) => !serving.includes(x))) {
+    warn(ctx, `${name} (pm2 id ${p.pmId}, ${p.releaseId ?? p.cwd}) is not routed (an interrupted switch): deleting it`);
+    await ctx.pm2.delete(p.pmId);
+  }
+  const pm2 = ctx.pm2.withEnv(childEnv(ctx.env));
+  if (!(await routerRunning(pm2, routerProcessName(name)))) {
+    warn(ctx, `the router ${routerProcessName(name)} is not running: starting it (it routes to ${live.release})`);
+    for (const p of await pm2.processes(routerProcessName(name))) await pm2.delete(p.pmId);
+    await pm2.start(routerDefinition(ctx));
+    await routerControl(ctx).status(15_000);
+  }
+  const recorded = (await ctx.store.readState())?.active;
+  const rec = await ctx.store.get(live.release);
+  if (recorded !== live.release && rec?.status === 'ready') {
+    warn(ctx, `the router serves ${live.release} but it was not recorded as active (an interrupted switch): saving it`);
+    await adoptRunning(ctx, rec, live.port);
   }
 }
 

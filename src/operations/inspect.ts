@@ -1,13 +1,14 @@
 /** list, status and prune. */
 import { appPort, healthUrl } from '../config.js';
 import { probe } from '../health.js';
-import { createContext, phase, type CommonOptions } from './context.js';
+import { createContext, phase, type CommonOptions, type Context } from './context.js';
+import { routerProcessName } from '../router/protocol.js';
 import { audited } from './audit.js';
 import { withLock } from './deploy.js';
 import { applyRetention, retentionPlan } from './retain.js';
 import { readBadShas, readHistory } from '../release/history.js';
-import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type StatusResult } from './results.js';
-import { currentRelease, samePath } from './switch-release.js';
+import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type RouterInfo, type StatusResult } from './results.js';
+import { currentRelease, routerControl, samePath } from './switch-release.js';
 
 export type ListOptions = CommonOptions;
 
@@ -40,7 +41,10 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
   const procs = await phase(ctx, 'status', () => ctx.pm2.processes(name));
   const releases = await ctx.store.list();
   const state = await ctx.store.readState();
-  const proc = procs[0];
+  const router = await routerInfo(ctx);
+  // Behind the router the live release is the one it routes to (a draining one may still run beside it).
+  const routedProc = router?.live ? procs.find((p) => p.vars[ctx.config.app.portEnv] === String(router.live!.port)) : undefined;
+  const proc = routedProc ?? procs[0];
   const served = proc ? releases.find((r) => samePath(r.cwd, proc.cwd)) : undefined;
   const url = healthUrl(ctx.config.app, appPort(ctx.config.app));
   const h = await probe({ url, expectStatus: ctx.config.app.healthcheck.expectStatus });
@@ -51,6 +55,8 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
   else if (proc && served && state && served.id !== state.active)
     reason = `PM2 serves ${served.id} but ${state.active} is recorded as active (an interrupted switch?)`;
   else if (procs.some((p) => p.cwd !== proc?.cwd)) reason = `PM2 runs ${name} from several directories`;
+  else if (router && !router.running) reason = `the router ${routerProcessName(name)} is not running: ${router.error ?? 'no answer'}`;
+  else if (router?.live && served && router.live.release !== served.id) reason = `the router routes to ${router.live.release}, PM2 serves ${served.id}`;
 
   return {
     ok: true,
@@ -72,8 +78,34 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
       : null,
     health: { url, ok: h.ok, status: h.status ?? null, error: h.error ?? null },
     drift: { detected: reason !== null, reason },
+    router,
     warnings: ctx.warnings,
   };
+}
+
+/** The router's own account (control socket), when the app runs behind one. */
+async function routerInfo(ctx: Context): Promise<RouterInfo | null> {
+  const name = routerProcessName(ctx.config.app.name);
+  const inPm2 = (await ctx.pm2.processes(name).catch(() => [])).filter((p) => p.status === 'online');
+  if (ctx.config.app.strategy !== 'router' && inPm2.length === 0) return null;
+  const port = appPort(ctx.config.app) ?? 0;
+  const none: RouterInfo = { running: false, listening: false, port, live: null, upstreams: [], held: 0, stats: [], error: null };
+  if (inPm2.length === 0) return { ...none, live: (await routerControl(ctx).readState())?.live ?? null, error: 'not running in PM2' };
+  try {
+    const s = await routerControl(ctx).status();
+    return {
+      running: true,
+      listening: s.listening,
+      port: s.port,
+      live: s.live,
+      upstreams: s.upstreams,
+      held: s.held,
+      stats: s.stats.map(({ release, requests, rps, errors5xx, rate5xx, p50Ms, p99Ms }) => ({ release, requests, rps, errors5xx, rate5xx, p50Ms, p99Ms })),
+      error: null,
+    };
+  } catch (err) {
+    return { ...none, error: (err as Error).message };
+  }
 }
 
 export interface PruneOptions extends CommonOptions {

@@ -99,6 +99,20 @@ export interface Pm2State {
   processes: number;
 }
 
+export interface RouterInfo {
+  /** The router process runs in PM2 and answers on its control socket. */
+  running: boolean;
+  listening: boolean;
+  port: number;
+  /** The release new requests go to, and its private port. */
+  live: { port: number; release: string } | null;
+  upstreams: { port: number; release: string; role: 'live' | 'draining'; inflight: number; websockets: number }[];
+  held: number;
+  /** Per release, the last minute: requests, req/s, 5xx count and rate, p50/p99 latency (ms). */
+  stats: { release: string; requests: number; rps: number; errors5xx: number; rate5xx: number; p50Ms: number | null; p99Ms: number | null }[];
+  error: string | null;
+}
+
 export interface StatusResult {
   ok: true;
   app: string;
@@ -109,6 +123,8 @@ export interface StatusResult {
   pm2: Pm2State | null;
   health: { url: string; ok: boolean; status: number | null; error: string | null };
   drift: { detected: boolean; reason: string | null };
+  /** The front door, when the app runs behind the router (null otherwise). */
+  router: RouterInfo | null;
   warnings: string[];
 }
 

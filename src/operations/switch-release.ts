@@ -5,11 +5,15 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { appPort, healthChecks, healthUrl, isInside } from '../config.js';
 import { failpoint } from '../failpoint.js';
 import { SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
-import { strategyFor } from '../pm2/switch.js';
+import { strategyFor, type SwitchStrategy } from '../pm2/switch.js';
+import { routedStrategy } from '../pm2/routed-switch.js';
+import { RouterControl } from '../router-control.js';
+import { routerProcessName } from '../router/protocol.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
 import { childEnv, phase, warn, type Context } from './context.js';
 import { record } from './audit.js';
@@ -39,8 +43,29 @@ export function appDefinition(ctx: Context, release: ReleaseRecord): AppDefiniti
   };
 }
 
+/** The compiled router entry (dist/router/main.js), from src/ (tests) or dist/ alike. */
+export const ROUTER_MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../dist/router/main.js');
+
+/** How PM2 runs the app's router (the same definition goes into active.json for the reboot path). */
+export function routerDefinition(ctx: Context): AppDefinition {
+  const { app, router, releasesDir } = ctx.config;
+  const args = ['--app', app.name, '--port', String(appPort(app)), '--releases-dir', releasesDir, '--hold-ms', String(router.holdMs)];
+  if (router.host) args.push('--host', router.host);
+  return { name: routerProcessName(app.name), script: ROUTER_MAIN, args, cwd: releasesDir, env: {}, execMode: 'fork', killTimeoutMs: 10_000 };
+}
+
+export function routerControl(ctx: Context): RouterControl {
+  return new RouterControl(ctx.config.releasesDir, ctx.config.app.name);
+}
+
 /** The release PM2 serves now, by its cwd (the ground truth), else by the recorded state. */
 export async function currentRelease(ctx: Context): Promise<string | null> {
+  if (ctx.config.app.strategy === 'router') {
+    // Behind a running router, the live release is the one it routes to.
+    const routed = (await routerControl(ctx).readState())?.live?.release;
+    const routerUp = (await ctx.pm2.processes(routerProcessName(ctx.config.app.name)).catch(() => [])).length > 0;
+    if (routed && routerUp && (await ctx.store.get(routed))) return routed;
+  }
   const procs = await ctx.pm2.processes(ctx.config.app.name).catch(() => []);
   if (procs.length > 0) {
     const records = await ctx.store.list();
@@ -90,7 +115,20 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
   const url = healthUrl(ctx.config.app, port);
   const checks = healthChecks(ctx.config.app, port);
   const previous = await currentRelease(ctx);
-  const strategy = strategyFor(ctx.config.app.strategy);
+  const routed = ctx.config.app.strategy === 'router';
+  const strategy: SwitchStrategy = routed
+    ? routedStrategy({
+        control: routerControl(ctx),
+        router: routerDefinition(ctx),
+        portEnv: ctx.config.app.portEnv,
+        releasePorts: ctx.config.router.releasePorts,
+        drainTimeoutMs: ctx.config.router.drainTimeoutMs,
+        beforeRoute: () => failpoint(ctx.env, 'route'),
+        beforeDrain: () => failpoint(ctx.env, 'drain'),
+        now: () => ctx.now(),
+        warn: (m) => warn(ctx, m),
+      })
+    : strategyFor(ctx.config.app.strategy);
 
   // The env we hand to the pm2 CLI becomes the app's env: the caller's, minus the outer npm run's variables.
   const pm2Env = childEnv(ctx.env);
@@ -105,6 +143,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
         signal: ctx.signal,
         beforeStart: () => failpoint(ctx.env, 'switch'),
         ownedRoot: ctx.config.releasesDir,
+        routerName: routerProcessName(app.name),
       });
     } catch (err) {
       // The strategy already started the previous app again (when there was one): make that a fact before
@@ -163,9 +202,12 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     let outcome: HealthOutcome;
     try {
       failpoint(ctx.env, 'health');
-      outcome = await waitForApp(ctx, { name: app.name, checks, settleMs: ctx.config.app.healthcheck.settleMs, signal: ctx.signal, only: handle.newIds });
-      // Zero-downtime strategies retire the old release only now that the new one passed.
-      if (outcome.ok) await handle.commit();
+      // Behind the router the new release is checked on its private port, before any visitor reaches it.
+      const gate = handle.probePort !== undefined ? healthChecks(ctx.config.app, handle.probePort) : checks;
+      outcome = await waitForApp(ctx, { name: app.name, checks: gate, settleMs: ctx.config.app.healthcheck.settleMs, signal: ctx.signal, only: handle.newIds });
+      // Zero-downtime strategies retire the old release only now that the new one passed (the router's
+      // route change is a phase of its own, below).
+      if (outcome.ok && !routed) await handle.commit();
     } catch (err) {
       outcome = { ok: false, reason: (err as Error).message, probes: [], elapsedMs: 0 };
     }
@@ -180,6 +222,23 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     return outcome;
   });
 
+  if (routed)
+    await phase(ctx, 'route', async () => {
+      try {
+        await handle.commit();
+      } catch (err) {
+        if (handle.committed) throw err;
+        // Not routed: the previous release never stopped serving. The release itself passed its gate, so it
+        // is not marked bad.
+        const reverted = await putBack(`could not be routed (${(err as Error).message})`, false);
+        throw new SwitchError('ROUTE_FAILED', `the router did not switch to ${release.id} (${(err as Error).message}); ${reverted}`, {
+          phase: 'route',
+          hint: `check the router: pm2 logs ${routerProcessName(app.name)} --lines 50`,
+          releaseId: release.id,
+        });
+      }
+    });
+
   await phase(ctx, 'save', async () => {
     try {
       failpoint(ctx.env, 'save');
@@ -188,7 +247,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       if (handle.committed) {
         // Cluster: the old processes are already retired, so there is nothing to go back to. The new release
         // is healthy and serving; record it and say loudly that the dump is stale.
-        await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now());
+        await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', handle.app ?? app, ctx.now(), routed ? routerDefinition(ctx) : undefined);
         warn(ctx, `pm2 save failed (${(err as Error).message}): ${release.id} serves, but a reboot would bring back an older list; run \`pm2 save\``);
         return;
       }
@@ -202,7 +261,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
         releaseId: release.id,
       });
     }
-    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now());
+    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', handle.app ?? app, ctx.now(), routed ? routerDefinition(ctx) : undefined);
   });
 
   return { app, previous: previous === release.id ? null : previous, health, url };
@@ -213,8 +272,11 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
  * healthy, then save the dump and record it as active, without restarting anything. Returns false when it
  * is not healthy (the caller switches properly instead).
  */
-export async function adoptRunning(ctx: Context, release: ReleaseRecord): Promise<boolean> {
+export async function adoptRunning(ctx: Context, release: ReleaseRecord, privatePort?: number): Promise<boolean> {
   const app = appDefinition(ctx, release);
+  // Behind the router the release runs on its private port: record it as it runs.
+  if (privatePort !== undefined) app.env[ctx.config.app.portEnv] = String(privatePort);
+  const routed = ctx.config.app.strategy === 'router';
   const restartsBefore = new Map((await ctx.pm2.processes(app.name, { fresh: true })).map((p) => [p.pmId, p.restarts]));
   const outcome = await phase(ctx, 'health', () =>
     waitForApp(ctx, {
@@ -228,7 +290,7 @@ export async function adoptRunning(ctx: Context, release: ReleaseRecord): Promis
   if (!outcome.ok) return false;
   await phase(ctx, 'save', async () => {
     await ctx.pm2.save();
-    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now());
+    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now(), routed ? routerDefinition(ctx) : undefined);
   });
   return true;
 }

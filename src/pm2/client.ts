@@ -25,6 +25,8 @@ export interface Pm2Process {
   uptimeSince?: number;
   releaseId?: string;
   releaseSha?: string;
+  /** Values of the env keys the Pm2 instance was asked to expose (the app's port variable): never secrets. */
+  vars: Record<string, string>;
 }
 
 /** What we need to start an app again exactly as it ran (the revert path). Holds env values: never log it. */
@@ -41,6 +43,8 @@ export interface Pm2Snapshot {
 interface JlistCache {
   at: number;
   data?: RawProcess[];
+  /** Set once a daemon was seen running: from then on, a vanished daemon is an error, never re-spawned. */
+  sawDaemon?: boolean;
 }
 const JLIST_TTL_MS = 1_000;
 
@@ -52,6 +56,8 @@ export interface Pm2Options {
   logger: Logger;
   redactor?: Redactor;
   bin?: string;
+  /** Env keys whose values processes() reports (non-secret, e.g. the port variable). */
+  exposeEnv?: string[];
 }
 
 /**
@@ -104,6 +110,14 @@ export class Pm2 {
   }
 
   private async pm2(args: string[], extraEnv?: Record<string, string | undefined>, baseEnv?: Record<string, string | undefined>) {
+    // Every pm2 CLI command spawns a daemon when none answers (lib/Client.js). If the daemon we were talking
+    // to is gone (systemd stopped it, it crashed), a new one would start outside systemd with an empty list:
+    // fail instead, and let the next run recover once PM2 is back.
+    if (this.cache.sawDaemon && !this.daemonRunning())
+      throw new EnvironmentError('PM2_DAEMON_GONE', `the PM2 daemon (PM2_HOME ${this.home}) stopped during the operation: not starting a new one`, {
+        phase: 'switch',
+        hint: 'bring PM2 back (`sudo systemctl start pm2-<user>` or `pm2 resurrect`), then run the command again: it recovers what was interrupted',
+      });
     try {
       return await run([this.bin, ...args], {
         cwd: os.tmpdir(),
@@ -112,6 +126,8 @@ export class Pm2 {
         env: extraEnv,
         redactor: this.opts.redactor,
         timeoutMs: 60_000,
+      }).finally(() => {
+        this.cache.sawDaemon ||= this.daemonRunning();
       });
     } catch (err) {
       if (err instanceof CommandFailure)
@@ -142,7 +158,7 @@ export class Pm2 {
   }
 
   async list(opts: { fresh?: boolean } = {}): Promise<Pm2Process[]> {
-    return (await this.jlistRaw(opts)).map(toProcess);
+    return (await this.jlistRaw(opts)).map((p) => toProcess(p, this.opts.exposeEnv ?? []));
   }
 
   /** The app's processes. Pollers (health gates) pass `fresh`: they watch for changes. */
@@ -175,6 +191,7 @@ export class Pm2 {
   async start(app: AppDefinition, opts: { alongside?: boolean } = {}): Promise<void> {
     const args = ['start', app.script, '--name', app.name, '--cwd', app.cwd];
     if (app.execMode === 'cluster') args.push('-i', String(app.instances ?? 1));
+    if (app.killTimeoutMs !== undefined) args.push('--kill-timeout', String(app.killTimeoutMs));
     // PM2 refuses a second app with the same name unless forced; the cluster switch wants exactly that.
     if (opts.alongside) args.push('-f');
     this.invalidate();
@@ -241,7 +258,10 @@ export class Pm2 {
    */
   async version(): Promise<string> {
     try {
-      const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(fs.realpathSync(this.bin)), '..', 'package.json'), 'utf8')) as { name?: unknown; version?: unknown };
+      const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(fs.realpathSync(this.bin)), '..', 'package.json'), 'utf8')) as {
+        name?: unknown;
+        version?: unknown;
+      };
       if (pkg.name === 'pm2' && typeof pkg.version === 'string') return pkg.version;
     } catch {
       /* an unusual install: ask the binary */
@@ -293,11 +313,17 @@ export function parseJlist(stdout: string): RawProcess[] {
   });
 }
 
-function toProcess(raw: RawProcess): Pm2Process {
+function toProcess(raw: RawProcess, expose: string[]): Pm2Process {
   const e = raw.pm2_env ?? {};
-  const env = (e.env ?? {});
+  const env = e.env ?? {};
   const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
+  const vars: Record<string, string> = {};
+  for (const k of expose) {
+    const v = str(env[k]) ?? str(e[k]);
+    if (v !== undefined) vars[k] = v;
+  }
   return {
+    vars,
     pmId: Number(raw.pm_id ?? -1),
     name: String(raw.name ?? ''),
     pid: Number(raw.pid ?? 0),

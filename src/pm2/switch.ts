@@ -28,6 +28,11 @@ export interface SwitchInput {
    * app PM2 started for us (a child that escaped `pm2 delete`'s tree kill) and is stopped, by its pid.
    */
   ownedRoot?: string;
+  /**
+   * The app's router process name. The restart strategy removes a router it finds (the way back from the
+   * router strategy: the app itself takes the port again) and, on a revert, starts it again.
+   */
+  routerName?: string;
 }
 
 export interface SwitchHandle {
@@ -41,8 +46,12 @@ export interface SwitchHandle {
   revert: () => Promise<void>;
   /** True when the old processes keep running until commit (cluster): a revert before commit loses nothing. */
   keepsOld?: boolean;
-  /** True once commit() retired the old processes. */
+  /** True once commit() retired the old processes (router: once the route changed). */
   committed?: boolean;
+  /** The port the health gate probes, when it is not the app's (router: the release's private port). */
+  probePort?: number;
+  /** The definition actually started, when it differs from the target (router: the private port). */
+  app?: AppDefinition;
 }
 
 export interface SwitchStrategy {
@@ -74,15 +83,27 @@ export const restartStrategy: SwitchStrategy = {
       );
     };
 
+    // Coming back from the router strategy: the router holds the port and the app runs on a private one.
+    const router = input.routerName ? await pm2.snapshot(input.routerName) : undefined;
+
     const revert = async (): Promise<void> => {
       const now = await pm2.processes(target.name);
       if (now.length > 0) await pm2.delete(target.name);
       if (!before) return;
+      if (router) {
+        await pm2.startSnapshot(before);
+        await pm2.startSnapshot(router);
+        return;
+      }
       await freePortOrExplain();
       await pm2.startSnapshot(before);
     };
 
     if (before) await pm2.delete(target.name);
+    if (router && input.routerName) {
+      input.logger.warn(`removing ${input.routerName}: the restart strategy serves the app port directly`);
+      await pm2.delete(input.routerName);
+    }
     try {
       await freePortOrExplain();
       input.beforeStart?.();

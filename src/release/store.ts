@@ -57,6 +57,8 @@ export interface AppDefinition {
   /** PM2 exec mode: fork (the seed's `pm2 start npm`) or cluster (zero-downtime strategy). */
   execMode?: 'fork' | 'cluster';
   instances?: number;
+  /** PM2's kill_timeout (ms between SIGINT and SIGKILL on stop). */
+  killTimeoutMs?: number;
 }
 
 export interface ActiveState {
@@ -67,6 +69,8 @@ export interface ActiveState {
   /** Newest last; bounded. */
   activations: string[];
   app: AppDefinition;
+  /** The router's PM2 definition when the app runs behind one (ecosystem.config.cjs starts it too). */
+  router?: AppDefinition;
 }
 
 export interface ReleaseRecord {
@@ -216,10 +220,10 @@ export class ReleaseStore {
   }
 
   /** Records `id` as active. Written after PM2 serves it and `pm2 save` succeeded. */
-  async writeActive(id: string, sha: string, app: AppDefinition, at: Date): Promise<ActiveState> {
+  async writeActive(id: string, sha: string, app: AppDefinition, at: Date, router?: AppDefinition): Promise<ActiveState> {
     const prev = await this.readState();
     const activations = [...(prev?.activations ?? []), id].slice(-ACTIVATIONS_KEPT);
-    const state: ActiveState = { version: 1, active: id, sha, activatedAt: at.toISOString(), activations, app };
+    const state: ActiveState = { version: 1, active: id, sha, activatedAt: at.toISOString(), activations, app, ...(router ? { router } : {}) };
     await writeFileAtomic(this.statePath, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
     await this.pointCurrent(id);
     return state;

@@ -22,8 +22,7 @@ export interface Remote {
 export function setupRemote(sb: Sandbox): Remote {
   const origin = path.join(sb.root, 'origin.git');
   const pusher = path.join(sb.root, 'pusher');
-  const git = (cwd: string, ...args: string[]) =>
-    execFileSync('git', args, { cwd, env: sb.env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  const git = (cwd: string, ...args: string[]) => execFileSync('git', args, { cwd, env: sb.env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
 
   git(sb.root, 'clone', '-q', '--bare', sb.workspace, origin);
   git(sb.workspace, 'remote', 'add', 'origin', origin);

@@ -34,6 +34,12 @@ export interface Sandbox {
   close(): Promise<void>;
 }
 
+/** A block of 100 ports below the ephemeral range for a router's releases (one per sandbox, chosen at random). */
+export function releasePortRange(): [number, number] {
+  const first = 20_000 + Math.floor(Math.random() * 120) * 100;
+  return [first, first + 99];
+}
+
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
@@ -45,7 +51,7 @@ export function freePort(): Promise<number> {
   });
 }
 
-export async function createSandbox(opts: { keep?: number; app?: Record<string, unknown> } = {}): Promise<Sandbox> {
+export async function createSandbox(opts: { keep?: number; app?: Record<string, unknown>; config?: Record<string, unknown> } = {}): Promise<Sandbox> {
   // Short path: PM2's unix sockets live in PM2_HOME and sun_path is limited to ~107 bytes.
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'p2r-'));
   const workspace = path.join(root, 'ws');
@@ -92,6 +98,7 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
       verify: { settleMs: 500 },
       ...opts.app,
     },
+    ...opts.config,
   };
   const configPath = path.join(root, 'pm2-release.config.json');
   fs.writeFileSync(configPath, JSON.stringify(config, null, 2));

@@ -74,6 +74,7 @@ const STATUS: StatusResult = {
   },
   health: { url: 'http://127.0.0.1:3001/', ok: true, status: 200, error: null },
   drift: { detected: false, reason: null },
+  router: null,
   warnings: [],
 };
 
@@ -85,6 +86,7 @@ const STATUS_DOWN: StatusResult = {
   pm2: null,
   health: { url: 'http://127.0.0.1:3001/', ok: false, status: null, error: 'ECONNREFUSED' },
   drift: { detected: true, reason: 'PM2 has no app named frontend-dev, but 20261121T204233Z-3f2a9c1 is recorded as active' },
+  router: null,
   warnings: ['app.build is empty: releases are not built, only installed'],
 };
 
@@ -206,6 +208,23 @@ describe('formatList', () => {
   });
 });
 
+const STATUS_ROUTED: StatusResult = {
+  ...STATUS,
+  router: {
+    running: true,
+    listening: true,
+    port: 3001,
+    live: { port: 13002, release: '20261121T204233Z-3f2a9c1' },
+    upstreams: [
+      { port: 13002, release: '20261121T204233Z-3f2a9c1', role: 'live', inflight: 3, websockets: 0 },
+      { port: 13001, release: '20261120T101010Z-1111111', role: 'draining', inflight: 1, websockets: 0 },
+    ],
+    held: 0,
+    stats: [{ release: '20261121T204233Z-3f2a9c1', requests: 1200, rps: 20, errors5xx: 3, rate5xx: 0.0025, p50Ms: 4.2, p99Ms: 38.5 }],
+    error: null,
+  },
+};
+
 describe('formatStatus', () => {
   it('prints aligned key/value lines', () => {
     const out = formatStatus(STATUS);
@@ -250,6 +269,15 @@ describe('formatStatus', () => {
   it('counts PM2 processes when there are several', () => {
     const out = formatStatus({ ...STATUS, pm2: { ...STATUS.pm2!, processes: 4 } });
     expect(out).toContain('online (pid 4121, id 0, restarts 2, 4 processes)');
+  });
+
+  it('behind the router: the route, a draining release and the live numbers of the last minute', () => {
+    const out = formatStatus(STATUS_ROUTED);
+    expect(out).toMatch(/^router +listening on :3001 → 20261121T204233Z-3f2a9c1 on :13002$/m);
+    expect(out).toMatch(/^draining +20261120T101010Z-1111111 on :13001 \(1 in flight\)$/m);
+    expect(out).toMatch(/^last minute +20 req\/s, 5xx 0\.3 %, p50 4\.2 ms, p99 38\.5 ms \(1200 requests\)$/m);
+    const down = formatStatus({ ...STATUS_ROUTED, router: { ...STATUS_ROUTED.router!, running: false, error: 'not running in PM2' } });
+    expect(down).toMatch(/^router +NOT RUNNING \(not running in PM2\); it would route to 20261121T204233Z-3f2a9c1 on :13002$/m);
   });
 });
 

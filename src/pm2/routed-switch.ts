@@ -1,0 +1,164 @@
+/**
+ * The `router` strategy: a stable front process (`<app>-router`) owns the app's public port and the
+ * client connections; each release runs as a normal fork-mode PM2 process named like the app, on a private
+ * loopback port given through `app.portEnv`. A switch:
+ *
+ *   start the target beside the live release on a free private port → health gate on that port (the caller)
+ *   → commit: route new requests to it (one atomic step in the router) → drain the old release (its requests
+ *   in flight finish, bounded) → delete its PM2 process.
+ *
+ * Anything that fails before the route changes deletes only the new process: the old release never stopped
+ * serving. The first switch on a VM where the app itself holds the public port (started by hand, or by the
+ * restart strategy) is the take-over: the router starts with its state file already naming the new release,
+ * waits for the port, and the old process is deleted so the router can bind it (one short gap).
+ */
+import { SwitchError } from '../errors.js';
+import { portFree } from '../health.js';
+import type { Logger } from '../log.js';
+import type { AppDefinition } from '../release/store.js';
+import type { RouterControl } from '../router-control.js';
+import type { Pm2, Pm2Process } from './client.js';
+import type { SwitchHandle, SwitchInput, SwitchStrategy } from './switch.js';
+
+export interface RoutingInput {
+  control: RouterControl;
+  /** How PM2 starts the router (name, script, args). */
+  router: AppDefinition;
+  portEnv: string;
+  releasePorts: [number, number];
+  drainTimeoutMs: number;
+  /** Failpoints: before the route changes, and after it, before the drain. */
+  beforeRoute?: () => void;
+  beforeDrain?: () => void;
+  now: () => Date;
+  warn: (message: string) => void;
+}
+
+/** PM2 ids and private ports of the app's release processes now. */
+function portOf(p: Pm2Process, portEnv: string): number | undefined {
+  const v = p.vars[portEnv];
+  return v !== undefined && /^\d+$/.test(v) ? Number(v) : undefined;
+}
+
+/**
+ * A free private port in the range, starting after the ones in use so consecutive releases alternate
+ * (an operator reading `pm2 jlist` sees the new one beside the old).
+ */
+export async function choosePort(range: [number, number], inUse: number[]): Promise<number> {
+  const [first, last] = range;
+  const size = last - first + 1;
+  const after = inUse.filter((p) => p >= first && p <= last).sort((a, b) => b - a)[0];
+  const start = after === undefined ? 0 : after - first + 1;
+  for (let i = 0; i < size; i++) {
+    const port = first + ((start + i) % size);
+    if (inUse.includes(port)) continue;
+    if (await portFree(port)) return port;
+  }
+  throw new SwitchError('NO_RELEASE_PORT', `no free private port in ${first}-${last} for the new release`, {
+    phase: 'switch',
+    hint: 'free one (`ss -ltnp`) or set router.releasePorts to another range',
+  });
+}
+
+export async function routerRunning(pm2: Pm2, name: string): Promise<boolean> {
+  const procs = await pm2.processes(name, { fresh: true });
+  return procs.some((p) => p.status === 'online' || p.status === 'launching');
+}
+
+export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
+  name: 'router',
+  async switch(input: SwitchInput): Promise<SwitchHandle> {
+    const { pm2, target, logger } = input;
+    let old = await pm2.processes(target.name, { fresh: true });
+    // PM2 restarts a stopped or errored app of the same name instead of starting a second one: those serve
+    // nothing anyway, so they go first.
+    for (const p of old.filter((x) => x.status === 'stopped' || x.status === 'errored')) {
+      logger.warn(`${target.name} (pm2 id ${p.pmId}) is ${p.status}: deleting it before starting the new release`);
+      await pm2.delete(p.pmId);
+    }
+    old = old.filter((x) => x.status !== 'stopped' && x.status !== 'errored');
+    const oldIds = new Set(old.map((p) => p.pmId));
+    const port = await choosePort(
+      routing.releasePorts,
+      old.map((p) => portOf(p, routing.portEnv)).filter((p): p is number => p !== undefined),
+    );
+    const app: AppDefinition = { ...target, execMode: 'fork', env: { ...target.env, [routing.portEnv]: String(port) } };
+    const newIds = async () => (await pm2.processes(target.name, { fresh: true })).filter((p) => !oldIds.has(p.pmId)).map((p) => p.pmId);
+    const deleteIds = async (ids: Iterable<number>) => {
+      for (const id of ids) await pm2.delete(id).catch((err: Error) => logger.warn(`pm2 delete ${id}: ${err.message}`));
+    };
+
+    const handle: SwitchHandle = {
+      before: undefined,
+      keepsOld: true,
+      app,
+      probePort: port,
+      newIds,
+      revert: async () => {
+        if (handle.committed) throw new Error('the route already changed: the new release serves');
+        await deleteIds(await newIds());
+      },
+      commit: async () => {
+        routing.beforeRoute?.();
+        const live = { port, release: String(target.env.RELEASE_ID ?? '') };
+        const running = await routerRunning(pm2, routing.router.name);
+        let previousPort: number | undefined;
+        if (running) {
+          previousPort = (await routing.control.readState())?.live?.port;
+          await routing.control.route(live);
+          handle.committed = true;
+        } else {
+          await takeOver(pm2, routing, live, old, logger);
+          handle.committed = true;
+          oldIds.clear(); // deleted by the take-over
+        }
+        // From here the new release serves: what follows may fail with a warning, never a revert.
+        try {
+          routing.beforeDrain?.();
+          if (previousPort !== undefined && previousPort !== port) {
+            const d = await routing.control.drain(previousPort, routing.drainTimeoutMs);
+            if (!d.drained)
+              routing.warn(`the previous release still had ${d.abandoned} request(s) in flight after the drain timeout (${routing.drainTimeoutMs} ms)`);
+          }
+          await deleteIds(oldIds);
+        } catch (err) {
+          routing.warn(`retiring the previous release failed (${(err as Error).message}); the next deploy removes it`);
+        }
+      },
+    };
+    try {
+      input.beforeStart?.();
+      await pm2.start(app, { alongside: old.length > 0 });
+    } catch (err) {
+      await handle.revert().catch(() => undefined);
+      throw err;
+    }
+    return handle;
+  },
+});
+
+/**
+ * The first routed switch: the app (or nothing) holds the public port. The router's state file is written
+ * first, so the router routes to the new release the moment it binds; it is started (it waits for the port
+ * while the old process holds it), then the old process is deleted and the router takes the port.
+ */
+async function takeOver(pm2: Pm2, routing: RoutingInput, live: { port: number; release: string }, old: Pm2Process[], logger: Logger): Promise<void> {
+  await routing.control.writeState(live, routing.now());
+  const stale = await pm2.processes(routing.router.name, { fresh: true });
+  for (const p of stale) await pm2.delete(p.pmId);
+  await pm2.start(routing.router);
+  // The router is up (its control socket answers) before the old app is stopped: the gap is only the time
+  // between the old process closing its listening socket and the router binding it.
+  await routing.control.status(15_000);
+  if (old.length) logger.info(`taking over the app port: stopping ${old.map((p) => `pm2 id ${p.pmId}`).join(', ')} so the router can bind it`);
+  for (const p of old) await pm2.delete(p.pmId);
+  const deadline = Date.now() + 20_000;
+  while (!(await routing.control.status(5_000)).listening) {
+    if (Date.now() > deadline)
+      throw new SwitchError('ROUTER_PORT_BUSY', `the router could not bind the app port within 20 s`, {
+        phase: 'switch',
+        hint: 'another process holds it: `ss -ltnp` names it; stop it and deploy again',
+      });
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -25,6 +25,11 @@ export interface RunOptions {
   redactor?: Redactor;
   /** Feed to stdin. */
   input?: string;
+  /**
+   * Called with the child's pid once it started (also its process group id: it runs detached). The child
+   * keeps running meanwhile; if this throws, the group is stopped and run() rejects with that error.
+   */
+  onStart?: (pid: number) => Promise<void>;
 }
 
 export interface RunResult {
@@ -59,6 +64,10 @@ export async function run(argv: readonly string[], opts: RunOptions): Promise<Ru
 
   const tail: string[] = [];
   const log = opts.logFile ? fs.createWriteStream(opts.logFile, { flags: 'a', mode: 0o600 }) : undefined;
+  // A full disk fails the log writes: keep the first error (an unhandled stream 'error' would crash us) and
+  // report it once the command is done.
+  let logError: NodeJS.ErrnoException | undefined;
+  log?.on('error', (err) => (logError ??= err));
   log?.write(`$ ${shown}\n`);
 
   const child: ResultPromise = execa(file, args, {
@@ -86,7 +95,7 @@ export async function run(argv: readonly string[], opts: RunOptions): Promise<Ru
       if (stream === 'stdout' && opts.captureStdout !== false) stdout += text;
       if (stream === 'stderr') stderr += text;
       const redacted = opts.redactor ? opts.redactor.redact(text) : text;
-      log?.write(redacted);
+      if (!logError) log?.write(redacted);
       partial += redacted;
       const lines = partial.split('\n');
       partial = lines.pop() ?? '';
@@ -112,9 +121,20 @@ export async function run(argv: readonly string[], opts: RunOptions): Promise<Ru
   };
   opts.signal?.addEventListener('abort', killGroup, { once: true });
 
+  let startError: Error | undefined;
+  if (child.pid && opts.onStart) {
+    try {
+      await opts.onStart(child.pid);
+    } catch (err) {
+      startError = err instanceof Error ? err : new Error(String(err));
+      killGroup();
+    }
+  }
+
   const result = await child;
   opts.signal?.removeEventListener('abort', killGroup);
-  if (log) await new Promise<void>((resolve) => log.end(resolve));
+  if (log) await new Promise<void>((resolve) => (log.destroyed ? resolve() : log.end(resolve)));
+  if (startError) throw startError;
 
   const tailText = tail.join('\n');
   if (result.failed) {
@@ -126,6 +146,7 @@ export async function run(argv: readonly string[], opts: RunOptions): Promise<Ru
     else reason = `exited with code ${result.exitCode}`;
     throw new CommandFailure(shown, result.exitCode, tailText, reason);
   }
+  if (logError) throw logError;
   return { stdout, stderr, exitCode: result.exitCode ?? 0 };
 }
 

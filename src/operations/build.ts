@@ -81,6 +81,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
   await lock?.setRelease(id);
   const logFile = store.buildLog(id);
   const cwd = store.appCwd(id);
+  const track = { id, dir: store.releaseDir(id) };
   const manifest: Manifest = {
     version: MANIFEST_VERSION,
     id,
@@ -129,13 +130,13 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     await phase(ctx, 'install', async () => {
       const started = performance.now();
       const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile) : undefined;
-      if (!reused) await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha));
+      if (!reused) await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha), track);
       manifest.dependencies = { method: reused?.method ?? 'install', key, from: reused?.from, durationMs: Math.round(performance.now() - started) };
       failpoint(ctx.env, 'install');
     });
     if (config.app.build.length > 0)
       await phase(ctx, 'build', async () => {
-        await runStep(ctx, 'build', config.app.build, cwd, logFile, env);
+        await runStep(ctx, 'build', config.app.build, cwd, logFile, env, track);
         failpoint(ctx.env, 'build');
       });
     await phase(ctx, 'prune', async () => {

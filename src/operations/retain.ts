@@ -1,6 +1,11 @@
 /** Retention and clean-up of interrupted work. */
-import { planRetention, rollbackTarget, type RetentionPlan } from '../release/naming.js';
-import type { Context } from './context.js';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { isReleaseId, planRetention, rollbackTarget, type RetentionPlan } from '../release/naming.js';
+import { clearBuildProcess, groupMembers, judgeOrphan, readBuildProcess, stopGroup } from '../release/orphans.js';
+import { META_DIR, pidAlive } from '../release/store.js';
+import { warn, type Context } from './context.js';
 import { currentRelease } from './switch-release.js';
 
 export async function retentionPlan(ctx: Context, inProgress: string[] = []): Promise<RetentionPlan> {
@@ -23,6 +28,8 @@ export async function retentionPlan(ctx: Context, inProgress: string[] = []): Pr
 
 export async function applyRetention(ctx: Context, plan: RetentionPlan, afterFirst?: () => void): Promise<{ id: string; reason: string }[]> {
   const removed: { id: string; reason: string }[] = [];
+  // prune removes incomplete releases too: never from under a build that is still running in them.
+  if (plan.remove.length > 0) await stopOrphanedBuilds(ctx);
   for (const r of plan.remove) {
     await ctx.store.remove(r.id, removed.length === 0 ? afterFirst : undefined);
     ctx.logger.info({ release: r.id }, `removed release ${r.id}: ${r.reason}`);
@@ -35,6 +42,9 @@ export async function applyRetention(ctx: Context, plan: RetentionPlan, afterFir
 /** Removes what interrupted runs left behind: incomplete releases and half-done removals. */
 export async function cleanupInterrupted(ctx: Context): Promise<string[]> {
   await ctx.store.ensureDir();
+  // First: removing a release (or building a new one) while a killed deploy's build still runs in it would
+  // run two builds at once and leave the old one writing into a deleted directory.
+  await stopOrphanedBuilds(ctx);
   const swept = await ctx.store.sweepRemovals();
   const active = await currentRelease(ctx);
   const cleaned: string[] = [];
@@ -46,4 +56,53 @@ export async function cleanupInterrupted(ctx: Context): Promise<string[]> {
     }
   }
   return [...swept, ...cleaned];
+}
+
+/**
+ * Stops the install/build process groups that killed runs left behind (see release/orphans.ts). Looks at
+ * every release dir and half-removed `.removing-<id>-<pid>` dir that holds a build-process record whose run
+ * is dead. A group is signalled only when /proc shows all of its processes inside that release.
+ */
+export async function stopOrphanedBuilds(ctx: Context): Promise<string[]> {
+  const { releasesDir } = ctx.store;
+  const names = await fsp.readdir(releasesDir).catch(() => [] as string[]);
+  const stopped: string[] = [];
+  for (const name of names) {
+    const id = isReleaseId(name) ? name : /^\.removing-(.+)-\d+$/.exec(name)?.[1];
+    if (!id || !isReleaseId(id)) continue;
+    const dir = path.join(releasesDir, name);
+    const st = await fsp.lstat(dir).catch(() => undefined);
+    if (!st?.isDirectory()) continue;
+    const metaDir = path.join(dir, META_DIR);
+    const rec = await readBuildProcess(metaDir);
+    if (!rec || rec.release !== id) continue;
+    // Where the group may run: the release under its name now, its real path (releasesDir may be reached
+    // through a symlink; /proc shows real paths), and where it was when the step started, if that was here.
+    const dirs = new Set([dir, await fsp.realpath(dir).catch(() => dir)]);
+    if (path.dirname(rec.releaseDir) === releasesDir && path.basename(rec.releaseDir) === id) dirs.add(rec.releaseDir);
+    const verdict = judgeOrphan(rec, groupMembers(rec.pgid), [...dirs], { host: os.hostname(), deployAlive: pidAlive(rec.deployPid) });
+    if (!verdict.stop && (verdict.reason === 'deploy-alive' || verdict.reason === 'other-host')) continue; // not ours to judge
+    if (verdict.stop) {
+      const how = await stopGroup(rec.pgid);
+      const n = verdict.pids.length;
+      const note = how === 'killed' ? '; it ignored SIGTERM for 5 s and was killed' : '';
+      warn(
+        ctx,
+        `stopped the orphaned build of ${id} (${rec.step} step, process group ${rec.pgid}, ${n} process${n === 1 ? '' : 'es'}) left by a killed deploy (pid ${rec.deployPid})${note}`,
+      );
+      stopped.push(id);
+    } else if (verdict.reason !== 'gone') {
+      const why: Record<string, string> = {
+        outside: 'not all of its processes run in that release',
+        'pid-reused': 'its leader pid now belongs to a newer process',
+        unreadable: 'its processes cannot be inspected',
+      };
+      warn(
+        ctx,
+        `not stopping process group ${rec.pgid} recorded for the ${rec.step} of ${id}: ${why[verdict.reason] ?? verdict.reason}${verdict.detail ? ` (${verdict.detail})` : ''}`,
+      );
+    }
+    await clearBuildProcess(metaDir).catch(() => undefined);
+  }
+  return stopped;
 }

@@ -10,6 +10,8 @@ import { CommandFailure, formatCommand, run } from '../exec.js';
 import { BuildError, UsageError, type Phase } from '../errors.js';
 import { isInside } from '../config.js';
 import { childEnv, type Context } from '../operations/context.js';
+import { clearBuildProcess, writeBuildProcess } from './orphans.js';
+import { META_DIR } from './store.js';
 
 export interface EnvFile {
   name: string;
@@ -150,8 +152,11 @@ export async function runStep(
   cwd: string,
   logFile: string,
   baseEnv: Record<string, string | undefined>,
+  /** The release the step builds: its process group is recorded there while it runs (release/orphans.ts). */
+  release?: { id: string; dir: string },
 ): Promise<void> {
   const { argv, env } = lean(ctx, command, baseEnv);
+  const metaDir = release ? path.join(release.dir, META_DIR) : undefined;
   try {
     await run(argv, {
       cwd,
@@ -162,6 +167,10 @@ export async function runStep(
       signal: ctx.signal,
       captureStdout: false,
       onLine: (line, stream) => ctx.emit({ type: 'output', phase: step, stream, line }),
+      onStart:
+        release && metaDir
+          ? (pid) => writeBuildProcess(metaDir, { release: release.id, releaseDir: release.dir, step, pgid: pid, deployPid: process.pid })
+          : undefined,
     });
   } catch (err) {
     if (err instanceof CommandFailure)
@@ -173,6 +182,9 @@ export async function runStep(
         cause: err,
       });
     throw err;
+  } finally {
+    // The group has exited (run() waits for it): nothing of this step is left to stop.
+    if (metaDir) await clearBuildProcess(metaDir).catch(() => undefined);
   }
 }
 

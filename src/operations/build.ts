@@ -13,6 +13,8 @@ import {
   buildEnv,
   installEnv,
   copyEnvFiles,
+  diskFullError,
+  isNoSpace,
   lockfileHash,
   pruneCaches,
   readEnvFiles,
@@ -153,7 +155,9 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     await store.writeManifest(manifest);
     ctx.logger.info({ release: id }, `release ${id} is ready`);
   } catch (err) {
-    const e = asReleaseError(err);
+    let e = asReleaseError(err);
+    // A full disk is told as such (not as a random failed write), and the half-built release gives its space back.
+    if (isNoSpace(e) && existsSync(store.releaseDir(id))) e = await diskFullError(ctx, id, e);
     e.releaseId ??= id;
     if (existsSync(logFile)) e.logFile ??= logFile;
     await markFailed(ctx, manifest, e, ownDurations()).catch(() => undefined);

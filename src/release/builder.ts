@@ -7,9 +7,10 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { CommandFailure, formatCommand, run } from '../exec.js';
-import { BuildError, UsageError, type Phase } from '../errors.js';
+import { BuildError, UsageError, type Phase, type ReleaseError } from '../errors.js';
 import { isInside } from '../config.js';
 import { childEnv, type Context } from '../operations/context.js';
+import { bytes } from '../format.js';
 import { clearBuildProcess, writeBuildProcess } from './orphans.js';
 import { META_DIR } from './store.js';
 
@@ -185,6 +186,63 @@ export async function runStep(
   } finally {
     // The group has exited (run() waits for it): nothing of this step is left to stop.
     if (metaDir) await clearBuildProcess(metaDir).catch(() => undefined);
+  }
+}
+
+const NO_SPACE = /\bENOSPC\b|no space left on device/i;
+
+/**
+ * True when a failure was a full disk: ENOSPC from one of our own fs writes (anywhere in the cause chain),
+ * or in the output tail of a failed command (npm and Node print "ENOSPC: no space left on device").
+ */
+export function isNoSpace(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    if (typeof e !== 'object') return typeof e === 'string' && NO_SPACE.test(e);
+    const o = e as { code?: unknown; outputTail?: unknown; tail?: unknown; message?: unknown };
+    if (o.code === 'ENOSPC') return true;
+    for (const text of [o.outputTail, o.tail, o.message]) if (typeof text === 'string' && NO_SPACE.test(text)) return true;
+  }
+  return false;
+}
+
+/**
+ * After a build failed on a full disk: gives the failed release's space back at once (everything but its
+ * meta dir, so the manifest and build log still say what happened), then describes the disk in one line:
+ * free space now and the biggest releases, which is what an operator frees first.
+ */
+export async function diskFullError(ctx: Context, id: string, e: ReleaseError): Promise<BuildError> {
+  const { store } = ctx;
+  const free = async () => {
+    const st = await fsp.statfs(store.releasesDir).catch(() => undefined);
+    return st ? st.bavail * st.bsize : undefined;
+  };
+  const before = await free();
+  await freeRelease(store.releaseDir(id)).catch((err: Error) => ctx.logger.warn(`could not empty the failed release ${id}: ${err.message}`));
+  const after = await free();
+  const biggest = (await store.list().catch(() => []))
+    .filter((r) => r.id !== id && typeof r.manifest?.sizeBytes === 'number')
+    .sort((a, b) => (b.manifest?.sizeBytes ?? 0) - (a.manifest?.sizeBytes ?? 0))
+    .slice(0, 3)
+    .map((r) => `${r.id} ${bytes(r.manifest?.sizeBytes ?? 0)}${r.status === 'ready' ? '' : ` ${r.status}`}`);
+  const freed = before !== undefined && after !== undefined && after > before ? `gave back ${bytes(after - before)} of ${id}, ` : '';
+  const message =
+    `the disk holding ${store.releasesDir} is full (${e.phase} failed with ENOSPC): ${freed}${after === undefined ? 'free space unknown' : `${bytes(after)} free now`}; ` +
+    `biggest releases: ${biggest.length ? biggest.join(', ') : 'none'}`;
+  return new BuildError('DISK_FULL', message, {
+    phase: e.phase,
+    hint: 'free space (`pm2-release prune --keep 1`, `npm cache clean --force`, old logs), then deploy again; the live app was not touched',
+    logFile: e.logFile,
+    outputTail: e.outputTail,
+    releaseId: id,
+    cause: e,
+  });
+}
+
+/** Removes everything in a release directory except its meta dir (manifest, build log). */
+async function freeRelease(releaseDir: string): Promise<void> {
+  for (const name of await fsp.readdir(releaseDir)) {
+    if (name === META_DIR) continue;
+    await fsp.rm(path.join(releaseDir, name), { recursive: true, force: true, maxRetries: 3, retryDelay: 100 });
   }
 }
 

@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { cwdPath, groupMembers, judgeOrphan, parseProcStat, type BuildProcessRecord, type GroupMember } from '../../src/release/orphans.js';
+import { isNoSpace } from '../../src/release/builder.js';
+import { BuildError } from '../../src/errors.js';
 
 const DIR = '/srv/releases/20260101T120000Z-3f2a9c1';
 const REC: BuildProcessRecord = {
@@ -100,5 +102,33 @@ describe('groupMembers', () => {
     if (!fs.existsSync('/proc/self/stat')) return;
     const own = parseProcStat(fs.readFileSync(`/proc/${process.pid}/stat`, 'utf8'));
     expect(groupMembers(own!.pgid).map((m) => m.pid)).toContain(process.pid);
+  });
+});
+
+describe('isNoSpace', () => {
+  it('sees ENOSPC from our own fs writes, also wrapped as a cause', () => {
+    const errno = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    expect(isNoSpace(errno)).toBe(true);
+    expect(isNoSpace(new Error('write failed', { cause: errno }))).toBe(true);
+  });
+
+  it('sees it in a failed command’s output tail', () => {
+    const e = new BuildError('BUILD_FAILED', 'build failed: npm run build exited with code 1', {
+      phase: 'build',
+      outputTail: 'Error: ENOSPC: no space left on device, write\n    at Object.writeSync',
+    });
+    expect(isNoSpace(e)).toBe(true);
+    expect(isNoSpace(new BuildError('INSTALL_FAILED', 'install failed', { phase: 'install', outputTail: 'npm error tar: No space left on device' }))).toBe(
+      true,
+    );
+  });
+
+  it('does not mistake other failures for a full disk', () => {
+    expect(
+      isNoSpace(new BuildError('BUILD_FAILED', 'build failed: exited with code 1', { phase: 'build', outputTail: 'TypeError: x is not a function' })),
+    ).toBe(false);
+    expect(isNoSpace(Object.assign(new Error('EACCES'), { code: 'EACCES' }))).toBe(false);
+    expect(isNoSpace(undefined)).toBe(false);
+    expect(isNoSpace(new Error('ENOSPCX'))).toBe(false);
   });
 });

@@ -4,7 +4,8 @@
  *   PM2_RELEASE_CONFIG=/path/to/pm2-release.config.json pm2 start ecosystem.config.cjs && pm2 save
  *
  * It starts the app from the release pm2-release recorded as active (<releasesDir>/active.json), with the
- * same name, script, args, cwd and env a deploy used. It deliberately depends on nothing but Node: it must
+ * same name, script, args, cwd and env a deploy used, and, when the app runs behind the router, the router
+ * too (`<app>-router`, from the same record; it routes to the release its own state file names). It deliberately depends on nothing but Node: it must
  * work even if pm2-release's own build is broken.
  *
  * Config lookup, as the CLI's: pm2-release.config.json in the current directory, else $PM2_RELEASE_CONFIG,
@@ -62,7 +63,7 @@ function activeApp(dir) {
   if (path.relative(releaseDir, app.cwd).startsWith('..')) throw new Error(`pm2-release: ${statePath} points outside ${releaseDir}`);
   const manifest = JSON.parse(fs.readFileSync(path.join(releaseDir, '.pm2-release', 'manifest.json'), 'utf8'));
   if (manifest.status !== 'ready') throw new Error(`pm2-release: active release ${state.active} is ${manifest.status}, not ready`);
-  return {
+  const release = {
     name: app.name,
     script: app.script,
     args: app.args,
@@ -70,6 +71,15 @@ function activeApp(dir) {
     env: app.env,
     ...(app.execMode === 'cluster' ? { exec_mode: 'cluster', instances: app.instances || 1 } : {}),
   };
+  // Behind the router the release listens on a private port and the router, which reads its own state
+  // file, holds the public one: both come back.
+  const router = state.router;
+  if (!router) return [release];
+  if (typeof router.script !== 'string' || !Array.isArray(router.args)) throw new Error(`pm2-release: ${statePath} has an invalid router entry`);
+  return [
+    release,
+    { name: router.name, script: router.script, args: router.args, cwd: router.cwd, env: router.env || {}, kill_timeout: router.killTimeoutMs || 10000 },
+  ];
 }
 
 function webhookApp(file, config) {
@@ -95,7 +105,7 @@ function webhookApp(file, config) {
 function apps() {
   const { file, config } = loadConfig();
   const dir = releasesDir(file, config);
-  const list = [activeApp(dir), webhookApp(file, config)].filter(Boolean);
+  const list = [...(activeApp(dir) || []), webhookApp(file, config)].filter(Boolean);
   if (list.length === 0) throw new Error(`pm2-release: no active release recorded in ${dir} (deploy one first)`);
   if (!list[0] || list[0].name === 'pm2-release-webhook') console.error(`pm2-release: no active release recorded in ${dir} yet`);
   return list;

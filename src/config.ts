@@ -225,6 +225,8 @@ export const DEFAULTS = {
     },
     verify: { enabled: true, settleMs: 1_500 },
     portReleaseTimeoutMs: 15_000,
+    // Zero failed requests on a switch (documentation/performance.md); "restart" is the seed's delete+start.
+    strategy: 'router' as 'router' | 'restart' | 'cluster',
   },
   // A Next.js release with node_modules is ~400 MB and ~30k files: refuse to start one without room for it.
   preflight: { minFreeDiskMB: 1024, minFreeInodes: 50_000, minFreeMemoryMB: 256 },
@@ -311,7 +313,7 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       },
       requiredEnv: app.requiredEnv ?? [],
       portReleaseTimeoutMs: app.portReleaseTimeoutMs ?? DEFAULTS.app.portReleaseTimeoutMs,
-      strategy: app.strategy ?? 'restart',
+      strategy: app.strategy ?? DEFAULTS.app.strategy,
       instances: app.instances ?? 1,
       reuseDependencies: app.reuseDependencies ?? true,
       buildMaxOldSpaceMB: app.buildMaxOldSpaceMB,
@@ -384,7 +386,8 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       `app.args: hard-codes the app port ${port}; take it from app.env.${config.app.portEnv} instead (next start reads PORT), or the verify run would join the live port`,
     );
   if (config.app.strategy === 'router') {
-    if (port === undefined) problems.push(`app.env.${config.app.portEnv}: must be set: the router listens on it`);
+    if (port === undefined && !problems.some((p) => p.startsWith(`app.env.${config.app.portEnv}:`)))
+      problems.push(`app.env.${config.app.portEnv}: must be set: the router listens on it`);
     const [first, last] = config.router.releasePorts;
     if (first === 0 && port !== undefined) {
       // Below Linux's ephemeral range (32768+): a port an outgoing connection happens to use cannot be bound.

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { appPort, healthChecks, healthUrl, isInside } from '../config.js';
 import { failpoint } from '../failpoint.js';
-import { SwitchError } from '../errors.js';
+import { EnvironmentError, ReleaseError, SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor, type SwitchStrategy } from '../pm2/switch.js';
 import { routedStrategy } from '../pm2/routed-switch.js';
@@ -209,8 +209,20 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       // route change is a phase of its own, below).
       if (outcome.ok && !routed) await handle.commit();
     } catch (err) {
+      // Without PM2 there is nothing to check nor to put back: that is the error, not a verdict on the release.
+      if (err instanceof ReleaseError && err.code === 'PM2_DAEMON_GONE') throw err;
       outcome = { ok: false, reason: (err as Error).message, probes: [], elapsedMs: 0 };
     }
+    if (!outcome.ok && outcome.reason === 'the PM2 process is gone' && (await pm2Stopping(ctx)))
+      throw new EnvironmentError(
+        'PM2_DAEMON_GONE',
+        `PM2 stopped during the health check of ${release.id} (every app is gone): not starting a daemon of our own`,
+        {
+          phase: 'health',
+          hint: 'bring PM2 back (`sudo systemctl start pm2-<user>` or `pm2 resurrect`), then deploy again: the next run recovers what was interrupted',
+          releaseId: release.id,
+        },
+      );
     if (!outcome.ok) {
       const reverted = await putBack(`is not healthy: ${outcome.reason}`, true);
       throw new SwitchError('HEALTH_FAILED', `release ${release.id} failed its health check (${outcome.reason}); ${reverted}`, {
@@ -265,6 +277,21 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
   });
 
   return { app, previous: previous === release.id ? null : previous, health, url };
+}
+
+/**
+ * The new process vanished from PM2's list: was PM2 itself stopping (systemctl stop, `pm2 kill`: it stops
+ * every app, then exits) rather than the release crashing? Then no verdict on the release is possible.
+ */
+async function pm2Stopping(ctx: Context): Promise<boolean> {
+  for (let i = 0; i < 30; i++) {
+    if (!ctx.pm2.daemonRunning()) return true;
+    const all = await ctx.pm2.list({ fresh: true }).catch((err: unknown) => (err instanceof ReleaseError && err.code === 'PM2_DAEMON_GONE' ? undefined : []));
+    if (all === undefined) return true;
+    if (all.length > 0) return false;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return true;
 }
 
 /**

@@ -110,14 +110,7 @@ export class Pm2 {
   }
 
   private async pm2(args: string[], extraEnv?: Record<string, string | undefined>, baseEnv?: Record<string, string | undefined>) {
-    // Every pm2 CLI command spawns a daemon when none answers (lib/Client.js). If the daemon we were talking
-    // to is gone (systemd stopped it, it crashed), a new one would start outside systemd with an empty list:
-    // fail instead, and let the next run recover once PM2 is back.
-    if (this.cache.sawDaemon && !this.daemonRunning())
-      throw new EnvironmentError('PM2_DAEMON_GONE', `the PM2 daemon (PM2_HOME ${this.home}) stopped during the operation: not starting a new one`, {
-        phase: 'switch',
-        hint: 'bring PM2 back (`sudo systemctl start pm2-<user>` or `pm2 resurrect`), then run the command again: it recovers what was interrupted',
-      });
+    this.ensureDaemonNotGone();
     try {
       return await run([this.bin, ...args], {
         cwd: os.tmpdir(),
@@ -140,9 +133,24 @@ export class Pm2 {
     }
   }
 
+  /**
+   * Every pm2 CLI command spawns a daemon when none answers (lib/Client.js). If the daemon we were talking
+   * to is gone (systemd stopped it, it crashed), a new one would start outside systemd with an empty list:
+   * fail instead, and let the next run recover once PM2 is back.
+   */
+  private ensureDaemonNotGone(): void {
+    if (this.cache.sawDaemon && !this.daemonRunning())
+      throw new EnvironmentError('PM2_DAEMON_GONE', `the PM2 daemon (PM2_HOME ${this.home}) stopped during the operation: not starting a new one`, {
+        phase: 'switch',
+        hint: 'bring PM2 back (`sudo systemctl start pm2-<user>` or `pm2 resurrect`), then run the command again: it recovers what was interrupted',
+      });
+  }
+
   /** `pm2 jlist`, parsed defensively (PM2 may print warnings around the JSON). Raw entries hold env values. */
   async jlistRaw(opts: { fresh?: boolean } = {}): Promise<RawProcess[]> {
-    // Asking a stopped daemon for its list would start a new one outside systemd: no daemon, no processes.
+    // Asking a stopped daemon for its list would start a new one outside systemd: no daemon, no processes
+    // (unless the daemon vanished under us, which is an error).
+    this.ensureDaemonNotGone();
     if (!this.daemonRunning()) return [];
     if (!opts.fresh && this.cache.data && Date.now() - this.cache.at < JLIST_TTL_MS) return this.cache.data;
     const { stdout } = await this.pm2(['jlist']);

@@ -94,6 +94,8 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
     preflight: { minFreeDiskMB: 50, minFreeInodes: 1000 },
     app: {
       env: { FRONT_PORT: String(port) },
+      // The suites written for the seed's delete+start pin it; the router has suites of its own.
+      strategy: 'restart',
       healthcheck: { timeoutMs: 20_000, settleMs: 500 },
       verify: { settleMs: 500 },
       ...opts.app,

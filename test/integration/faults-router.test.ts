@@ -185,4 +185,24 @@ describe('fault injection behind the router: every routed failpoint × {fail, ki
     const res = JSON.parse(run.stdout);
     await expectConsistent(res.release);
   });
+
+  it('the PM2 daemon gone mid-deploy: a clear failure, no daemon of our own; after PM2 is back the next deploy recovers', async () => {
+    commit();
+    let stopped = false;
+    const run = await runCli(sb, ['deploy', '--json'], {}, (text) => {
+      if (stopped || !text.includes('"phase":"health"')) return;
+      stopped = true;
+      sb.pm2('kill'); // what `systemctl stop pm2-<user>` does
+    });
+    expect(stopped).toBe(true);
+    expect(run.code, run.stdout + run.stderr.slice(-2000)).toBe(6);
+    expect(JSON.parse(run.stdout).error).toMatchObject({ code: 'PM2_DAEMON_GONE' });
+    // pm2-release did not start a daemon outside "systemd".
+    expect(fs.existsSync(path.join(sb.pm2Home, 'pm2.pid'))).toBe(false);
+    sb.pm2('resurrect');
+    commit();
+    const next = await runCli(sb, ['deploy', '--json']);
+    expect(next.code, next.stderr.slice(-2500)).toBe(0);
+    await expectConsistent(JSON.parse(next.stdout).release);
+  });
 });

@@ -209,6 +209,19 @@ describe('router strategy (real PM2)', () => {
     expect(app()).toHaveLength(1);
   });
 
+  it('pm2 start ecosystem.config.cjs with no dump brings back the router and the live release', async () => {
+    const live = routerState().live;
+    sb.pm2('kill');
+    fs.rmSync(path.join(sb.pm2Home, 'dump.pm2'), { force: true });
+    fs.rmSync(path.join(sb.pm2Home, 'dump.pm2.bak'), { force: true });
+    sb.pm2('start', path.join(__dirname, '../../ecosystem.config.cjs'));
+    await waitServing(live.release);
+    expect(routerProc()).toHaveLength(1);
+    expect(app()).toHaveLength(1);
+    expect(routerState().live).toEqual(live);
+    sb.pm2('save', '--force');
+  });
+
   it('status shows the router: live release and port, per-release numbers of the last minute', async () => {
     for (let i = 0; i < 20; i++) await get(url());
     const st = await status(opts());

@@ -395,8 +395,35 @@ describe('port', () => {
   });
 
   it('does not require the port variable when the health URL has no {port}', () => {
-    const { config } = load({ config: { app: { portEnv: 'PORT', healthcheck: { url: 'http://127.0.0.1:8080/health' } } } });
+    const { config } = load({ config: { app: { strategy: 'restart', portEnv: 'PORT', healthcheck: { url: 'http://127.0.0.1:8080/health' } } } });
     expect(config.app.healthcheck.url).toBe('http://127.0.0.1:8080/health');
+  });
+
+  it('defaults to the router strategy, with release ports below the ephemeral range', () => {
+    const { config } = load({ config: {} });
+    expect(config.app.strategy).toBe('router');
+    expect(config.router).toEqual({ host: undefined, holdMs: 15_000, drainTimeoutMs: 30_000, releasePorts: [13_001, 13_100] });
+    expect(load({ config: { app: { env: { FRONT_PORT: '45000' } } } }).config.router.releasePorts).toEqual([20_000, 20_099]);
+    expect(load({ config: { router: { releasePorts: [24_000, 24_010], host: '127.0.0.1' } } }).config.router).toMatchObject({
+      releasePorts: [24_000, 24_010],
+      host: '127.0.0.1',
+    });
+  });
+
+  it('router: needs the app port, refuses a release port range holding it or reversed, and a hard-coded port in args', () => {
+    expect(configError(() => load({ config: { app: { portEnv: 'PORT', healthcheck: { url: 'http://127.0.0.1:8080/' } } } })).problems).toEqual([
+      'app.env.PORT: must be set: the router listens on it',
+    ]);
+    expect(configError(() => load({ config: { router: { releasePorts: [3000, 3010] } } })).problems).toEqual([
+      'router.releasePorts: must not include the app port 3001',
+    ]);
+    expect(configError(() => load({ config: { router: { releasePorts: [5000, 4000] } } })).problems).toEqual([
+      'router.releasePorts: [first, last] with first <= last',
+    ]);
+    expect(configError(() => load({ config: { app: { args: ['start', '-p', '3001'], verify: { enabled: false } } } })).problems).toEqual([
+      'app.args: hard-codes the app port 3001; take it from app.env.FRONT_PORT: each release listens on a private port',
+    ]);
+    expect(configError(() => load({ config: { router: { holdMs: -1 } } })).problems[0]).toMatch(/^router\.holdMs:/);
   });
 
   it('rejects a non-http health URL', () => {

@@ -13,6 +13,8 @@ import { run } from '../exec.js';
 import { ensureRepository } from '../git.js';
 import { portHolder } from '../health.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
+import { routerProcessName } from '../router/protocol.js';
+import { routerControl } from './switch-release.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 
@@ -76,6 +78,7 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
   await add(() => checkPm2(ctx, scope));
   await add(() => checkPort(ctx));
   if (scope === 'all') {
+    await add(() => checkRouter(ctx));
     await add(() => checkNode(ctx));
     await add(() => checkDump(ctx));
     await add(() => checkSystemd(ctx));
@@ -212,6 +215,27 @@ async function descendsFrom(pid: number, ancestor: number): Promise<boolean> {
     cur = Number(m[1]);
   }
   return cur === ancestor;
+}
+
+async function checkRouter(ctx: Context): Promise<Check> {
+  if (ctx.config.app.strategy !== 'router') return ok('router', `strategy ${ctx.config.app.strategy}: no router`);
+  const name = routerProcessName(ctx.config.app.name);
+  const online = ctx.pm2.daemonRunning() ? (await ctx.pm2.processes(name)).some((p) => p.status === 'online') : false;
+  if (!online)
+    return bad(
+      'router',
+      'warn',
+      `${name} is not running: the next deploy starts it and takes port ${appPort(ctx.config.app)} over (one short gap)`,
+      'nothing to do before the first deploy; later, `pm2 restart ' + name + '`',
+    );
+  try {
+    const s = await routerControl(ctx).status();
+    if (!s.listening)
+      return bad('router', 'fail', `${name} runs but waits for port ${s.port} (another process holds it)`, `find it with \`ss -ltnp\` and stop it`);
+    return ok('router', `${name} listens on :${s.port} → ${s.live ? `${s.live.release} on :${s.live.port}` : 'no release yet'}`);
+  } catch (err) {
+    return bad('router', 'fail', `${name} runs but its control socket does not answer (${(err as Error).message})`, `pm2 restart ${name}; pm2 logs ${name}`);
+  }
 }
 
 async function checkNode(ctx: Context): Promise<Check> {

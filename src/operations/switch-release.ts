@@ -301,9 +301,13 @@ async function pm2Stopping(ctx: Context): Promise<boolean> {
  */
 export async function adoptRunning(ctx: Context, release: ReleaseRecord, privatePort?: number): Promise<boolean> {
   const app = appDefinition(ctx, release);
-  // Behind the router the release runs on its private port: record it as it runs.
-  if (privatePort !== undefined) app.env[ctx.config.app.portEnv] = String(privatePort);
   const routed = ctx.config.app.strategy === 'router';
+  // Behind the router the release runs on its private port: record it as it runs.
+  if (routed && privatePort === undefined) {
+    const live = (await routerControl(ctx).readState())?.live;
+    if (live?.release === release.id) privatePort = live.port;
+  }
+  if (privatePort !== undefined) app.env[ctx.config.app.portEnv] = String(privatePort);
   const restartsBefore = new Map((await ctx.pm2.processes(app.name, { fresh: true })).map((p) => [p.pmId, p.restarts]));
   const outcome = await phase(ctx, 'health', () =>
     waitForApp(ctx, {

@@ -95,6 +95,7 @@ describe('router strategy (real PM2)', () => {
   it('deploys, rollbacks, activates and a crash-at-boot release fail 0 requests under keep-alive load', async () => {
     const traffic = startTraffic(sb.port, { clients: 4 });
     await sleep(300);
+    fs.writeFileSync(path.join(sb.appDir, '.env.local'), 'API_TOKEN=canary-router-secret\n', { mode: 0o600 });
     sb.commit('v2', { 'version.txt': 'v2\n' });
     const v2 = await deploy(opts());
     ids.push(v2.release.id);
@@ -220,6 +221,17 @@ describe('router strategy (real PM2)', () => {
     expect(app()).toHaveLength(1);
     expect(routerState().live).toEqual(live);
     sb.pm2('save', '--force');
+  });
+
+  it('doctor checks the router; a canary secret of the app never reaches the router log', async () => {
+    const d = cli(sb, ['doctor', '--json']);
+    const router = (JSON.parse(d.stdout) as { checks: { name: string; status: string; message: string }[] }).checks.find((c) => c.name === 'router')!;
+    expect(router.status, router.message).toBe('ok');
+    expect(router.message).toMatch(/listens on :\d+ → \d{8}T\d{6}Z-[0-9a-f]{7} on :\d+/);
+    const logs = path.join(sb.pm2Home, 'logs');
+    const routerLogs = fs.readdirSync(logs).filter((f) => f.startsWith(`${ROUTER}-`));
+    expect(routerLogs.length).toBeGreaterThan(0);
+    for (const f of routerLogs) expect(fs.readFileSync(path.join(logs, f), 'utf8')).not.toContain('canary-router-secret');
   });
 
   it('status shows the router: live release and port, per-release numbers of the last minute', async () => {

@@ -45,6 +45,8 @@ interface JlistCache {
   data?: RawProcess[];
   /** Set once a daemon was seen running: from then on, a vanished daemon is an error, never re-spawned. */
   sawDaemon?: boolean;
+  /** The pid of that daemon. */
+  daemonPid?: number;
 }
 const JLIST_TTL_MS = 1_000;
 
@@ -119,9 +121,7 @@ export class Pm2 {
         env: extraEnv,
         redactor: this.opts.redactor,
         timeoutMs: 60_000,
-      }).finally(() => {
-        this.cache.sawDaemon ||= this.daemonRunning();
-      });
+      }).finally(() => this.noteDaemon(args[0]));
     } catch (err) {
       if (err instanceof CommandFailure)
         throw new EnvironmentError('PM2_FAILED', `pm2 ${args[0]} failed: ${err.reason}${err.tail ? ` (${lastLine(err.tail)})` : ''}`, {
@@ -134,12 +134,63 @@ export class Pm2 {
   }
 
   /**
+   * After each command: remember the daemon we talk to. If its pid changed, the daemon died while the
+   * command ran and the command spawned a new, empty one (the check before it cannot close that race). A
+   * daemon systemd started (its cgroup is the pm2 unit's) is left alone; one our command started is
+   * stopped again, by its pid, and the operation fails like any vanished daemon.
+   */
+  private noteDaemon(command: string | undefined): void {
+    const pid = this.daemonPid();
+    if (pid === undefined) return;
+    if (this.cache.daemonPid === undefined || !this.cache.sawDaemon) {
+      this.cache.sawDaemon = true;
+      this.cache.daemonPid = pid;
+      return;
+    }
+    if (pid === this.cache.daemonPid) return;
+    const cgroup = (() => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+      } catch {
+        return '';
+      }
+    })();
+    // A `pm2 save` that spawned the new daemon saved its empty list: PM2 copied the real dump to .bak first.
+    if (command === 'save') {
+      try {
+        fs.copyFileSync(`${this.dumpPath}.bak`, this.dumpPath);
+      } catch {
+        /* no backup to restore */
+      }
+    }
+    if (!/pm2-[^/\s]*\.service/.test(cgroup)) {
+      this.opts.logger.warn(`the PM2 daemon was gone and a pm2 command started a new one (pid ${pid}): stopping it`);
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        /* gone */
+      }
+    }
+    this.cache.daemonPid = -1; // never matches again: every later command fails as PM2_DAEMON_GONE
+  }
+
+  private daemonPid(): number | undefined {
+    try {
+      const pid = Number(fs.readFileSync(path.join(this.home, 'pm2.pid'), 'utf8'));
+      if (pid > 0 && this.daemonRunning()) return pid;
+    } catch {
+      /* none */
+    }
+    return undefined;
+  }
+
+  /**
    * Every pm2 CLI command spawns a daemon when none answers (lib/Client.js). If the daemon we were talking
    * to is gone (systemd stopped it, it crashed), a new one would start outside systemd with an empty list:
    * fail instead, and let the next run recover once PM2 is back.
    */
   private ensureDaemonNotGone(): void {
-    if (this.cache.sawDaemon && !this.daemonRunning())
+    if (this.cache.sawDaemon && (this.cache.daemonPid === -1 || !this.daemonRunning()))
       throw new EnvironmentError('PM2_DAEMON_GONE', `the PM2 daemon (PM2_HOME ${this.home}) stopped during the operation: not starting a new one`, {
         phase: 'switch',
         hint: 'bring PM2 back (`sudo systemctl start pm2-<user>` or `pm2 resurrect`), then run the command again: it recovers what was interrupted',

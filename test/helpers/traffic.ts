@@ -9,6 +9,8 @@ export interface TrafficResult {
   ok: number;
   failures: string[];
   releases: Map<string, number>;
+  /** Longest time between two successful answers (any client), in ms: for reports, not assertions. */
+  maxGapMs: number;
 }
 
 export interface Traffic {
@@ -32,7 +34,8 @@ function get(port: number, path: string, agent: http.Agent | false): Promise<{ s
 }
 
 export function startTraffic(port: number, opts: { clients?: number; paths?: string[]; maxMs?: number; pauseMs?: number } = {}): Traffic {
-  const result: TrafficResult = { ok: 0, failures: [], releases: new Map() };
+  const result: TrafficResult = { ok: 0, failures: [], releases: new Map(), maxGapMs: 0 };
+  let lastOk: number | undefined;
   let running = true;
   const until = Date.now() + (opts.maxMs ?? 300_000);
   const paths = opts.paths ?? ['/'];
@@ -44,6 +47,9 @@ export function startTraffic(port: number, opts: { clients?: number; paths?: str
         const r = await get(port, path, agent);
         if (r.status >= 200 && r.status < 400) {
           result.ok++;
+          const t = performance.now();
+          if (lastOk !== undefined) result.maxGapMs = Math.max(result.maxGapMs, t - lastOk);
+          lastOk = t;
           const m = /\(release ([^)]+)\)/.exec(r.body);
           if (m) result.releases.set(m[1], (result.releases.get(m[1]) ?? 0) + 1);
         } else result.failures.push(`${path}: ${r.status}`);
@@ -54,7 +60,7 @@ export function startTraffic(port: number, opts: { clients?: number; paths?: str
     }
   };
   const loops = [...agents.map((a, i) => loop(a, i)), loop(false, 0)];
-  const snapshot = (): TrafficResult => ({ ok: result.ok, failures: [...result.failures], releases: new Map(result.releases) });
+  const snapshot = (): TrafficResult => ({ ok: result.ok, failures: [...result.failures], releases: new Map(result.releases), maxGapMs: Math.round(result.maxGapMs) });
   return {
     snapshot,
     async stop() {

@@ -1,8 +1,16 @@
 // Load generator child (forked by run.mjs, IPC channel): autocannon with keep-alive connections plus a
 // tight poller on fresh connections, both against one loopback URL. Sends {type:'ready'} after the first
 // 2xx, and {type:'result', ...} after {cmd:'stop'} (or after maxSeconds). Always exits by itself.
+// Successes and failures of both are also counted per 50 ms bucket (fixed-size arrays: bounded memory).
+//
+//   node load.mjs --measure URL CONNECTIONS SECONDS RATE   (RATE 0 = no limit): one autocannon run, no
+//   poller; sends {type:'result', measure:{p50, p99, mean, reqPerSec, ...}} with latencies from each response.
 import http from 'node:http';
 import autocannon from 'autocannon';
+
+const epoch = () => performance.timeOrigin + performance.now();
+const send = (m) => process.send?.(m);
+if (process.argv[2] === '--measure') await measure(process.argv.slice(3));
 
 const [url, connectionsArg, maxSecondsArg, pollMsArg] = process.argv.slice(2);
 const connections = Number(connectionsArg ?? 10);
@@ -12,9 +20,6 @@ if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(url ?? '')) {
   console.error('load.mjs: loopback URLs only');
   process.exit(2);
 }
-
-const epoch = () => performance.timeOrigin + performance.now();
-const send = (m) => process.send?.(m);
 
 // Self-destruct: never outlive the bound, even if the parent vanished.
 setTimeout(() => process.exit(3), (maxSeconds + 30) * 1000).unref();
@@ -26,6 +31,15 @@ const ac = { ok: 0, non2xx: 0, errors: 0, errorCodes: {}, lastOk: undefined, max
 const MAX_TIMES = 20_000;
 const failTimes = { autocannon: [], poller: [] };
 const noteFail = (list) => list.length < MAX_TIMES && list.push(epoch());
+// Per-bucket counts from the start of this process, for timelines of a switch.
+const BUCKET_MS = 50;
+const t0 = epoch();
+const nBuckets = Math.ceil(((maxSeconds + 35) * 1000) / BUCKET_MS);
+const buckets = { acOk: new Uint32Array(nBuckets), acFail: new Uint32Array(nBuckets), pollOk: new Uint32Array(nBuckets), pollFail: new Uint32Array(nBuckets) };
+const count = (arr, t) => {
+  const i = Math.floor((t - t0) / BUCKET_MS);
+  if (i >= 0 && i < nBuckets) arr[i]++;
+};
 let readySent = false;
 const inst = autocannon({ url, connections, duration: maxSeconds, timeout: 10 }, (err, res) => finish(err, res));
 inst.on('response', (_client, statusCode) => {
@@ -38,6 +52,7 @@ inst.on('response', (_client, statusCode) => {
       ac.maxGapAt = ac.lastOk;
     }
     ac.lastOk = t;
+    count(buckets.acOk, t);
     if (!readySent) {
       readySent = true;
       send({ type: 'ready' });
@@ -45,11 +60,13 @@ inst.on('response', (_client, statusCode) => {
   } else {
     ac.non2xx++;
     noteFail(failTimes.autocannon);
+    count(buckets.acFail, t);
   }
 });
 inst.on('reqError', (err) => {
   ac.errors++;
   noteFail(failTimes.autocannon);
+  count(buckets.acFail, epoch());
   const code = err?.code ?? err?.message ?? 'error';
   ac.errorCodes[code] = (ac.errorCodes[code] ?? 0) + 1;
 });
@@ -75,9 +92,11 @@ const pollLoop = (async () => {
       poll.ok++;
       if (poll.lastOk !== undefined && t - poll.lastOk > poll.maxGap) poll.maxGap = t - poll.lastOk;
       poll.lastOk = t;
+      count(buckets.pollOk, t);
     } else {
       poll.failed++;
       noteFail(failTimes.poller);
+      count(buckets.pollFail, t);
       poll.codes[r] = (poll.codes[r] ?? 0) + 1;
     }
     await new Promise((res) => setTimeout(res, pollMs));
@@ -120,6 +139,64 @@ async function finish(err, res) {
     },
     poller: { ok: poll.ok, failed: poll.failed, codes: poll.codes, maxGapMs: poll.maxGap },
     failTimes,
+    buckets: { t0, bucketMs: BUCKET_MS, ...trimBuckets() },
   });
   setTimeout(() => process.exit(0), 100);
+}
+
+/** The bucket arrays up to the last non-empty bucket, as plain arrays. */
+function trimBuckets() {
+  let last = 0;
+  for (const a of Object.values(buckets)) for (let i = a.length - 1; i > last; i--) if (a[i]) last = i;
+  return Object.fromEntries(Object.entries(buckets).map(([k, a]) => [k, Array.from(a.subarray(0, last + 1))]));
+}
+
+/** --measure: one autocannon run (fixed rate or saturation); latency percentiles from every response. */
+async function measure([mUrl, connArg, secondsArg, rateArg]) {
+  if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(mUrl ?? '')) {
+    console.error('load.mjs: loopback URLs only');
+    process.exit(2);
+  }
+  const seconds = Number(secondsArg ?? 10);
+  const rate = Number(rateArg ?? 0);
+  setTimeout(() => process.exit(3), (seconds + 30) * 1000).unref();
+  process.on('disconnect', () => process.exit(0));
+  const MAX = 500_000;
+  const lat = new Float64Array(MAX);
+  let n = 0;
+  let non2xx = 0;
+  let errors = 0;
+  const opts = { url: mUrl, connections: Number(connArg ?? 10), duration: seconds, timeout: 10 };
+  if (rate > 0) opts.overallRate = rate;
+  const res = await new Promise((resolve, reject) => {
+    const inst = autocannon(opts, (err, r) => (err ? reject(err) : resolve(r)));
+    inst.on('response', (_client, statusCode, _bytes, responseTime) => {
+      if (statusCode >= 200 && statusCode < 300) {
+        if (n < MAX) lat[n++] = responseTime;
+      } else non2xx++;
+    });
+    inst.on('reqError', () => errors++);
+  });
+  const v = lat.subarray(0, n).sort();
+  const q = (p) => (n ? v[Math.min(n - 1, Math.floor(p * n))] : undefined);
+  let total = 0;
+  for (let i = 0; i < n; i++) total += v[i];
+  send({
+    type: 'result',
+    measure: {
+      rate,
+      seconds: res.duration,
+      connections: opts.connections,
+      ok: n,
+      non2xx,
+      errors,
+      p50: q(0.5),
+      p90: q(0.9),
+      p99: q(0.99),
+      mean: n ? total / n : undefined,
+      reqPerSec: res.duration ? (res['2xx'] ?? n) / res.duration : undefined,
+    },
+  });
+  setTimeout(() => process.exit(0), 100);
+  await new Promise(() => {});
 }

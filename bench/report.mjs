@@ -2,8 +2,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fmtBytes, fmtMs, max, median, ratio, sum, table } from './lib.mjs';
+import { timelineSvg } from './svg.mjs';
 
-const PHASES = ['lock', 'preflight', 'resolve', 'archive', 'env', 'install', 'build', 'prune', 'verify', 'switch', 'health', 'save', 'retain'];
+const PHASES = ['lock', 'preflight', 'resolve', 'archive', 'env', 'install', 'build', 'prune', 'verify', 'switch', 'health', 'route', 'save', 'retain'];
+const TIMELINES = [
+  ['seed', 'seed: pm2 delete + pm2 start'],
+  ['restart', 'pm2-release restart strategy'],
+  ['cluster', 'pm2-release cluster strategy'],
+  ['router', 'pm2-release router strategy'],
+  ['router-hold', 'router: live release SIGKILLed, PM2 restarts it'],
+];
+const ms2 = (v) => (typeof v === 'number' ? `${v.toFixed(2)} ms` : 'n/a');
 const pick = (xs, f) => xs.map(f).filter((v) => typeof v === 'number');
 const med = (xs, f) => median(pick(xs, f));
 const cmdList = (v) =>
@@ -76,6 +85,36 @@ export function summarize(R) {
   S.cluster = sw(R.switchCluster);
   S.crash = sw(R.switchCrash);
   S.marathon = R.marathon ? sw([R.marathon]) : undefined;
+  S.router = R.routerMarathon ? sw([R.routerMarathon]) : undefined;
+  S.hold = R.routerHold ? sw([R.routerHold]) : undefined;
+  S.routerWarm = R.routerWarm?.length
+    ? {
+        total: med(R.routerWarm, (r) => r.ms),
+        dep: med(R.routerWarm, (r) => r.dep?.durationMs),
+        install: med(R.routerWarm, (r) => r.durations.install),
+        build: med(R.routerWarm, (r) => r.durations.build),
+        methods: [...new Set(R.routerWarm.map((r) => r.dep?.method))].join(', '),
+      }
+    : undefined;
+  if (R.routerCost) {
+    const C = R.routerCost;
+    const m = (xs, f) => median((xs ?? []).map(f).filter((v) => typeof v === 'number'));
+    S.cost = {
+      p50Direct: m(C.fixedDirect, (x) => x.p50),
+      p50Router: m(C.fixedRouter, (x) => x.p50),
+      p99Direct: m(C.fixedDirect, (x) => x.p99),
+      p99Router: m(C.fixedRouter, (x) => x.p99),
+      rateDirect: m(C.fixedDirect, (x) => x.reqPerSec),
+      rateRouter: m(C.fixedRouter, (x) => x.reqPerSec),
+      satDirect: m(C.satDirect, (x) => x.reqPerSec),
+      satRouter: m(C.satRouter, (x) => x.reqPerSec),
+      satP50Direct: m(C.satDirect, (x) => x.p50),
+      satP50Router: m(C.satRouter, (x) => x.p50),
+      failed: sum([...C.fixedDirect, ...C.fixedRouter, ...C.satDirect, ...C.satRouter].map((x) => (x.non2xx ?? 0) + (x.errors ?? 0))),
+    };
+    S.cost.added = S.cost.p50Router - S.cost.p50Direct;
+    S.cost.share = S.cost.satDirect ? S.cost.satRouter / S.cost.satDirect : undefined;
+  }
   if (R.disk) {
     const one = median(R.disk.singles.map((s) => s.bytes));
     S.disk = { one, together: R.disk.together, ratio: one ? R.disk.together / one : undefined, count: R.disk.count };
@@ -225,6 +264,8 @@ function targets(R, S) {
       );
     }
   }
+  // 6. router strategy.
+  routerTargets(R, S, rows, reasons);
   // 5. disk.
   if (S.disk) {
     const ok = S.disk.ratio < 1.3;
@@ -240,6 +281,131 @@ function targets(R, S) {
       );
   }
   return { rows, reasons };
+}
+
+function routerTargets(R, S, rows, reasons) {
+  const m = R.routerMarathon;
+  if (m) {
+    const lost = m.failed + m.ac.dropped + m.poller.failed;
+    const what = `${m.switches} router switches under load (${m.activates} activates, ${m.rollbacks} rollbacks, ${m.crashSwitches} deploys of a release crashing at boot)`;
+    rows.push([
+      `router: 0 failed requests over ${what}`,
+      `${lost} lost: autocannon errors + non-2xx ${m.failed}, dropped in flight ${m.ac.dropped}, fresh-connection failures ${m.poller.failed}`,
+      met(lost === 0),
+    ]);
+    rows.push([
+      'router: longest gap between two successful responses ≤ 100 ms (over the same switches)',
+      `autocannon ${fmtMs(m.ac.maxGapMs)}, fresh-connection poller ${fmtMs(m.poller.maxGapMs)}`,
+      met(m.ac.maxGapMs <= 100),
+    ]);
+    if (lost > 0) {
+      const bk = m.byKind;
+      reasons.push(
+        `**Router switches lost requests.** Over ${what}: ${m.ac.errors} autocannon errors (${mergeCodes([m.ac.errorCodes]) || 'none'}), ${m.ac.non2xx} non-2xx, ${m.ac.dropped} dropped in flight, ${m.poller.failed} failed fresh connections (${mergeCodes([m.poller.codes]) || 'none'}). ` +
+          `By step (autocannon / poller): activates ${bk.autocannon.activate}/${bk.poller.activate}, rollbacks ${bk.autocannon.rollback}/${bk.poller.rollback}, crash deploys ${bk.autocannon.crash}/${bk.poller.crash}, outside any step ${bk.autocannon.between}/${bk.poller.between}.`,
+      );
+    }
+    if (!(m.ac.maxGapMs <= 100)) {
+      const gapAt = m.ac.maxGapAt;
+      const step = m.steps.find((st) => gapAt >= st.startAt && gapAt <= st.endAt);
+      const phaseAt = step
+        ? step.routeAt && gapAt >= step.routeAt
+          ? 'after its route phase began (route, drain of the old release, `pm2 delete` of it)'
+          : step.switchStartAt && gapAt >= step.switchStartAt
+            ? 'while the new release was starting or in its health gate (the old one still serving)'
+            : 'before its switch phase (lock, preflight, finding the release)'
+        : '';
+      reasons.push(
+        `**The router's longest gap is over 100 ms** (${fmtMs(m.ac.maxGapMs)}). ` +
+          (step
+            ? `It opened during a ${step.kind} step, ${fmtMs(gapAt - step.startAt)} after the step began, ${phaseAt}. `
+            : 'It opened outside any switch step. ') +
+          `No request failed in it (see the row above): responses were slow, not lost. On ${R.machine.cores} cores, autocannon, the fresh-connection poller, the router, the live Next server, the booting one and the PM2 CLI calls of the switch (each a new Node process) compete for the CPU; a new Next server compiles its routes on the first requests it gets after the route change.`,
+      );
+    }
+  }
+  const h = R.routerHold;
+  if (h) {
+    const lost = h.failed + h.ac.dropped + h.poller.failed;
+    rows.push([
+      'router hold: live release SIGKILLed under load (PM2 restarts it): 0 failed requests',
+      `${lost} lost (autocannon ${h.failed}, dropped ${h.ac.dropped}, poller ${h.poller.failed}); longest gap ${fmtMs(h.ac.maxGapMs)} (port answered again after ${fmtMs(h.backMs)}, PM2 restarts +${h.restarts})`,
+      met(lost === 0),
+    ]);
+    if (lost > 0)
+      reasons.push(
+        `**The hold lost requests.** After SIGKILL of pid ${h.pid} (\`${h.cmd}\`) on the live private port ${h.port}: ${h.ac.errors} autocannon errors (${mergeCodes([h.ac.errorCodes]) || 'none'}), ${h.ac.non2xx} non-2xx, ${h.ac.dropped} dropped, ${h.poller.failed} failed fresh connections (${mergeCodes([h.poller.codes]) || 'none'}). ` +
+          `The router retries a GET that failed before any response byte up to 3 times (src/router/router.ts, MAX_RETRIES) and holds connects while the port refuses them (src/router/target.ts); a request whose upstream socket died after the response had started cannot be retried.`,
+      );
+  }
+  const c = S.cost;
+  if (c) {
+    const okLat = c.added <= 1;
+    rows.push([
+      `router cost: added p50 latency ≤ 1 ms at ${R.routerCost.rate} req/s on the Next page`,
+      `+${ms2(c.added)} (p50 ${ms2(c.p50Router)} through the router vs ${ms2(c.p50Direct)} direct)`,
+      met(okLat),
+    ]);
+    const okSat = c.share >= 0.9;
+    rows.push([
+      'router cost: throughput through the router ≥ 90 % of direct at saturation',
+      `${c.satRouter?.toFixed(0)} vs ${c.satDirect?.toFixed(0)} req/s = ${((c.share ?? 0) * 100).toFixed(0)} %`,
+      met(okSat),
+    ]);
+    if (!okLat)
+      reasons.push(
+        `**The router adds more than 1 ms at the median** (+${ms2(c.added)} at ${R.routerCost.rate} req/s; p99 ${ms2(c.p99Router)} vs ${ms2(c.p99Direct)}). Every request makes one more loopback hop through a Node process (http-proxy-3 over Node's HTTP parser on both sides), on ${R.machine.cores} cores shared with autocannon and Next.`,
+      );
+    if (!okSat)
+      reasons.push(
+        `**Throughput through the router is under 90 % of direct** (${((c.share ?? 0) * 100).toFixed(0)} %). At saturation on ${R.machine.cores} cores, direct runs two busy processes (autocannon, Next); through the router a third one (the router, single-threaded Node parsing and writing every request twice) takes CPU from Next. The router is the same work per request as any Node reverse proxy; with more cores than busy processes the share would be set by the router's own per-request cost.`,
+      );
+  }
+  const rr = R.routerRss;
+  if (rr?.hwmKb) {
+    const ok = rr.hwmKb <= 60 * 1024;
+    rows.push([
+      'router process: peak RSS (VmHWM) ≤ 60 MiB',
+      `${(rr.hwmKb / 1024).toFixed(1)} MiB after all router runs (saturation included)${rr.samePid ? '' : '; **the router restarted during the run**'}`,
+      met(ok),
+    ]);
+    if (!ok)
+      reasons.push(
+        `**The router's peak RSS is over 60 MiB** (${(rr.hwmKb / 1024).toFixed(1)} MiB; VmRSS at the end ${((rr.rssKb ?? 0) / 1024).toFixed(1)} MiB; after the cost runs ${((R.routerCost?.hwmKbAfter ?? 0) / 1024).toFixed(1)} MiB). A Node process with pino and http-proxy-3 loaded starts around 45–50 MiB; the peak adds the sockets, buffers and garbage of saturation load.`,
+      );
+  }
+  if (S.routerWarm && S.base.total) {
+    const ok = S.routerWarm.total <= S.base.total;
+    rows.push([
+      'router: deploy with an unchanged lockfile no slower than the seed flow',
+      `${fmtMs(S.routerWarm.total)} vs ${fmtMs(S.base.total)} = ${ratio(S.routerWarm.total, S.base.total)} (restart strategy with verify: ${fmtMs(S.warm.total)})`,
+      met(ok),
+    ]);
+    if (!ok) {
+      const d = (k) => median(R.routerWarm.map((r) => r.durations?.[k]).filter((v) => v !== undefined));
+      reasons.push(
+        `**A router deploy with an unchanged lockfile is slower than the seed flow** (${fmtMs(S.routerWarm.total)} vs ${fmtMs(S.base.total)}). Median phases: install/clone ${fmtMs(d('install'))} (seed npm ci ${fmtMs(S.base.ci)}), build ${fmtMs(d('build'))} (seed ${fmtMs(S.base.build)}), switch ${fmtMs(d('switch'))}, health ${fmtMs(d('health'))} (includes the 1.5 s settle), route ${fmtMs(d('route'))} (includes the drain of the old release), save ${fmtMs(d('save'))}, retain ${fmtMs(d('retain'))}.`,
+      );
+    }
+  }
+}
+
+/** Writes one SVG per strategy timeline into <dir of outFile>/images; returns the markdown lines. */
+function writeTimelines(R, outFile) {
+  const out = [];
+  const dir = path.join(path.dirname(outFile), 'images');
+  for (const [key, title] of TIMELINES) {
+    const tl = R.timelines?.[key];
+    if (!tl) continue;
+    const file = `switch-timeline-${key}.svg`;
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, file), timelineSvg(tl, title));
+    const okN = sum(tl.acOk) + sum(tl.pollOk);
+    const failN = sum(tl.acFail) + sum(tl.pollFail);
+    out.push(`**${title}** (0 = ${tl.anchor}; ${okN} successes, ${failN} failures in the window)\n`);
+    out.push(`![${title}: successes and failures per ${tl.bucketMs} ms](images/${file})\n`);
+  }
+  return out;
 }
 
 export function writeReport(R, outFile) {
@@ -279,6 +445,19 @@ export function writeReport(R, outFile) {
           fmtMs(S.warm.build),
           'manifest.dependencies.method / durationMs',
         ],
+        ...(S.routerWarm
+          ? [
+              [
+                'pm2-release deploy, unchanged lockfile, router strategy',
+                R.routerWarm.length,
+                fmtMs(S.routerWarm.total),
+                ratio(S.routerWarm.total, S.base.total),
+                `${S.routerWarm.methods} ${fmtMs(S.routerWarm.dep)} (phase ${fmtMs(S.routerWarm.install)})`,
+                fmtMs(S.routerWarm.build),
+                'one boot: health gate on the private port, no verify run',
+              ],
+            ]
+          : []),
         [
           'redeploy of a retained sha',
           R.redeploy.length,
@@ -313,6 +492,8 @@ export function writeReport(R, outFile) {
     ['rollback', R.rollback],
     ['activate, restart strategy', R.switchRestart],
     ['activate, cluster strategy', R.switchCluster],
+    ['unchanged-lockfile deploy, router strategy', R.routerWarm ?? []],
+    ['router switches (activate, rollback)', (R.routerMarathon?.steps ?? []).filter((x) => x.kind !== 'crash')],
   ];
   const used = PHASES.filter((p) => groups.some(([, xs]) => xs.some((x) => x.durations?.[p] !== undefined)));
   for (const [name, xs] of groups)
@@ -388,12 +569,62 @@ export function writeReport(R, outFile) {
           S.marathon,
           R.marathon ? `${R.marathon.loadSeconds} s of load` : '',
         ),
+        swRow(
+          `(f) ${R.routerMarathon?.switches ?? 0} router switches in one run (${R.routerMarathon?.activates ?? 0} activates, ${R.routerMarathon?.rollbacks ?? 0} rollbacks, ${R.routerMarathon?.crashSwitches ?? 0} deploys of the crashing release)`,
+          S.router,
+          R.routerMarathon ? `${R.routerMarathon.loadSeconds} s of load` : '',
+        ),
+        swRow(
+          '(g) router hold: the live release server SIGKILLed, PM2 restarts it',
+          S.hold,
+          R.routerHold ? `port answered again ${fmtMs(R.routerHold.backMs)} after the kill` : '',
+        ),
       ],
     ),
   );
   t.push(
     '\n"failed" counts what autocannon reports: while nothing listens, each of its connections retries at once in a tight loop, so a delete+start switch yields thousands of ECONNREFUSED per second of downtime; compare those rows by the gap. "dropped in flight": requests autocannon wrote that got neither a response nor an error (it reconnects silently when the server closes a keep-alive connection with a request in flight); one in-flight request per connection at stop time is not counted. "longest gap": the longest time between two successful autocannon responses during the run. "poller": a fresh connection every 20 ms, as a health check or a proxy without keep-alive would make.\n',
   );
+  if (S.cost) {
+    const C = R.routerCost;
+    t.push(
+      `### Router cost on the Next page (autocannon, ${C.connections} keep-alive connections, ${C.seconds} s per run, medians of ${C.fixedDirect.length} run(s) each)\n`,
+    );
+    const c = S.cost;
+    t.push(
+      table(
+        ['load', 'direct to the private port', 'through the router', 'difference'],
+        [
+          [`${C.rate} req/s: p50 latency`, ms2(c.p50Direct), ms2(c.p50Router), `+${ms2(c.added)}`],
+          [`${C.rate} req/s: p99 latency`, ms2(c.p99Direct), ms2(c.p99Router), `+${ms2(c.p99Router - c.p99Direct)}`],
+          [
+            'saturation: throughput',
+            `${c.satDirect?.toFixed(0)} req/s`,
+            `${c.satRouter?.toFixed(0)} req/s`,
+            `${((c.share ?? 0) * 100).toFixed(0)} % of direct`,
+          ],
+          ['saturation: p50 latency', ms2(c.satP50Direct), ms2(c.satP50Router), `+${ms2(c.satP50Router - c.satP50Direct)}`],
+          [
+            'router process peak RSS (VmHWM)',
+            '',
+            R.routerRss?.hwmKb ? `${(R.routerRss.hwmKb / 1024).toFixed(1)} MiB` : 'n/a',
+            R.routerRss?.rssKb ? `VmRSS at the end ${(R.routerRss.rssKb / 1024).toFixed(1)} MiB` : '',
+          ],
+        ],
+      ),
+    );
+    t.push(
+      `\nLatency per response as autocannon measures it (hrtime, sub-ms). ${c.failed} request(s) failed over these runs. The router's VmHWM is read from /proc/<pid>/status after all router runs (the switches, the saturation runs and the hold), for the same router pid.\n`,
+    );
+  }
+  const tl = writeTimelines(R, outFile);
+  if (tl.length) {
+    t.push('### One switch per strategy, 50 ms buckets\n');
+    t.push(
+      'Green: successful responses (autocannon + poller) per 50 ms, from 1 s before the moment the old release stops serving (or the router changes route) to 3 s after, longer when the gap lasts longer. Red, below the axis: failed requests (errors, non-2xx, failed fresh connections), on their own scale. The seed, restart and cluster charts come from the first run of (a), (b), (c); the router one from the first activate of (f).\n',
+    );
+    t.push(...tl);
+  }
   if (R.restartLogged && S.seedParts) {
     const L = R.restartLogged;
     const P = S.seedParts;
@@ -503,10 +734,11 @@ export function writeReport(R, outFile) {
       `- ${R.opts.runs} run(s) per scenario, medians shown; ${R.opts.switches} switches in the long cluster run. Sandbox under the temp dir with its own PM2_HOME; loopback traffic only.`,
       '- Baseline: the seed flow by hand, each step a child process: `git archive HEAD | tar -x` into a new dir, copy the env files, `npm ci`, `npm run build`, `rm -rf .next/cache .turbo build/cache`, `pm2 delete frontend-dev`, `pm2 start npm --name frontend-dev --cwd <dir> -- run start` (FRONT_PORT set), wait for HTTP 200, `pm2 save`.',
       '- Every install (both flows) uses the same private, warm npm cache with prefer-offline and no audit; the only registry access is one `npm install` for the lockfile, cached between runs.',
-      '- pm2-release through its library API (`deploy`, `rollback`, `activate`, `build`, `list` from dist/), config defaults except: `keep: 3`, `app.prune: [".next/cache", ".turbo", "build/cache"]` (see the note below), and for the cluster runs `strategy: "cluster"`, `script: "node_modules/next/dist/bin/next"`, `args: ["start"]`, `portEnv: "PORT"`. Health check and verify use the defaults (1.5 s settle each); install and build run at low priority (default).',
+      '- pm2-release through its library API (`deploy`, `rollback`, `activate`, `build`, `list` from dist/), config defaults except: `strategy: "restart"` (the default is now `router`; it has its own runs below), `keep: 3`, `app.prune: [".next/cache", ".turbo", "build/cache"]` (see the note below), and for the cluster runs `strategy: "cluster"`, `script: "node_modules/next/dist/bin/next"`, `args: ["start"]`, `portEnv: "PORT"`. Health check and verify use the defaults (1.5 s settle each); install and build run at low priority (default).',
       '- Cold deploys: `reuseDependencies: false`. Unchanged-lockfile deploys: a new commit (page text) with the same package-lock.json. Redeploy: `deploy --ref <sha>` of a retained release (mode `reactivated`). Rollback: `rollback`.',
       '- Crashing release: a commit whose next.config.js exits when the production server loads it. Built once with `build`, then deployed with `verify: false, force: true` (the health gate marks the sha bad each time), so each crash switch reactivates that release and the health gate must revert it.',
       '- Load: autocannon (keep-alive) in a separate process, steady for 2 s before the switch and 2 s after; a second loop opens a fresh connection every 20 ms.',
+      '- Router strategy (last, on the releases left by the runs above): `strategy: "router"`, `router.releasePorts: [23001, 23099]`, other router settings default (holdMs 15000, drainTimeoutMs 30000); `next start --port ${FRONT_PORT}` reads its private port. The first router switch takes the app port over from the cluster (not measured). Then (f): activates alternating between two releases, rollbacks, and deploys of the crash-at-boot sha with `force: true`, one after another with 1 s between them, under one load run on the router port. (g): under load, the pid holding the live release\'s private port (found through /proc/net/tcp and /proc/<pid>/fd, as src/health.ts `portHolder` does; checked to run inside the sandbox) gets SIGKILL and PM2 restarts the app. Router cost: autocannon straight to the live release\'s private port and through the router, at a fixed overall rate and unlimited. Then unchanged-lockfile deploys with the router strategy.',
     ].join('\n'),
   );
   lines.push('');

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // pm2-release benchmark: a real Next.js 15 app, a private PM2 daemon, loopback traffic only.
 //
-//   npm run bench                      # N=3 runs per scenario, 20 cluster switches under load
+//   npm run bench                      # N=3 runs per scenario, 20 cluster and 20 router switches under load
 //   npm run bench -- --runs 5          # more runs
 //   npm run bench -- --quick           # N=1, 4 switches
 //   options: --switches N  --connections N  --max-minutes M  --out FILE
@@ -10,7 +10,11 @@
 // Measures the seed flow by hand (baseline) against pm2-release deploy (cold, unchanged lockfile),
 // redeploy of a retained sha, rollback, switches under autocannon load (seed delete+start, restart,
 // cluster, cluster to a release that crashes at boot), a long run of cluster switches, disk use of retained
-// releases and peak RSS of a deploy. Writes documentation/performance.md (overwritten) and prints the tables.
+// releases and peak RSS of a deploy; then the router strategy: N switches (activates, rollbacks, crash-at-boot
+// deploys) under load, the hold when the live release is SIGKILLed, the router's cost on the Next page (fixed
+// rate and saturation, direct vs through it, its VmHWM) and unchanged-lockfile deploys. Writes
+// documentation/performance.md (overwritten), one SVG timeline per strategy in documentation/images/, and
+// prints the tables.
 // Everything runs in a sandbox under the temp dir, removed at the end, also on failure or Ctrl-C.
 import { fork, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -54,7 +58,7 @@ function parseArgs(argv) {
     o.switches = o.switchesSet ?? 4;
   }
   // Bounded: a Next build takes ~30–60 s on 2 cores; the whole run has a hard limit.
-  o.maxMinutes ??= Math.ceil(15 + o.runs * 7 + o.switches * 0.5);
+  o.maxMinutes ??= Math.ceil(15 + o.runs * 9 + o.switches * 1.2);
   return o;
 }
 
@@ -68,6 +72,10 @@ if (opts.reportOnly) {
   process.exit(0);
 }
 const APP = 'frontend-dev';
+const APP_PORT_ENV = 'FRONT_PORT';
+// Router cost: a fixed request rate (latency), then saturation (throughput), each run this many seconds.
+const COST_RATE = 200;
+const COST_SECONDS = 10;
 const ENV_FILES = ['.env', '.env.local', '.env.production', '.env.production.local'];
 
 // ---------- lifecycle: always clean up ----------
@@ -124,6 +132,14 @@ const R = {
   switchCluster: [],
   switchCrash: [],
   marathon: undefined,
+  // Router strategy: N switches under load, hold, router cost, unchanged-lockfile deploys.
+  routerMarathon: undefined,
+  routerHold: undefined,
+  routerCost: undefined,
+  routerWarm: [],
+  routerRss: undefined,
+  // Per-strategy timelines of one switch: successes and failures per 50 ms bucket.
+  timelines: {},
   accounting: {},
   disk: undefined,
   rss: undefined,
@@ -161,6 +177,8 @@ async function main() {
     releasesDir: sb.releasesDir,
     keep: 3,
     app: {
+      // Explicit: the default strategy is now the router; these runs measure the restart strategy.
+      strategy: 'restart',
       env: { FRONT_PORT: String(sb.port) },
       // The default prune list removes `.next`, which for Next.js is the build itself (see performance.md).
       prune: ['.next/cache', '.turbo', 'build/cache'],
@@ -169,6 +187,8 @@ async function main() {
   const cfg = {
     restart: writeConfig('restart', base),
     cold: writeConfig('cold', { ...base, app: { ...base.app, reuseDependencies: false } }),
+    // Router: releases on private ports below the ephemeral range; next start reads FRONT_PORT (package.json).
+    router: writeConfig('router', { ...base, app: { ...base.app, strategy: 'router' }, router: { releasePorts: [23001, 23099] } }),
     cluster: writeConfig('cluster', {
       ...base,
       app: {
@@ -197,6 +217,9 @@ async function main() {
   const switchPhase = () => ({
     switchStartAt: events.find((e) => e.phase === 'switch' && e.state === 'start')?.at,
     switchEndAt: events.find((e) => e.phase === 'switch' && e.state !== 'start')?.at,
+    // Cluster: the old workers are deleted at the end of the health phase; router: the route phase.
+    healthEndAt: events.find((e) => e.phase === 'health' && e.state !== 'start')?.at,
+    routeAt: events.find((e) => e.phase === 'route' && e.state === 'start')?.at,
   });
   const manifest = (id) => JSON.parse(fs.readFileSync(path.join(sb.releasesDir, id, '.pm2-release/manifest.json'), 'utf8'));
   const mustAnswer = async (marker, what) => {
@@ -236,6 +259,8 @@ async function main() {
         startMs: sw.startMs,
       };
     });
+    if (j === 0) R.timelines.seed = cutTimeline(m, m.switchStartAt, '`pm2 delete` of the old release', true);
+    delete m.buckets;
     R.switchSeed.push(m);
     logSwitch('seed', m);
   }
@@ -371,6 +396,8 @@ async function main() {
     log(`switch (b) restart strategy ${j + 1}/${opts.runs} under load → ${target.id}`);
     const m = await underLoad(() => activateTimed(cfg.restart, `restart ${j + 1}`, target));
     active = target.id;
+    if (j === 0) R.timelines.restart = cutTimeline(m, m.switchStartAt, 'switch phase starts (`pm2 delete` of the old release)', true);
+    delete m.buckets;
     R.switchRestart.push(m);
     logSwitch('restart', m);
   }
@@ -382,6 +409,7 @@ async function main() {
     fs.writeFileSync(callLog, '');
     const m = await underLoad(() => activateTimed(cfg.restart, 'restart (logged)', target, false, { env: { ...sb.env, PM2_RELEASE_PM2: wrapper } }));
     active = target.id;
+    delete m.buckets;
     const calls = loggedCalls();
     const del = calls.find((c) => c.cmd === 'delete');
     const start = calls.find((c) => c.cmd === 'start');
@@ -416,6 +444,8 @@ async function main() {
     const m = await underLoad(() => activateTimed(cfg.cluster, `cluster ${j + 1}`, target));
     m.sigkills = sb.countPm2Log(/sending SIGKILL/) - kills;
     active = target.id;
+    if (j === 0) R.timelines.cluster = cutTimeline(m, m.healthEndAt, 'health gate passed: old workers deleted', true);
+    delete m.buckets;
     R.switchCluster.push(m);
     logSwitch('cluster', m);
   }
@@ -425,6 +455,7 @@ async function main() {
     log(`switch (d) cluster → crash-at-boot release ${j + 1}/${opts.runs} under load (deploy --no-verify, the health gate must revert)`);
     const m = await underLoad(() => crashDeploy(j));
     delete m.failTimes;
+    delete m.buckets;
     R.switchCrash.push(m);
     logSwitch('crash', m);
   }
@@ -458,6 +489,7 @@ async function main() {
       { maxSeconds: S * 45 + 60 },
     );
     m.sigkills = sb.countPm2Log(/sending SIGKILL/) - kills;
+    delete m.buckets;
     m.callMs = median(steps.map((st) => st.callMs));
     // Which failures happened during which kind of step (each step's window includes the 1 s pause after it).
     const attribute = (times) => {
@@ -502,6 +534,164 @@ async function main() {
     log(`peak RSS ${(R.rss.hwmKb / 1024).toFixed(1)} MiB over ${fmtMs(R.rss.ms)} (exit ${R.rss.code})`);
   }
 
+  // ================= 5. router strategy (front door on the app port, releases on private ports) =================
+  {
+    const { RouterControl } = await import(pathToFileURL(path.join(ROOT, 'dist/router-control.js')).href);
+    const { portHolder } = await import(pathToFileURL(path.join(ROOT, 'dist/health.js')).href);
+    const control = new RouterControl(sb.releasesDir, APP);
+    // The two newest ready releases that boot (retention kept them) alternate, as above.
+    const lst = await api.list(call(cfg.restart, ''));
+    const pair = lst.releases
+      .filter((r) => r.status === 'ready' && r.id !== crash.release.id)
+      .sort((a, b) => b.id.localeCompare(a.id))
+      .slice(0, 2);
+    if (pair.length < 2) throw new Error(`router: need two ready releases, found ${pair.map((r) => r.id).join(', ') || 'none'}`);
+    active = lst.active ?? active;
+    const otherR = (id) => (id === pair[0].id ? pair[1] : pair[0]);
+    {
+      const target = otherR(active);
+      log(`router: take-over from the cluster strategy (not measured) → ${target.id}`);
+      await activateTimed(cfg.router, 'router take-over', target);
+      active = target.id;
+    }
+    const st0 = await control.status(15_000);
+    const routerPid = st0.pid;
+    log(`router: pid ${routerPid}, routing to ${st0.live?.release} on :${st0.live?.port}`);
+
+    // ---------- 5a. N switches under one load run: activates, rollbacks, crash-at-boot deploys ----------
+    {
+      const S = opts.switches;
+      const crashAt = new Set(S >= 10 ? [Math.floor(S / 3), Math.floor((2 * S) / 3)] : S >= 3 ? [1, S - 1] : [1]);
+      log(`router marathon: ${S} router switches (${crashAt.size} deploys of the crash-at-boot release) under one load run`);
+      const steps = [];
+      let k = 0;
+      const m = await underLoad(
+        async () => {
+          for (let i = 0; i < S; i++) {
+            const startAt = epoch();
+            const kind = crashAt.has(i) ? 'crash' : k++ % 2 === 1 ? 'rollback' : 'activate';
+            let s;
+            try {
+              if (kind === 'crash') s = await crashDeploy(`r${i}`, cfg.router);
+              else if (kind === 'rollback') s = await rollbackTimed(cfg.router, `router rollback ${i + 1}`);
+              else {
+                const target = otherR(active);
+                s = await activateTimed(cfg.router, `router ${i + 1}`, target, true);
+                active = target.id;
+              }
+            } catch (e) {
+              R.notes.push(`router switch ${i + 1} (${kind}) failed: ${e.code ?? ''} ${e.message.split('\n')[0]}`);
+              s = { error: e.code ?? e.message };
+            }
+            steps.push({ kind, startAt, endAt: epoch() + 1_000, ...s });
+            log(`  router ${i + 1}/${S}: ${kind}${s.outcome ? ` → ${s.outcome}` : ` → ${active}`} in ${fmtMs(s.callMs)}`);
+            await sleep(1_000);
+          }
+          return {};
+        },
+        { maxSeconds: S * 45 + 60 },
+      );
+      const first = steps.find((st) => st.kind === 'activate' && st.routeAt);
+      if (first) R.timelines.router = cutTimeline(m, first.routeAt, 'route phase starts (new requests go to the new release)', false);
+      delete m.buckets;
+      const attribute = (times) => {
+        const out = { activate: 0, rollback: 0, crash: 0, between: 0 };
+        for (const t of times ?? []) out[steps.find((st) => t >= st.startAt && t <= st.endAt)?.kind ?? 'between']++;
+        return out;
+      };
+      const byKind = { autocannon: attribute(m.failTimes?.autocannon), poller: attribute(m.failTimes?.poller) };
+      delete m.failTimes;
+      m.callMs = median(steps.filter((st) => st.kind !== 'crash').map((st) => st.callMs));
+      const n = (kind) => steps.filter((st) => st.kind === kind).length;
+      R.routerMarathon = { ...m, switches: S, crashSwitches: n('crash'), rollbacks: n('rollback'), activates: n('activate'), steps, byKind };
+      log(
+        `router marathon: failed ${m.failed} (errors ${m.ac.errors} ${JSON.stringify(m.ac.errorCodes)}, non-2xx ${m.ac.non2xx}), dropped ${m.ac.dropped}, poller failed ${m.poller.failed} ${JSON.stringify(m.poller.codes)}, longest gap ${fmtMs(m.ac.maxGapMs)} (poller ${fmtMs(m.poller.maxGapMs)}); by step ${JSON.stringify(byKind)}`,
+      );
+    }
+
+    // ---------- 5b. router cost on the Next page: direct to the private port vs through the router ----------
+    {
+      const st = await control.status(10_000);
+      const direct = `http://127.0.0.1:${st.live.port}/`;
+      const reps = opts.quick ? 1 : 2;
+      log(
+        `router cost: warm-up, then ${reps}× fixed ${COST_RATE} req/s and ${reps}× saturation, ${COST_SECONDS} s each, direct (${direct}) vs router (${sb.url})`,
+      );
+      await measureLoad(sb.url, 3, 0);
+      const runs = { fixedDirect: [], fixedRouter: [], satDirect: [], satRouter: [] };
+      for (let i = 0; i < reps; i++) {
+        runs.fixedDirect.push(await measureLoad(direct, COST_SECONDS, COST_RATE));
+        runs.fixedRouter.push(await measureLoad(sb.url, COST_SECONDS, COST_RATE));
+      }
+      for (let i = 0; i < reps; i++) {
+        runs.satDirect.push(await measureLoad(direct, COST_SECONDS, 0));
+        runs.satRouter.push(await measureLoad(sb.url, COST_SECONDS, 0));
+      }
+      R.routerCost = { rate: COST_RATE, seconds: COST_SECONDS, connections: opts.connections, ...runs, hwmKbAfter: procMem(routerPid)?.hwmKb };
+      const p = (xs, f) => fmtMs(median(xs.map(f)));
+      log(
+        `router cost: fixed p50 direct ${median(runs.fixedDirect.map((x) => x.p50))?.toFixed(2)} ms, router ${median(runs.fixedRouter.map((x) => x.p50))?.toFixed(2)} ms; ` +
+          `saturation direct ${median(runs.satDirect.map((x) => x.reqPerSec))?.toFixed(0)} req/s, router ${median(runs.satRouter.map((x) => x.reqPerSec))?.toFixed(0)} req/s (p50 ${p(runs.satDirect, (x) => x.p50)} / ${p(runs.satRouter, (x) => x.p50)})`,
+      );
+    }
+
+    // ---------- 5c. hold: SIGKILL the live release's server under load, PM2 restarts it ----------
+    {
+      log('router hold: SIGKILL the process holding the live release port, under load');
+      const restartsOf = async (port) =>
+        (await jlist())
+          .filter((x) => x.name === APP && (x.pm2_env?.env?.[APP_PORT_ENV] ?? x.pm2_env?.[APP_PORT_ENV]) === String(port))
+          .map((x) => x.pm2_env?.restart_time ?? 0)[0];
+      const m = await underLoad(async () => {
+        const st = await control.status(10_000);
+        const port = st.live.port;
+        const pid = await portHolder(port);
+        if (!pid) throw new Error(`router hold: nothing holds port ${port}`);
+        // Only a process of ours: its cwd is inside the sandbox's releases dir.
+        const cwd = fs.readlinkSync(`/proc/${pid}/cwd`);
+        if (!cwd.startsWith(sb.releasesDir + path.sep)) throw new Error(`router hold: pid ${pid} on port ${port} runs in ${cwd}, not in the sandbox`);
+        const comm = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ');
+        const before = await restartsOf(port);
+        const t = now();
+        const killAt = epoch();
+        process.kill(pid, 'SIGKILL');
+        const a = await waitAnswer(`http://127.0.0.1:${port}/`, { timeoutMs: 60_000, intervalMs: 20 });
+        if (!a.ok) throw new Error(`router hold: port ${port} did not answer within 60 s after the kill`);
+        const after = await restartsOf(port);
+        return { killAt, pid, cmd: comm.slice(0, 120), port, backMs: a.at - t, restarts: (after ?? 0) - (before ?? 0) };
+      });
+      R.timelines['router-hold'] = cutTimeline(m, m.killAt, 'SIGKILL of the live release server', true);
+      delete m.buckets;
+      delete m.failTimes;
+      R.routerHold = m;
+      log(
+        `router hold: killed pid ${m.pid} (${m.cmd}); port answered again after ${fmtMs(m.backMs)} (PM2 restarts +${m.restarts}); ` +
+          `failed ${m.failed}, dropped ${m.ac.dropped}, poller failed ${m.poller.failed} ${JSON.stringify(m.poller.codes)}, longest gap ${fmtMs(m.ac.maxGapMs)} (poller ${fmtMs(m.poller.maxGapMs)})`,
+      );
+    }
+
+    // ---------- 5d. deploy with an unchanged lockfile, router strategy (one boot: no verify run) ----------
+    for (let i = 1; i <= opts.runs; i++) {
+      const sha = await sb.commit(`router ${i}`, { 'app/page.js': pageSource(`router-${i}`) });
+      log(`deploy unchanged lockfile, router strategy ${i}/${opts.runs}`);
+      const t = now();
+      const r = await api.deploy(call(cfg.router, `router deploy ${i}`));
+      const ms = now() - t;
+      await mustAnswer(`release=${r.release.id}`, 'router deploy');
+      const m = manifest(r.release.id);
+      R.routerWarm.push({ id: r.release.id, sha, ms, mode: r.mode, durations: r.durationsMs, dep: m.dependencies });
+      log(
+        `deploy unchanged, router ${i}: ${fmtMs(ms)} (dependencies ${m.dependencies?.method} ${fmtMs(m.dependencies?.durationMs)}, build ${fmtMs(r.durationsMs.build)})`,
+      );
+    }
+
+    const stEnd = await control.status(10_000);
+    R.routerRss = { pid: routerPid, samePid: stEnd.pid === routerPid, ...procMem(routerPid), stats: stEnd.stats };
+    log(
+      `router: VmHWM ${((R.routerRss.hwmKb ?? 0) / 1024).toFixed(1)} MiB, VmRSS ${((R.routerRss.rssKb ?? 0) / 1024).toFixed(1)} MiB (pid ${routerPid}${R.routerRss.samePid ? '' : `, now ${stEnd.pid}: it restarted`})`,
+    );
+  }
+
   R.finished = new Date();
   R.machine.loadEnd = os.loadavg();
   saveResults();
@@ -510,6 +700,70 @@ async function main() {
   log(`wrote ${path.relative(ROOT, opts.out)}`);
 
   // ---------------- helpers that need the sandbox ----------------
+  /** Slices one switch out of a load run's 50 ms buckets: from 1 s before `anchorAt` to 3 s after (longer
+   * when the run's longest gap starts in the window and ends later, up to 10 s). */
+  function cutTimeline(m, anchorAt, anchor, extend) {
+    const b = m.buckets;
+    if (!b || !anchorAt) return undefined;
+    let afterMs = 3_000;
+    const gapEnd = m.ac.maxGapAt + m.ac.maxGapMs;
+    if (extend && m.ac.maxGapAt >= anchorAt - 1_000 && gapEnd - anchorAt + 500 > afterMs) afterMs = Math.min(10_000, Math.ceil(gapEnd - anchorAt + 500));
+    const from = Math.floor((anchorAt - 1_000 - b.t0) / b.bucketMs);
+    const to = Math.ceil((anchorAt + afterMs - b.t0) / b.bucketMs);
+    const sl = (a) => Array.from({ length: to - from }, (_, i) => a[from + i] ?? 0);
+    return {
+      anchor,
+      bucketMs: b.bucketMs,
+      startMs: b.t0 + from * b.bucketMs - anchorAt,
+      acOk: sl(b.acOk),
+      acFail: sl(b.acFail),
+      pollOk: sl(b.pollOk),
+      pollFail: sl(b.pollFail),
+      connections: m.ac.connections,
+    };
+  }
+
+  /** One autocannon run in a child (load.mjs --measure); rate 0 = as fast as it goes. */
+  async function measureLoad(url, seconds, rate) {
+    const child = fork(path.join(ROOT, 'bench/load.mjs'), ['--measure', url, String(opts.connections), String(seconds), String(rate)], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: cleanEnv(),
+    });
+    loadChild = child;
+    children.add(child);
+    try {
+      return await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`load.mjs --measure: no result within ${seconds + 40} s`)), (seconds + 40) * 1000);
+        child.on('message', (msg) => {
+          if (msg?.type === 'result') {
+            clearTimeout(timer);
+            resolve(msg.measure);
+          }
+        });
+        child.on('exit', (code) => {
+          clearTimeout(timer);
+          reject(new Error(`load.mjs --measure exited (${code}) without a result`));
+        });
+      });
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      children.delete(child);
+      loadChild = undefined;
+    }
+  }
+
+  async function rollbackTimed(config, label) {
+    const t = now();
+    const callAt = epoch();
+    const r = await api.rollback(call(config, '', {}));
+    const callMs = now() - t;
+    const b = await httpGet(sb.url);
+    if (!(b.status === 200 && b.body.includes(`release=${r.release.id}`)))
+      R.notes.push(`${label}: after rollback, ${sb.url} did not serve ${r.release.id} (${b.status ?? b.error})`);
+    active = r.release.id;
+    return { callMs, callAt, ...switchPhase(), durations: r.durationsMs };
+  }
+
   function writeConfig(name, obj) {
     const p = path.join(sb.root, `${name}.config.json`);
     fs.writeFileSync(p, JSON.stringify(obj, null, 2) + '\n');
@@ -591,12 +845,12 @@ async function main() {
   }
 
   /** deploy --no-verify of the crash-at-boot sha (--force: the gate marked it bad the previous time). */
-  async function crashDeploy(label) {
+  async function crashDeploy(label, config = cfg.cluster) {
     const before = await httpGet(sb.url);
     const t = now();
     let outcome = 'deployed (unexpected)';
     try {
-      await api.deploy(call(cfg.cluster, '', { ref: crashSha, verify: false, force: true }));
+      await api.deploy(call(config, '', { ref: crashSha, verify: false, force: true }));
     } catch (e) {
       outcome = e.code ?? e.message;
     }
@@ -653,6 +907,7 @@ async function main() {
         ac: res.autocannon,
         poller: res.poller,
         failTimes: res.failTimes,
+        buckets: res.buckets,
         failed: res.autocannon.errors + res.autocannon.non2xx,
         loadSeconds: res.durationS,
       };
@@ -716,7 +971,7 @@ function saveResults() {
     fs.mkdirSync(CACHE_DIR, { recursive: true });
     fs.writeFileSync(
       RESULTS_FILE,
-      JSON.stringify(R, (k, v) => (k === 'failTimes' ? undefined : v), 1),
+      JSON.stringify(R, (k, v) => (k === 'failTimes' || k === 'buckets' ? undefined : v), 1),
     );
   } catch (e) {
     log(`could not save the results: ${e.message}`);

@@ -313,12 +313,14 @@ function routerTargets(R, S, rows, reasons) {
           ? 'after its route phase began (route, drain of the old release, `pm2 delete` of it)'
           : step.switchStartAt && gapAt >= step.switchStartAt
             ? 'while the new release was starting or in its health gate (the old one still serving)'
-            : 'before its switch phase (lock, preflight, finding the release)'
+            : step.switchStartAt
+              ? 'before its switch phase (lock, preflight, finding the release)'
+              : ''
         : '';
       reasons.push(
         `**The router's longest gap is over 100 ms** (${fmtMs(m.ac.maxGapMs)}). ` +
           (step
-            ? `It opened during a ${step.kind} step, ${fmtMs(gapAt - step.startAt)} after the step began, ${phaseAt}. `
+            ? `It opened during a ${step.kind} step, ${fmtMs(gapAt - step.startAt)} after the step began${phaseAt ? `, ${phaseAt}` : ''}. `
             : 'It opened outside any switch step. ') +
           `No request failed in it (see the row above): responses were slow, not lost. On ${R.machine.cores} cores, autocannon, the fresh-connection poller, the router, the live Next server, the booting one and the PM2 CLI calls of the switch (each a new Node process) compete for the CPU; a new Next server compiles its routes on the first requests it gets after the route change.`,
       );
@@ -342,7 +344,7 @@ function routerTargets(R, S, rows, reasons) {
   if (c) {
     const okLat = c.added <= 1;
     rows.push([
-      `router cost: added p50 latency ≤ 1 ms at ${R.routerCost.rate} req/s on the Next page`,
+      `router cost: added p50 latency ≤ 1 ms at ${R.routerCost.rate} req/s on the Next page${R.routerCost.rateWanted && R.routerCost.rate < R.routerCost.rateWanted ? ` (${R.routerCost.rateWanted} req/s is above what the app sustains here: half its direct saturation throughput)` : ''}`,
       `+${ms2(c.added)} (p50 ${ms2(c.p50Router)} through the router vs ${ms2(c.p50Direct)} direct)`,
       met(okLat),
     ]);

@@ -78,7 +78,15 @@ function activeApp(dir) {
   if (typeof router.script !== 'string' || !Array.isArray(router.args)) throw new Error(`pm2-release: ${statePath} has an invalid router entry`);
   return [
     release,
-    { name: router.name, script: router.script, args: router.args, cwd: router.cwd, env: router.env || {}, kill_timeout: router.killTimeoutMs || 10000 },
+    {
+      name: router.name,
+      script: router.script,
+      args: router.args,
+      cwd: router.cwd,
+      env: router.env || {},
+      kill_timeout: router.killTimeoutMs || 10000,
+      ...(Array.isArray(router.nodeArgs) ? { node_args: router.nodeArgs.join(' ') } : {}),
+    },
   ];
 }
 

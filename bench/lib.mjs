@@ -277,14 +277,7 @@ export function procMem(pid) {
   }
 }
 
-export function alive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return e.code === 'EPERM';
-  }
-}
+export { alive } from '../scripts/pm2-sandbox.mjs';
 
 /** Markdown table. */
 export function table(header, rows) {

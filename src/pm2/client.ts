@@ -251,6 +251,7 @@ export class Pm2 {
     const args = ['start', app.script, '--name', app.name, '--cwd', app.cwd];
     if (app.execMode === 'cluster') args.push('-i', String(app.instances ?? 1));
     if (app.killTimeoutMs !== undefined) args.push('--kill-timeout', String(app.killTimeoutMs));
+    if (app.nodeArgs?.length) args.push('--node-args', app.nodeArgs.join(' '));
     // PM2 refuses a second app with the same name unless forced; the cluster switch wants exactly that.
     if (opts.alongside) args.push('-f');
     this.invalidate();

@@ -59,6 +59,8 @@ export interface AppDefinition {
   instances?: number;
   /** PM2's kill_timeout (ms between SIGINT and SIGKILL on stop). */
   killTimeoutMs?: number;
+  /** Options for the Node interpreter PM2 runs the script with (PM2's node_args). */
+  nodeArgs?: string[];
 }
 
 export interface ActiveState {

@@ -3,7 +3,7 @@
  * private PM2 daemon (PM2_HOME in the sandbox; never ~/.pm2). `close()` kills only that daemon, by its
  * PM2_HOME and then by the pid it wrote, never by process name.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -164,6 +164,45 @@ export function get(url: string): Promise<{ status?: number; body?: string; erro
     req.on('timeout', () => req.destroy(new Error('ETIMEDOUT')));
     req.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }));
   });
+}
+
+export interface CliExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * The built CLI as a child, without blocking the event loop (the caller polls the app or /proc meanwhile).
+ * `done` resolves after 'exit' and then 'close' (the output read to its end), or 2 s after 'exit' at most:
+ * an orphaned build may keep the pipes open.
+ */
+export function startCli(
+  sb: Sandbox,
+  args: string[],
+  extraEnv: Record<string, string> = {},
+  onStderr?: (all: string) => void,
+): { child: ChildProcess; done: Promise<CliExit> } {
+  const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], {
+    env: { ...sb.env, ...extraEnv },
+    cwd: sb.root,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+    onStderr?.(stderr);
+  });
+  const closed = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  const done = new Promise<CliExit>((resolve) =>
+    child.on('exit', (code, signal) => {
+      void Promise.race([closed, new Promise((r) => setTimeout(r, 2_000))]).then(() => resolve({ code, signal, stdout, stderr }));
+    }),
+  );
+  return { child, done };
 }
 
 /** Runs the built CLI; never throws on a non-zero exit. */

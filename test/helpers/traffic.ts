@@ -60,7 +60,12 @@ export function startTraffic(port: number, opts: { clients?: number; paths?: str
     }
   };
   const loops = [...agents.map((a, i) => loop(a, i)), loop(false, 0)];
-  const snapshot = (): TrafficResult => ({ ok: result.ok, failures: [...result.failures], releases: new Map(result.releases), maxGapMs: Math.round(result.maxGapMs) });
+  const snapshot = (): TrafficResult => ({
+    ok: result.ok,
+    failures: [...result.failures],
+    releases: new Map(result.releases),
+    maxGapMs: Math.round(result.maxGapMs),
+  });
   return {
     snapshot,
     async stop() {

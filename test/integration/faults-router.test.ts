@@ -4,13 +4,12 @@
  * stops serving the release it routes to), and the next plain deploy repairs everything: one release
  * process, routed, saved, recorded, no drift.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, createSandbox, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
+import { createSandbox, releasePortRange, startCli, type Sandbox } from '../helpers/sandbox.js';
 
 const APP = 'frontend-dev';
 const ROUTER = 'frontend-dev-router';
@@ -49,25 +48,9 @@ interface Run {
 
 /** The built CLI, polled by a keep-alive client and a fresh-connection poller until it exits. */
 async function runCli(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}, onStderr?: (text: string) => void): Promise<Run> {
-  const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], {
-    env: { ...sb.env, ...extraEnv },
-    cwd: sb.root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => {
-    stderr += d;
-    onStderr?.(stderr);
-  });
+  const { child, done: finished } = startCli(sb, args, extraEnv, onStderr);
   let done = false;
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => {
-      done = true;
-      resolve({ code, signal });
-    }),
-  );
+  child.once('exit', () => (done = true));
   const guard = setTimeout(() => child.kill('SIGKILL'), 120_000);
   const polls: Poll[] = [];
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -78,7 +61,7 @@ async function runCli(sb: Sandbox, args: string[], extraEnv: Record<string, stri
     }
   };
   const pollers = [poll(agent), poll(false)];
-  const { code, signal } = await exited;
+  const { code, signal, stdout, stderr } = await finished;
   clearTimeout(guard);
   await Promise.all(pollers);
   agent.destroy();

@@ -10,7 +10,6 @@
  * undici's pool, and after a blocking spawnSync (cli) it can pick a socket the old server already closed
  * and report an outage that never happened.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -18,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FAILPOINTS, type Failpoint } from '../../src/failpoint.js';
 import { list } from '../../src/index.js';
-import { CLI, cli, createSandbox, type Sandbox } from '../helpers/sandbox.js';
+import { cli, createSandbox, startCli, type Sandbox } from '../helpers/sandbox.js';
 
 type Action = 'fail' | 'kill';
 const ACTIONS: Action[] = ['fail', 'kill'];
@@ -74,23 +73,9 @@ interface Run {
 
 /** Spawns the built CLI without blocking the event loop; with `pollUrl`, probes it every ~100 ms until exit. */
 async function runCli(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}, pollUrl?: string): Promise<Run> {
-  const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], {
-    env: { ...sb.env, ...extraEnv },
-    cwd: sb.root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const closed = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  const { child, done: finished } = startCli(sb, args, extraEnv);
   let done = false;
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => {
-      done = true;
-      resolve({ code, signal });
-    }),
-  );
+  child.once('exit', () => (done = true));
   // If it hangs, only the child we started is killed, by its handle.
   const guard = setTimeout(() => child.kill('SIGKILL'), 120_000);
   const polls: Run['polls'] = [];
@@ -102,10 +87,9 @@ async function runCli(sb: Sandbox, args: string[], extraEnv: Record<string, stri
       await sleep(100);
     }
   })();
-  const { code, signal } = await exited;
+  const { code, signal, stdout, stderr } = await finished;
   clearTimeout(guard);
   await poller;
-  await Promise.race([closed, sleep(2_000)]); // an orphan could hold the pipes: don't wait on it
   return { code, signal, stdout, stderr, polls };
 }
 

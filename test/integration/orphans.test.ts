@@ -9,12 +9,12 @@
  * BUILD_TRACE set it appends "start|end|stopped <release> <ms> <pid>" lines, the order of builds.
  * Linux only (/proc). Everything the test starts is ended by pid; the sandbox's close() kills its daemon.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cli, createSandbox, get, type Sandbox } from '../helpers/sandbox.js';
+import { cli, createSandbox, get, startCli, type Sandbox } from '../helpers/sandbox.js';
 
 const LINUX = fs.existsSync('/proc/self/stat');
 
@@ -74,26 +74,6 @@ async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 90_00
     await sleep(100);
   }
   throw new Error(`timed out waiting for ${what}`);
-}
-
-/** The built CLI, without blocking the event loop (the test polls /proc meanwhile). */
-function startCli(
-  sb: Sandbox,
-  args: string[],
-  extraEnv: Record<string, string>,
-): { child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
-  const child = spawn(process.execPath, [CLI, '--config', sb.configPath, ...args], {
-    env: { ...sb.env, ...extraEnv },
-    cwd: sb.root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  // 'exit', not 'close': an orphaned build keeps the pipes open.
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
-  return { child, done };
 }
 
 interface TraceLine {

@@ -73,7 +73,9 @@ describe('router strategy (real PM2)', () => {
     ids.push(r.release.id);
     await waitServing(r.release.id);
     // One short gap at most: the old process closing its port and the router binding it.
-    console.log(`take-over: ${t.failures.length} failed of ${t.ok + t.failures.length} requests (${[...new Set(t.failures)].join(', ')}), longest gap ${t.maxGapMs} ms`);
+    console.log(
+      `take-over: ${t.failures.length} failed of ${t.ok + t.failures.length} requests (${[...new Set(t.failures)].join(', ')}), longest gap ${t.maxGapMs} ms`,
+    );
     expect(t.ok).toBeGreaterThan(0);
     expect(routerProc()).toHaveLength(1);
     expect(routerProc()[0].pm2_env.status).toBe('online');

@@ -12,7 +12,18 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ExitCode, ReleaseError, asReleaseError, firstLine } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import * as api from './index.js';
-import { formatActivate, formatBuild, formatDeploy, formatDoctor, formatHistory, formatError, formatList, formatPrune, formatStatus } from './format.js';
+import {
+  formatActivate,
+  formatBuild,
+  formatDeploy,
+  formatDoctor,
+  formatHistory,
+  formatError,
+  formatInit,
+  formatList,
+  formatPrune,
+  formatStatus,
+} from './format.js';
 
 export interface Io {
   stdout: (text: string) => void;
@@ -54,6 +65,7 @@ export type Invocation =
   | { command: 'list' }
   | { command: 'status' }
   | { command: 'doctor' }
+  | { command: 'init'; app?: string; write: boolean; force: boolean; releasesDir?: string }
   | { command: 'history'; limit?: number }
   | { command: 'serve' }
   | { command: 'prune'; keep?: number; dryRun: boolean; waitMs?: number };
@@ -94,6 +106,9 @@ interface CommandOpts {
   limit?: number;
   keep?: number;
   dryRun?: boolean;
+  app?: string;
+  write?: boolean;
+  releasesDir?: string;
 }
 
 /** Pure: argv (without node and script) → what to run. Throws CommanderError on bad usage. */
@@ -121,6 +136,7 @@ Examples:
   pm2-release activate 20261121T204233Z-3f2a9c1
   pm2-release status --json
   pm2-release doctor
+  pm2-release init --write            adopt the running PM2 app: propose, check and write a config
   pm2-release history --limit 10
 
 Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health failed (reverted),
@@ -207,6 +223,23 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
       invocation = { command: 'doctor' };
     });
   program
+    .command('init')
+    .description(
+      'propose a config that takes over a running PM2 app (reads pm2 jlist and the app dir; changes nothing in PM2), doctor it, say what the first deploy does',
+    )
+    .option('-a, --app <name>', 'the PM2 app to take over', 'frontend-dev')
+    .option('-w, --write', 'write the config to --config (default ./pm2-release.config.json), mode 0600', false)
+    .option('-f, --force', 'with --write: replace an existing config file', false)
+    .option('--releases-dir <dir>', 'the releasesDir to propose (default ~/executor/frontend-releases)')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  pm2-release init                          # print the proposal, doctor and the first deploy; write nothing\n  pm2-release init --write --config ~/pm2-release/pm2-release.config.json\n  pm2-release init --app shop --json',
+    )
+    .action((o: CommandOpts) => {
+      if (o.force && !o.write) throw new InvalidArgumentError('--force only applies with --write');
+      invocation = { command: 'init', app: o.app, write: !!o.write, force: !!o.force, releasesDir: o.releasesDir };
+    });
+  program
     .command('prune')
     .description('delete old releases: keeps the active one, then the rollback target, then the newest, up to --keep; never one being built')
     .option('-k, --keep <n>', 'ready releases to keep, the active one included', positiveInt('--keep'))
@@ -261,7 +294,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
   const { global: g, invocation: inv } = parsed;
   // Human mode shows phases through the progress renderer, so info logs would only repeat them.
   const level = g.verbose ? 'debug' : inv.command === 'serve' ? 'info' : g.quiet || !g.json ? 'warn' : 'info';
-  const logger = io.logger ?? createLogger({ level, pretty: io.stderrIsTTY && !g.json, file: logFileFor(g, io) });
+  // init's --config names the file to write, not one to read: no log file from it.
+  const logger = io.logger ?? createLogger({ level, pretty: io.stderrIsTTY && !g.json, file: inv.command === 'init' ? undefined : logFileFor(g, io) });
   const progress = g.json ? undefined : createProgress({ write: io.stderr, tty: io.stderrIsTTY, quiet: g.quiet, columns: io.columns });
   const common = { configPath: g.config, cwd: io.cwd, env: io.env, logger, signal: io.signal, trigger: 'cli' as const, onEvent: progress };
 
@@ -322,6 +356,22 @@ export async function main(argv: string[], io: Io): Promise<number> {
         if (g.json) io.stdout(JSON.stringify(r) + '\n');
         else io.stdout(formatDoctor(r));
         return r.ok ? ExitCode.ok : ExitCode.environment;
+      }
+      case 'init': {
+        const r = await api.init({
+          app: inv.app,
+          write: inv.write,
+          force: inv.force,
+          releasesDir: inv.releasesDir,
+          configPath: g.config,
+          cwd: io.cwd,
+          env: io.env,
+          logger,
+        });
+        if (g.json) io.stdout(JSON.stringify(r) + '\n');
+        else io.stdout(formatInit(r));
+        // An incomplete proposal is a config matter (2); a complete one on a VM doctor fails is 6.
+        return r.ok ? ExitCode.ok : r.problems.length ? ExitCode.usage : ExitCode.environment;
       }
       case 'prune': {
         const r = await api.prune({ ...common, keep: inv.keep, dryRun: inv.dryRun, waitMs: inv.waitMs });

@@ -1,6 +1,8 @@
 /** Human output: aligned tables and one-line summaries. Pure functions of the typed results. */
 import type { ReleaseError } from './errors.js';
 import type { DoctorResult } from './operations/doctor.js';
+import type { InitResult } from './operations/init.js';
+import { renderConfig } from './operations/proposal.js';
 import type { HistoryResult } from './operations/results.js';
 import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
 
@@ -170,4 +172,61 @@ export function formatHistory(r: HistoryResult): string {
       e.error ? `${e.error.code} in ${e.error.phase}` : '',
     ]),
   );
+}
+
+/**
+ * `init`: the proposed config as JSONC (a `// why` line above each inferred key; the file written is the
+ * same JSON without them), then doctor, what the first deploy does, and the commands to run.
+ */
+export function formatInit(r: InitResult): string {
+  const out: string[] = [];
+  out.push(`// config proposed for the PM2 app ${r.app.name} (cwd ${r.app.cwd}, PM2_HOME ${r.app.pm2Home}), read from \`pm2 jlist\` and the app dir`);
+  out.push(
+    r.written ? `// written to ${r.configPath} (mode 0600, plain JSON without these comments)` : `// not written (--write writes it to ${r.configPath})`,
+  );
+  out.push(renderConfig(r.config, r.comments));
+  const others = r.app.envNames.filter((n) => n !== r.config.app?.portEnv);
+  if (others.length)
+    out.push(
+      `// ${r.app.name}'s PM2 env has ${others.length} other variables, not copied (names: --json app.envNames)${r.app.secretNames.length ? `; secret by name: ${r.app.secretNames.join(', ')}` : ''}`,
+    );
+  out.push('');
+  for (const w of r.warnings) out.push(`warning: ${w}`);
+  for (const p of r.problems) out.push(`problem: ${p}`);
+  if (r.warnings.length || r.problems.length) out.push('');
+  out.push('doctor (on the proposed config)');
+  out.push(indent(formatDoctor(r.doctor).trimEnd()));
+  out.push('');
+  const f = r.firstDeploy;
+  const rows: [string, string][] = [
+    ['strategy', `${f.strategy}: ${r.app.name}-router holds the public port, each release runs on a private one`],
+    [
+      'ports',
+      `public :${f.publicPort ?? '?'} (router) → first release on :${f.releasePort ?? '?'}${r.config.router ? ` (of ${r.config.router.releasePorts?.join('-')})` : ''}`,
+    ],
+    ['take-over', f.takeOver],
+    ['disk', `~${bytes(f.diskNeededBytes)} for the releases (node_modules + build output × (keep ${r.config.keep ?? 2} + 1)), ${bytes(f.diskFreeBytes)} free`],
+    ['pm2', `${r.app.pm2Version ?? 'unknown version'}, systemd ${r.app.systemd}`],
+  ];
+  out.push('first deploy');
+  const w = Math.max(...rows.map(([k]) => k.length));
+  for (const [k, v] of rows) out.push(`  ${k.padEnd(w)}  ${v}`);
+  out.push('');
+  out.push('next');
+  out.push(`  ${r.next.command}`);
+  out.push('');
+  out.push('reboot path (when the PM2 dump is missing or stale)');
+  for (const l of r.next.reboot) out.push(`  ${l}`);
+  out.push('');
+  out.push('executor (library call)');
+  out.push(`  ${r.next.executor}`);
+  out.push(r.ok ? 'ready for the first deploy' : r.problems.length ? 'NOT ready: fix the problem lines' : 'NOT ready to deploy: fix the FAIL lines');
+  return out.join('\n') + '\n';
+}
+
+function indent(text: string): string {
+  return text
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n');
 }

@@ -158,3 +158,14 @@ export async function currentBranch(workspace: string, logger: Logger): Promise<
     return undefined;
   }
 }
+
+/** The top-level of the git work tree that holds `dir` (real path), or undefined when `dir` is in none. */
+export async function workTreeRoot(dir: string, logger: Logger): Promise<string | undefined> {
+  try {
+    const { stdout } = await run(['git', 'rev-parse', '--show-toplevel'], { cwd: dir, logger });
+    const top = stdout.trim();
+    return top ? fs.realpathSync(top) : undefined;
+  } catch {
+    return undefined;
+  }
+}

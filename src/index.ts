@@ -7,6 +7,8 @@ export { deploy, build, type DeployOptions, type BuildOptions } from './operatio
 export { activate, rollback, type ActivateOptions, type RollbackOptions } from './operations/activate.js';
 export { list, status, prune, history, type ListOptions, type StatusOptions, type PruneOptions, type HistoryOptions } from './operations/inspect.js';
 export type { HistoryEntry, HistoryAction, BadMark } from './release/history.js';
+export { init, type InitOptions, type InitResult } from './operations/init.js';
+export { proposeConfig, type InitFacts, type Proposal } from './operations/proposal.js';
 export { doctor, type DoctorOptions, type DoctorResult, type Check, type CheckStatus } from './operations/doctor.js';
 export { serve, startWebhookServer, sign as signWebhook, type ServeOptions, type WebhookServer, type WebhookStatus } from './operations/serve.js';
 export type { CommonOptions, ReleaseEvent, Trigger } from './operations/context.js';

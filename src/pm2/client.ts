@@ -332,7 +332,7 @@ export class Pm2 {
   }
 }
 
-interface RawProcess {
+export interface RawProcess {
   pid?: number;
   name?: string;
   pm_id?: number;

@@ -24,6 +24,9 @@ describe('parseArgv', () => {
     [['prune', '--keep', '3', '--dry-run'], { command: 'prune', keep: 3, dryRun: true }],
     [['prune'], { command: 'prune', keep: undefined, dryRun: false }],
     [['serve'], { command: 'serve' }],
+    [['init'], { command: 'init', app: 'frontend-dev', write: false, force: false, releasesDir: undefined }],
+    [['init', '--app', 'shop', '--write', '--force'], { command: 'init', app: 'shop', write: true, force: true }],
+    [['init', '-a', 'shop', '-w', '--releases-dir', '/srv/releases'], { command: 'init', app: 'shop', write: true, releasesDir: '/srv/releases' }],
   ])('%j → %j', (argv, expected) => {
     expect(parseArgv(argv).invocation).toMatchObject(expected);
   });
@@ -32,6 +35,12 @@ describe('parseArgv', () => {
     expect(parseArgv(['--json', '-c', '/etc/p.json', 'list']).global).toEqual({ config: '/etc/p.json', json: true, verbose: false, quiet: false });
     expect(parseArgv(['status', '--json', '--verbose']).global).toMatchObject({ json: true, verbose: true });
     expect(parseArgv(['-q', 'deploy']).global.quiet).toBe(true);
+  });
+
+  it("init's --config is the global one: the file to write", () => {
+    const p = parseArgv(['init', '--write', '--config', '/home/ubuntu/pm2-release/pm2-release.config.json', '--json']);
+    expect(p.global).toMatchObject({ config: '/home/ubuntu/pm2-release/pm2-release.config.json', json: true });
+    expect(p.invocation).toMatchObject({ command: 'init', write: true });
   });
 
   it.each([
@@ -43,6 +52,8 @@ describe('parseArgv', () => {
     [['deploy', '--wait=soon']],
     [['deploy', '--ref', 'main', '--pull']],
     [['list', '--nope']],
+    [['init', '--force']],
+    [['init', '--app']],
   ])('%j is a usage error', (argv) => {
     expect(() => parseArgv(argv)).toThrow(CommanderError);
   });

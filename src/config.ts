@@ -76,6 +76,11 @@ const appSchema = z.strictObject({
   instances: z.number().int().min(1).max(64).optional(),
   /** Reuse node_modules from a retained release whose lockfile, node, npm and platform match. */
   reuseDependencies: z.boolean().optional(),
+  /**
+   * How a reused node_modules is laid out: auto (reflink where the filesystem has it, else link), link (hard
+   * links to one read-only copy, checked after every build), reflink, copy (a plain copy), install (never reuse).
+   */
+  dependencyMode: z.enum(['auto', 'link', 'reflink', 'copy', 'install']).optional(),
   /** Heap cap for install and build (NODE_OPTIONS=--max-old-space-size), so a build OOMs before the VM does. */
   buildMaxOldSpaceMB: z.number().int().min(128).max(65_536).optional(),
   /** Run install and build with lower CPU and IO priority (nice/ionice) so the live app keeps its share. */
@@ -134,6 +139,8 @@ export interface HealthcheckConfig {
   checks: { url: string; expectStatus: number[] }[];
 }
 
+export type DependencyMode = 'auto' | 'link' | 'reflink' | 'copy' | 'install';
+
 export interface AppConfig {
   name: string;
   dir: string;
@@ -152,6 +159,7 @@ export interface AppConfig {
   strategy: 'router' | 'restart' | 'cluster';
   instances: number;
   reuseDependencies: boolean;
+  dependencyMode: DependencyMode;
   buildMaxOldSpaceMB?: number;
   buildLowPriority: boolean;
 }
@@ -316,6 +324,7 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       strategy: app.strategy ?? DEFAULTS.app.strategy,
       instances: app.instances ?? 1,
       reuseDependencies: app.reuseDependencies ?? true,
+      dependencyMode: app.dependencyMode ?? 'auto',
       buildMaxOldSpaceMB: app.buildMaxOldSpaceMB,
       buildLowPriority: app.buildLowPriority ?? true,
     },

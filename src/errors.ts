@@ -15,6 +15,7 @@ export type Phase =
   | 'install'
   | 'build'
   | 'prune'
+  | 'isolation'
   | 'verify'
   | 'switch'
   | 'health'

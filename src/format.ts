@@ -42,9 +42,10 @@ function total(d: Record<string, number>): number {
 
 export function formatDeploy(r: DeployResult): string {
   const removed = r.removed.length ? `; removed ${r.removed.map((x) => x.id).join(', ')}` : '';
-  if (r.mode === 'unchanged') return `${r.release.id} (${r.release.shortSha}) is already active → ${r.url}; nothing to do (--rebuild builds it again)\n`;
+  const why = r.reason ? `: ${r.reason}` : '';
+  if (r.mode === 'unchanged') return `${r.release.id} (${r.release.shortSha}) is already active${why} → ${r.url}; nothing to do (--rebuild builds it again)\n`;
   if (r.mode === 'reactivated')
-    return `reactivated retained ${r.release.id} (${r.release.shortSha}) without a build in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
+    return `reactivated retained ${r.release.id} (${r.release.shortSha})${why} without a build in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
   return (
     `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` +
     `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n`
@@ -71,9 +72,20 @@ export function formatList(r: ListResult): string {
       x.status,
       shortTime(x.createdAt),
       bytes(x.sizeBytes),
-      x.bad ? `BAD: ${x.bad.reason}` : x.error ? `${x.error.code} in ${x.error.phase}` : '',
+      [x.bad ? `BAD: ${x.bad.reason}` : x.error ? `${x.error.code} in ${x.error.phase}` : '', alsoServes(x)].filter(Boolean).join('; '),
     ]),
   );
+}
+
+/** "also serves 1a2b3c4, 5d6e7f8": the later commits whose inputs this release was already the build of. */
+export function alsoServes(x: Pick<ReleaseInfo, 'sha' | 'commits'>): string {
+  const others = (x.commits ?? []).filter((c) => c !== x.sha);
+  if (others.length === 0) return '';
+  const shown = others
+    .slice(-3)
+    .reverse()
+    .map((c) => c.slice(0, 7));
+  return `also serves ${shown.join(', ')}${others.length > 3 ? ` (+${others.length - 3} older)` : ''}`;
 }
 
 export function formatStatus(r: StatusResult): string {
@@ -86,7 +98,7 @@ export function formatStatus(r: StatusResult): string {
         : 'not running',
     ],
     ['cwd', r.pm2?.cwd ?? '-'],
-    ['active', r.active ? `${r.active.id} (${r.active.shortSha})` : '-'],
+    ['active', r.active ? `${r.active.id} (${r.active.shortSha})${alsoServes(r.active) ? `, ${alsoServes(r.active)}` : ''}` : '-'],
     ['recorded', r.recorded ?? '-'],
     ['health', `${r.health.ok ? 'ok' : 'FAILING'} ${r.health.url} → ${r.health.status ?? r.health.error ?? '-'}`],
     ['drift', r.drift.detected ? `YES: ${r.drift.reason}` : 'none'],
@@ -169,7 +181,8 @@ export function formatHistory(r: HistoryResult): string {
       e.trigger,
       `${e.user}@${e.host}`,
       seconds(total(e.durationsMs)),
-      e.error ? `${e.error.code} in ${e.error.phase}` : '',
+      // A deploy that reused a release says why ("frontend tree unchanged since 3f2a9c1"): SHA is the commit, TO its release.
+      e.error ? `${e.error.code} in ${e.error.phase}` : e.action === 'deploy' && e.detail ? e.detail : '',
     ]),
   );
 }

@@ -106,6 +106,18 @@ export async function archive(workspace: string, sha: string, dest: string, logg
   }
 }
 
+/**
+ * The app dir's tree id at `sha` (`git rev-parse <sha>:<dir>`): equal for two commits exactly when nothing
+ * under the app dir differs, whatever else the commits change.
+ */
+export async function appTree(workspace: string, sha: string, dir: string, logger: Logger): Promise<string> {
+  const spec = dir === '.' ? `${sha}^{tree}` : `${sha}:${dir}`;
+  const { stdout } = await run(['git', 'rev-parse', '--verify', '--quiet', spec], { cwd: workspace, logger });
+  const tree = stdout.trim();
+  if (!/^[0-9a-f]{40,64}$/.test(tree)) throw new Error(`unexpected rev-parse output for ${spec}`);
+  return tree;
+}
+
 /** True when `file` (a path inside the repository) exists in commit `sha`. */
 export async function commitHas(workspace: string, sha: string, file: string, logger: Logger): Promise<boolean> {
   try {

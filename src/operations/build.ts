@@ -3,11 +3,13 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { archive, commitHas, commitSubject, ensureRepository, isDirty, resolveRef } from '../git.js';
-import { asReleaseError, UsageError } from '../errors.js';
+import { appTree, archive, commitHas, commitSubject, ensureRepository, isDirty, resolveRef } from '../git.js';
+import { asReleaseError, ReleaseError, UsageError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { makeReleaseId } from '../release/naming.js';
-import { cloneDirectory, dependencyKey, supportsReflink } from '../release/dependencies.js';
+import { inputKey } from '../release/inputs.js';
+import { cloneDirectory, dependencyKey, dependencyMethod, supportsReflink } from '../release/dependencies.js';
+import { NO_LINK_FILE, SharedDeps } from '../release/shared-deps.js';
 import { diskUsage, existsSync, MANIFEST_VERSION, type Manifest, type ReleaseRecord } from '../release/store.js';
 import {
   buildEnv,
@@ -29,6 +31,11 @@ import type { HeldLock } from '../lock.js';
 export interface Resolved {
   sha: string;
   envFiles: EnvFile[];
+  /** The app dir's tree id at the commit. */
+  tree: string;
+  versions: { node: string; npm?: string };
+  /** Everything that shapes the build, hashed (release/inputs.ts). */
+  inputKey: string;
 }
 
 /**
@@ -38,6 +45,9 @@ export interface Resolved {
 export async function resolveRelease(ctx: Context, ref: string): Promise<Resolved> {
   const { config } = ctx;
   return phase(ctx, 'resolve', async () => {
+    // Started at once: a deploy that finds nothing to do should cost little more than these lookups.
+    const versionsP = toolVersions(ctx, config.workspace);
+    versionsP.catch(() => undefined);
     await ensureRepository(config.workspace, ctx.logger);
     const sha = await resolveRef(config.workspace, ref, ctx.logger);
     const appPath = (f: string) => (config.app.dir === '.' ? f : `${config.app.dir}/${f}`);
@@ -58,7 +68,21 @@ export async function resolveRelease(ctx: Context, ref: string): Promise<Resolve
     requireEnv(ctx, envFiles, `the env files in ${liveAppDir}`);
     if (await isDirty(config.workspace, ctx.logger))
       warn(ctx, `the workspace has uncommitted changes; they are not part of the release (it is built from ${sha.slice(0, 7)})`);
-    return { sha, envFiles };
+    const [tree, versions] = await Promise.all([appTree(config.workspace, sha, config.app.dir, ctx.logger), versionsP]);
+    const key = inputKey({
+      tree,
+      envFiles: envFiles.map((f) => ({ name: f.name, text: f.text })),
+      install: config.app.install,
+      build: config.app.build,
+      node: versions.node,
+      npm: versions.npm,
+      platform: `${process.platform}-${process.arch}`,
+      appDir: config.app.dir,
+      prune: config.app.prune,
+      buildMaxOldSpaceMB: config.app.buildMaxOldSpaceMB,
+      nodeEnv: config.app.env.NODE_ENV,
+    });
+    return { sha, envFiles, tree, versions, inputKey: key };
   });
 }
 
@@ -95,8 +119,12 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     createdAt: ctx.now().toISOString(),
     durationsMs: {},
     builder: { pid: process.pid, host: os.hostname() },
-    node: process.version,
+    node: resolved.versions.node,
+    npm: resolved.versions.npm,
     envFiles: [],
+    inputKey: resolved.inputKey,
+    tree: resolved.tree,
+    commits: [sha],
   };
   const before = { ...ctx.durations };
   const ownDurations = () => {
@@ -117,9 +145,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
       return copied;
     });
     const env = buildEnv(ctx, id, sha);
-    const versions = await toolVersions(ctx, cwd);
-    manifest.node = versions.node;
-    manifest.npm = versions.npm;
+    const versions = resolved.versions;
     const lockfile = await fsp.readFile(path.join(cwd, 'package-lock.json')).catch(() => undefined);
     // Reuse only when installing would do nothing but lay out the lockfile: the app's own install
     // lifecycle scripts (postinstall, prepare…) must run, so such apps always install.
@@ -129,23 +155,68 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
       lockfile && lifecycle.length === 0
         ? dependencyKey(Buffer.concat([lockfile, Buffer.from(`\0${config.app.install.join('\0')}\0${env.NODE_ENV ?? ''}`)]), versions.node, versions.npm)
         : undefined;
+    const shares = new SharedDeps(store.releasesDir, (rid) => path.join(store.appCwd(rid), 'node_modules'));
+    const freshInstall = async (note?: string) => {
+      const started = performance.now();
+      await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha), track);
+      // The install's end: a node_modules file changed after it was written by the build and is never shared.
+      manifest.dependencies = {
+        method: 'install',
+        key,
+        installedAt: Date.now(),
+        durationMs: Math.round(performance.now() - started),
+        ...(note ? { note } : {}),
+      };
+    };
     await phase(ctx, 'install', async () => {
       const started = performance.now();
-      const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile) : undefined;
-      if (!reused) await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha), track);
-      manifest.dependencies = { method: reused?.method ?? 'install', key, from: reused?.from, durationMs: Math.round(performance.now() - started) };
+      const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile, id, shares) : undefined;
+      if (!reused) await freshInstall();
+      else manifest.dependencies = { method: reused.method, key, from: reused.from, durationMs: Math.round(performance.now() - started) };
       failpoint(ctx.env, 'install');
     });
-    if (config.app.build.length > 0)
-      await phase(ctx, 'build', async () => {
-        await runStep(ctx, 'build', config.app.build, cwd, logFile, env, track);
-        failpoint(ctx.env, 'build');
+    const buildAndPrune = async () => {
+      if (config.app.build.length > 0)
+        await phase(ctx, 'build', async () => {
+          await runStep(ctx, 'build', config.app.build, cwd, logFile, env, track);
+          failpoint(ctx.env, 'build');
+        });
+      await phase(ctx, 'prune', async () => {
+        await pruneCaches(ctx, cwd);
+        failpoint(ctx.env, 'prune');
       });
-    await phase(ctx, 'prune', async () => {
-      await pruneCaches(ctx, cwd);
-      failpoint(ctx.env, 'prune');
+    };
+    let buildError: ReleaseError | undefined;
+    await buildAndPrune().catch((err: unknown) => {
+      if (manifest.dependencies?.method !== 'link') throw err;
+      buildError = asReleaseError(err);
     });
-
+    if (manifest.dependencies?.method === 'link' && key) {
+      // Hard links share every write: prove this build wrote through none (release/shared-deps.ts).
+      const broken = await phase(ctx, 'isolation', () => isolationBroken(ctx, shares, key, id, buildError));
+      if (broken) {
+        warn(ctx, broken.message);
+        await fsp.appendFile(logFile, `${broken.message}\n`);
+        await shares.disable(broken.message, ctx.now());
+        await phase(ctx, 'install', async () => {
+          await fsp.rm(path.join(cwd, 'node_modules'), { recursive: true, force: true });
+          await freshInstall(broken.message);
+        });
+        // The record still holds the changed files' old stats until repair() replaced them: a run killed in
+        // between finds them changed again next time.
+        const set = await shares.read(key);
+        if (set && broken.changed.length === 0) await shares.leave(key, id);
+        else if (set) {
+          const { repaired, missing } = await phase(ctx, 'isolation', () => shares.repair(set, broken.changed, id));
+          const note = `repaired ${repaired.length} shared file(s) in other releases from the fresh install of ${id}${missing.length ? `; not in it: ${missing.slice(0, 3).join(', ')}` : ''}`;
+          ctx.logger.warn(note);
+          await fsp.appendFile(logFile, `${note}\n`);
+          if (missing.length > 0) warn(ctx, note);
+        }
+        // The build runs again on a node_modules of its own.
+        await buildAndPrune();
+      } else if (buildError) throw buildError;
+    }
     manifest.lockfileHash = await lockfileHash(cwd);
     manifest.sizeBytes = await diskUsage(store.releaseDir(id));
     manifest.durationsMs = ownDurations();
@@ -178,20 +249,48 @@ async function installScripts(cwd: string): Promise<string[]> {
 }
 
 /**
- * Clones node_modules from the newest retained ready release with the same dependency key. Returns undefined
- * (and leaves no partial node_modules) when there is none or the clone fails: the caller installs instead.
+ * node_modules from the newest retained ready release with the same dependency key: hard links to the
+ * shared read-only set, a reflink clone or a copy (dependencyMethod). Returns undefined (and leaves no partial
+ * node_modules) when there is none, sharing is off or it fails: the caller installs instead.
  */
-async function reuseDependencies(ctx: Context, key: string, cwd: string, logFile: string): Promise<{ method: 'reflink' | 'copy'; from: string } | undefined> {
+async function reuseDependencies(
+  ctx: Context,
+  key: string,
+  cwd: string,
+  logFile: string,
+  id: string,
+  shares: SharedDeps,
+): Promise<{ method: 'reflink' | 'copy' | 'link'; from: string } | undefined> {
   const target = path.join(cwd, 'node_modules');
   if (existsSync(target)) return undefined; // committed node_modules: leave it to the installer
-  const donor = (await ctx.store.list()).find(
+  const off = await shares.disabled();
+  const method = dependencyMethod({ mode: ctx.config.app.dependencyMode, reuse: true, reflink: await supportsReflink(cwd), sharingOff: off !== undefined });
+  if (method === 'install') {
+    if (off) ctx.logger.info(`node_modules is installed, not shared: ${off} (remove ${path.join(shares.dir, NO_LINK_FILE)} to share again)`);
+    return undefined;
+  }
+  const candidates = (await ctx.store.list()).filter(
     (r) => r.status === 'ready' && r.manifest?.dependencies?.key === key && existsSync(path.join(r.cwd, 'node_modules')),
   );
+  const set = method === 'link' ? await shares.read(key) : undefined;
+  // Linking extends the existing set from one of its members; the first share starts from a fresh install.
+  const donor =
+    method === 'link'
+      ? set
+        ? candidates.find((r) => set.members.includes(r.id))
+        : candidates.find((r) => r.manifest?.dependencies?.method === 'install' && r.manifest.dependencies.installedAt !== undefined)
+      : candidates[0];
   if (!donor) return undefined;
-  const reflink = await supportsReflink(cwd);
   try {
-    await cloneDirectory(path.join(donor.cwd, 'node_modules'), target, reflink, ctx.logger);
-    const method = reflink ? 'reflink' : 'copy';
+    if (method === 'link') {
+      // A shared file changed since the last check (a write from the live app, say) is never linked into another release.
+      const changed = set ? await shares.check(set) : [];
+      if (changed.length > 0) {
+        warn(ctx, `shared node_modules of ${set!.members.join(', ')} changed (${changed.slice(0, 3).join(', ')}): installing ${id} instead of linking`);
+        return undefined;
+      }
+      await shares.link(key, donor.id, id, set, donor.manifest?.dependencies?.installedAt, ctx.logger);
+    } else await cloneDirectory(path.join(donor.cwd, 'node_modules'), target, method === 'reflink', ctx.logger);
     const note = `reused node_modules from ${donor.id} (${method}): same package-lock.json, node, npm and platform`;
     await fsp.appendFile(logFile, `${note}\n`);
     ctx.emit({ type: 'output', phase: 'install', stream: 'stdout', line: note });
@@ -200,8 +299,38 @@ async function reuseDependencies(ctx: Context, key: string, cwd: string, logFile
   } catch (err) {
     warn(ctx, `could not reuse node_modules from ${donor.id} (${(err as Error).message}); installing instead`);
     await fsp.rm(target, { recursive: true, force: true });
+    if (method === 'link') await shares.leave(key, id).catch(() => undefined);
     return undefined;
   }
+}
+
+/**
+ * After the build of a release whose node_modules is linked: the shared files it changed (written through a
+ * link, as root can), or a build that failed on a write the read-only mode refused. Undefined: independent.
+ */
+async function isolationBroken(
+  ctx: Context,
+  shares: SharedDeps,
+  key: string,
+  id: string,
+  buildError: ReleaseError | undefined,
+): Promise<{ message: string; changed: string[] } | undefined> {
+  const set = await shares.read(key);
+  const changed = set ? await shares.check(set) : [];
+  if (changed.length > 0)
+    return {
+      changed,
+      message:
+        `the build of ${id} changed ${changed.length} shared node_modules file(s) (${changed.slice(0, 3).join(', ')}): ` +
+        'installing it fresh, repairing the releases that share them, and not sharing node_modules for this app any more',
+    };
+  const tail = buildError ? `${buildError.outputTail ?? ''} ${buildError.message}` : '';
+  if (buildError && /\b(EACCES|EPERM)\b/.test(tail) && tail.includes('node_modules'))
+    return {
+      changed: [],
+      message: `the build of ${id} tried to write into a shared read-only node_modules file: installing it fresh and not sharing node_modules for this app any more`,
+    };
+  return undefined;
 }
 
 export async function markFailed(

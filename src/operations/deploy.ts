@@ -9,6 +9,7 @@ import { failpoint } from '../failpoint.js';
 import { currentBranch, pullBranch } from '../git.js';
 import { acquireLock, type HeldLock } from '../lock.js';
 import { clearBad, readBadShas } from '../release/history.js';
+import { findSameInputs, unchangedReason, withCommit } from '../release/inputs.js';
 import { appPort, healthUrl } from '../config.js';
 import { allocateId, buildRelease, markFailed, resolveRelease } from './build.js';
 import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from './context.js';
@@ -33,7 +34,7 @@ export interface DeployOptions extends CommonOptions {
   waitMs?: number;
   /** Skip the verify-before-switch run (the health gate after the switch still applies). */
   verify?: boolean;
-  /** Build a fresh release even when a ready release of this sha is retained. */
+  /** Build a fresh release even when a ready release of this sha (or of the same inputs) is retained. */
   rebuild?: boolean;
 }
 
@@ -42,6 +43,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
+  let reason: string | undefined;
   const run = () =>
     withLock(ctx, 'deploy', opts.waitMs, async (lock): Promise<DeployResult> => {
       // Pre-flight first: recovery may start the app, which must not happen on a VM whose PM2 is down.
@@ -59,15 +61,12 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
       await refuseBadSha(ctx, resolved.sha, !!opts.force);
       from = await currentRelease(ctx);
       if (!opts.rebuild) {
-        // Instant redeploy: a ready release of this sha is retained, so there is nothing to archive,
-        // install or build. Deploying the active sha is a no-op.
+        // Content-addressed: a ready release built from the same inputs (release/inputs.ts) is retained, so
+        // there is nothing to archive, install or build. When it is the active one, nothing is switched either.
         const releases = await ctx.store.list();
-        const active = releases.find((r) => r.id === from);
-        const same =
-          active?.status === 'ready' && active.manifest?.sha === resolved.sha
-            ? active
-            : releases.find((r) => r.status === 'ready' && r.manifest?.sha === resolved.sha);
-        if (same) {
+        const hit = findSameInputs(releases, from, resolved.sha, resolved.inputKey);
+        const same = hit ? releases.find((r) => r.id === hit.id) : undefined;
+        if (hit && same?.manifest) {
           to = same.id;
           let unchanged = same.id === from;
           // PM2 serves it but the record or the dump may not say so (a run killed after its switch): settle that.
@@ -75,17 +74,21 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
             warn(ctx, `PM2 serves ${same.id} but it was not recorded as active (an interrupted deploy): saving it`);
             if (!(await adoptRunning(ctx, same))) unchanged = false;
           }
+          const short = resolved.sha.slice(0, 7);
+          reason = hit.by === 'inputs' ? unchangedReason(ctx.config.app.dir, same.manifest.sha) : undefined;
+          if (!(same.manifest.commits ?? [same.manifest.sha]).includes(resolved.sha)) {
+            // The release now also serves this commit: list, status and history say so.
+            await ctx.store.writeManifest({ ...same.manifest, commits: withCommit(same.manifest.commits ?? [same.manifest.sha], resolved.sha) });
+          }
           let url = healthUrl(ctx.config.app, appPort(ctx.config.app));
           let previous: string | null = null;
           if (unchanged) {
-            ctx.logger.info(`${resolved.sha.slice(0, 7)} is already active as ${same.id}: nothing to do`);
-            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha)))
-              warn(ctx, `${resolved.sha.slice(0, 7)} is active: its bad mark is cleared (--force)`);
+            ctx.logger.info(`${short} is already served by the active ${same.id}${reason ? ` (${reason})` : ''}: nothing to do`);
+            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `${short} is active: its bad mark is cleared (--force)`);
           } else {
-            ctx.logger.info(`${resolved.sha.slice(0, 7)} is retained as ${same.id}: activating it without a build`);
+            ctx.logger.info(`${short} is retained as ${same.id}${reason ? ` (${reason})` : ''}: activating it without a build`);
             const switched = await switchToRelease(ctx, same);
-            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha)))
-              warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
+            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${short} with --force: its bad mark is cleared`);
             url = switched.url;
             previous = switched.previous;
             const vars = { RELEASE_ID: same.id, RELEASE_SHA: resolved.sha, RELEASE_DIR: same.cwd, PREVIOUS_RELEASE_ID: from };
@@ -97,6 +100,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
             ok: true as const,
             action: 'deploy' as const,
             mode: unchanged ? ('unchanged' as const) : ('reactivated' as const),
+            ...(reason ? { reason } : {}),
             release: releaseInfo((await ctx.store.get(same.id)) ?? same, same.id, ctx.store.buildLog(same.id), marks),
             previous,
             url,
@@ -156,7 +160,8 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
     'deploy',
     () => ({ from, to, sha }),
     run,
-    (r) => ({ from: r.previous, to: r.release.id, sha: r.release.sha }),
+    // The deployed commit, not the release's own sha: the history shows each commit a release came to serve.
+    (r) => ({ from: r.previous, to: r.release.id, sha: sha ?? r.release.sha, ...(r.reason ? { detail: r.reason } : {}) }),
     (e) =>
       runHook(
         ctx,

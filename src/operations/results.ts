@@ -23,6 +23,8 @@ export interface ReleaseInfo {
   error: { code: string; phase: string; message: string } | null;
   /** Set when an operator rolled back from this sha or the health gate reverted it. */
   bad: { reason: string; markedAt: string } | null;
+  /** The commits this release serves: its own sha, then later commits whose inputs were the same. */
+  commits: string[];
 }
 
 export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string, marks: Record<string, BadMark> = {}): ReleaseInfo {
@@ -45,6 +47,7 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
     durationsMs: m?.durationsMs ?? {},
     error: m?.error ?? null,
     bad: mark ? { reason: mark.reason, markedAt: mark.markedAt } : null,
+    commits: m?.commits ?? (m?.sha ? [m.sha] : []),
   };
 }
 
@@ -53,6 +56,8 @@ export interface DeployResult {
   action: 'deploy';
   /** built: a new release; reactivated: a retained release of this sha was switched to; unchanged: it was already active. */
   mode: 'built' | 'reactivated' | 'unchanged';
+  /** Set when the commit was matched by its inputs, not its sha: "frontend tree unchanged since 3f2a9c1". */
+  reason?: string;
   release: ReleaseInfo;
   /** The release that served before, or null on a first deploy / adoption of a non-release app. */
   previous: string | null;

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { isReleaseId, planRetention, rollbackTarget, type RetentionPlan } from '../release/naming.js';
 import { clearBuildProcess, groupMembers, judgeOrphan, readBuildProcess, stopGroup } from '../release/orphans.js';
 import { META_DIR, pidAlive } from '../release/store.js';
+import { SharedDeps } from '../release/shared-deps.js';
 import { warn, type Context } from './context.js';
 import { currentRelease } from './switch-release.js';
 
@@ -31,12 +32,24 @@ export async function applyRetention(ctx: Context, plan: RetentionPlan, afterFir
   // prune removes incomplete releases too: never from under a build that is still running in them.
   if (plan.remove.length > 0) await stopOrphanedBuilds(ctx);
   for (const r of plan.remove) {
-    await ctx.store.remove(r.id, removed.length === 0 ? afterFirst : undefined);
+    await removeRelease(ctx, r.id, removed.length === 0 ? afterFirst : undefined);
     ctx.logger.info({ release: r.id }, `removed release ${r.id}: ${r.reason}`);
     removed.push(r);
   }
   await ctx.store.sweepRemovals();
   return removed;
+}
+
+/**
+ * Deletes a release; the shared node_modules sets it belonged to are re-recorded around it (each unlink moves
+ * the ctime of the inodes the other releases keep).
+ */
+export async function removeRelease(ctx: Context, id: string, afterRename?: () => void): Promise<void> {
+  await sharedDeps(ctx).removing(id, () => ctx.store.remove(id, afterRename));
+}
+
+export function sharedDeps(ctx: Context): SharedDeps {
+  return new SharedDeps(ctx.store.releasesDir, (id) => path.join(ctx.store.appCwd(id), 'node_modules'));
 }
 
 /** Removes what interrupted runs left behind: incomplete releases and half-done removals. */
@@ -50,7 +63,7 @@ export async function cleanupInterrupted(ctx: Context): Promise<string[]> {
   const cleaned: string[] = [];
   for (const r of await ctx.store.list()) {
     if (r.status === 'incomplete' && r.id !== active) {
-      await ctx.store.remove(r.id);
+      await removeRelease(ctx, r.id);
       ctx.logger.warn({ release: r.id }, `removed incomplete release ${r.id} (left by an interrupted run)`);
       cleaned.push(r.id);
     }

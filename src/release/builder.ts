@@ -13,6 +13,7 @@ import { childEnv, type Context } from '../operations/context.js';
 import { bytes } from '../format.js';
 import { clearBuildProcess, writeBuildProcess } from './orphans.js';
 import { META_DIR } from './store.js';
+import { SharedDeps } from './shared-deps.js';
 
 export interface EnvFile {
   name: string;
@@ -217,7 +218,11 @@ export async function diskFullError(ctx: Context, id: string, e: ReleaseError): 
     return st ? st.bavail * st.bsize : undefined;
   };
   const before = await free();
-  await freeRelease(store.releaseDir(id)).catch((err: Error) => ctx.logger.warn(`could not empty the failed release ${id}: ${err.message}`));
+  // Its node_modules may hold links to a shared set: the set is re-recorded around the unlinks.
+  const shares = new SharedDeps(store.releasesDir, (rid) => path.join(store.appCwd(rid), 'node_modules'));
+  await shares
+    .removing(id, () => freeRelease(store.releaseDir(id)))
+    .catch((err: Error) => ctx.logger.warn(`could not empty the failed release ${id}: ${err.message}`));
   const after = await free();
   const biggest = (await store.list().catch(() => []))
     .filter((r) => r.id !== id && typeof r.manifest?.sizeBytes === 'number')
@@ -268,6 +273,26 @@ export async function toolVersions(ctx: Context, cwd: string): Promise<{ node: s
       return undefined;
     }
   };
-  const [node, npm] = await Promise.all([get(['node', '--version']), get(['npm', '--version'])]);
+  const [node, npm] = await Promise.all([get(['node', '--version']), npmVersionFromDisk(ctx.env.PATH).then((v) => v ?? get(['npm', '--version']))]);
   return { node: node ?? process.version, npm };
+}
+
+/**
+ * The version of the npm on PATH from its package.json: `npm --version` starts npm (~300 ms), and every
+ * deploy asks, including one that finds nothing to do. Undefined when the layout is not npm's own.
+ */
+async function npmVersionFromDisk(pathVar: string | undefined): Promise<string | undefined> {
+  for (const dir of (pathVar ?? '').split(path.delimiter)) {
+    if (!dir) continue;
+    const real = await fsp.realpath(path.join(dir, 'npm')).catch(() => undefined);
+    if (!real) continue;
+    // <prefix>/lib/node_modules/npm/bin/npm-cli.js
+    try {
+      const pkg = JSON.parse(await fsp.readFile(path.join(path.dirname(real), '..', 'package.json'), 'utf8')) as { name?: unknown; version?: unknown };
+      return pkg.name === 'npm' && typeof pkg.version === 'string' && /^\d+\.\d+\.\d+/.test(pkg.version) ? pkg.version : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
 }

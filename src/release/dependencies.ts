@@ -1,10 +1,10 @@
 /**
  * Dependency reuse: when a new release's package-lock.json, Node and npm versions and platform hash the
- * same as a retained ready release's, its node_modules is cloned instead of running `npm ci`.
+ * same as a retained ready release's, its node_modules comes from that release instead of `npm ci`.
  *
- * Releases must stay independent (a change under one release's node_modules must never alter another's),
- * so files are cloned with copy-on-write reflinks where the filesystem supports them (XFS, btrfs) and
- * copied otherwise. Hard links are never used: they would share every later write.
+ * Releases must stay independent (a change under one release's node_modules must never alter another's).
+ * Copy-on-write reflinks (XFS, btrfs) give that for free; a plain copy too, at full disk cost. On ext4 the
+ * default is hard links to one read-only copy, whose independence release/shared-deps.ts enforces.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -13,7 +13,23 @@ import path from 'node:path';
 import { CommandFailure, run } from '../exec.js';
 import type { Logger } from '../log.js';
 
-export type DependencyMethod = 'install' | 'reflink' | 'copy';
+export type DependencyMethod = 'install' | 'reflink' | 'copy' | 'link';
+
+/**
+ * How this build gets node_modules. Pure. `reuse` is false when reuse is off or cannot apply (no lockfile,
+ * the app has install lifecycle scripts that must run); `sharingOff` once a shared file was found changed.
+ */
+export function dependencyMethod(o: {
+  mode: 'auto' | 'link' | 'reflink' | 'copy' | 'install';
+  reuse: boolean;
+  reflink: boolean;
+  sharingOff: boolean;
+}): DependencyMethod {
+  if (!o.reuse || o.mode === 'install') return 'install';
+  if (o.mode === 'copy') return 'copy';
+  if (o.mode === 'reflink' || (o.mode === 'auto' && o.reflink)) return o.reflink ? 'reflink' : 'copy';
+  return o.sharingOff ? 'install' : 'link';
+}
 
 export function dependencyKey(lockfile: Buffer, node: string, npm: string | undefined, platform = `${process.platform}-${process.arch}`): string {
   return crypto

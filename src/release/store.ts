@@ -40,8 +40,18 @@ export interface Manifest {
   node: string;
   npm?: string;
   lockfileHash?: string;
-  /** How node_modules came to be: a fresh install, or a clone of another release's (reflink or copy). */
-  dependencies?: { method: 'install' | 'reflink' | 'copy'; key?: string; from?: string; durationMs?: number };
+  /**
+   * How node_modules came to be: a fresh install, or from another release's: reflink or copy (a clone), or
+   * link (hard links to the read-only shared set, release/shared-deps.ts). `installedAt` (ms since the epoch)
+   * ends a fresh install: a file changed after it was written by the build, and is never shared.
+   */
+  dependencies?: { method: 'install' | 'reflink' | 'copy' | 'link'; key?: string; from?: string; durationMs?: number; installedAt?: number; note?: string };
+  /** The input key (release/inputs.ts): a later commit with the same key is served by this release. */
+  inputKey?: string;
+  /** The app dir's git tree id at `sha`. */
+  tree?: string;
+  /** Every commit this release serves: its own sha first, then later commits with the same inputs (bounded). */
+  commits?: string[];
   sizeBytes?: number;
   envFiles: string[];
   error?: { code: string; phase: string; message: string };

@@ -93,7 +93,7 @@ describe('a release that builds but crashes never stays live', () => {
     cfg.app.healthcheck.timeoutMs = 2_000;
     fs.writeFileSync(sb.configPath, JSON.stringify(cfg));
     const live = JSON.parse(ok.stdout).release.id;
-    sb.commit('v-next');
+    sb.commit('v-next', { 'version.txt': 'v-next\n' });
     const bad = cli(sb, ['deploy', '--json']);
     expect(bad.code).toBe(4); // verify runs the same checks first
     expect(JSON.parse(bad.stdout).error.message).toContain('answered 401');

@@ -27,6 +27,7 @@ function release(id: string, over: Partial<ReleaseInfo> = {}): ReleaseInfo {
     active: false,
     createdAt: `${id.slice(0, 4)}-${id.slice(4, 6)}-${id.slice(6, 8)}T${id.slice(9, 11)}:${id.slice(11, 13)}:${id.slice(13, 15)}.123Z`,
     finishedAt: null,
+    commits: sha ? [sha] : [],
     dir: `${ROOT}/${id}`,
     cwd: `${ROOT}/${id}/frontend`,
     sizeBytes: 48_234_496,

@@ -110,7 +110,9 @@ describe('dependency reuse and instant redeploy', () => {
   let first: string;
   let second: string;
   beforeAll(async () => {
-    sb = await createSandbox({ keep: 3 });
+    // The clone methods (reflink, else copy): no file is shared at all. Hard links (the ext4 default) are
+    // tested in builds.test.ts, where a write through a shared file is refused or detected and repaired.
+    sb = await createSandbox({ keep: 3, app: { dependencyMode: 'reflink' } });
   });
   afterAll(async () => sb?.close());
 

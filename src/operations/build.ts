@@ -191,6 +191,16 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
       if (manifest.dependencies?.method !== 'link') throw err;
       buildError = asReleaseError(err);
     });
+    if (buildError?.code === 'CANCELLED' && key) {
+      // Cancelled: no fresh install now, but a build that wrote through a shared file must not be shared from
+      // again. The check runs outside a phase (a phase refuses to start once cancelled).
+      const broken = await isolationBroken(ctx, shares, key, id, undefined).catch(() => undefined);
+      if (broken) {
+        warn(ctx, `${broken.message.split(':')[0]}: sharing node_modules is off for this app`);
+        await shares.disable(broken.message, ctx.now()).catch(() => undefined);
+      }
+      throw buildError;
+    }
     if (manifest.dependencies?.method === 'link' && key) {
       // Hard links share every write: prove this build wrote through none (release/shared-deps.ts).
       const broken = await phase(ctx, 'isolation', () => isolationBroken(ctx, shares, key, id, buildError));

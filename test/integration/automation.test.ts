@@ -492,6 +492,8 @@ describe('hooks', () => {
       'install',
       'build',
       'prune',
+      // The release's node_modules is hard-linked to the previous one's: the build is checked for writes into it.
+      'isolation',
       'hook',
       'verify',
       'switch',

@@ -23,11 +23,11 @@ export default defineConfig({
         test: {
           name: 'integration',
           include: ['test/integration/**/*.test.ts'],
-          // Each file has its own sandbox (PM2_HOME, releases dir, ports), so files run side by side: three at a
-          // time on CI's 2 cores, since much of a file's time is spent waiting (health settles, polls, boots);
-          // a file's own tests stay sequential (they share its daemon).
+          // Each file has its own sandbox (PM2_HOME, releases dir, ports), so files run side by side, two at a
+          // time on CI's 2 cores (three starved the CPU: a fault case timed out); a file's own tests stay
+          // sequential (they share its daemon).
           fileParallelism: true,
-          maxWorkers: 3,
+          maxWorkers: 2,
           sequence: { groupOrder: 1 },
           testTimeout: 120_000,
           hookTimeout: 60_000,

@@ -8,7 +8,9 @@ import path from 'node:path';
 import { healthChecks } from '../config.js';
 import { BuildError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
-import { freePort } from '../health.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort, portHolder } from '../health.js';
+import { stopOrphan } from '../pm2/switch.js';
 import type { ReleaseRecord } from '../release/store.js';
 import { childEnv, phase, type Context } from './context.js';
 import { appDefinition, waitForApp } from './switch-release.js';
@@ -49,9 +51,28 @@ export async function verifyRelease(ctx: Context, release: ReleaseRecord): Promi
       const logs = await fsp.readdir(path.join(ctx.pm2.home, 'logs')).catch(() => [] as string[]);
       for (const f of logs) if (f.startsWith(`${def.name}-`) && f.endsWith('.log')) await fsp.rm(path.join(ctx.pm2.home, 'logs', f), { force: true });
     } finally {
-      if (!deleted) await ctx.pm2.delete(def.name).catch(() => undefined);
+      if (!deleted) {
+        await ctx.pm2.delete(def.name).catch(() => undefined);
+        await stopEscapedServer(ctx, port);
+      }
     }
   });
+}
+
+/**
+ * A verify process deleted while `npm start` was still spawning its server can leave that server running
+ * outside PM2 (PM2's tree kill ran before the child existed). It binds the spare port a moment later: watch
+ * the port briefly and stop such a holder when it runs from inside the releases dir (by pid, never by name).
+ */
+async function stopEscapedServer(ctx: Context, port: number): Promise<void> {
+  for (let i = 0; i < 15; i++) {
+    const pid = await portHolder(port);
+    if (pid !== undefined) {
+      await stopOrphan(pid, ctx.config.releasesDir, ctx.logger);
+      return;
+    }
+    await sleep(200);
+  }
 }
 
 /** Removes verify processes an interrupted run left in PM2. */

@@ -7,8 +7,9 @@ export default defineConfig({
       provider: 'v8',
       include: ['src/**/*.ts'],
       reporter: ['text-summary', 'json-summary'],
-      // The floor is the level measured when it was set (npm test, 2026-12-01): raise it as coverage grows.
-      thresholds: { lines: 60, statements: 57, functions: 61, branches: 52 },
+      // The floor is today's level (npm test, 2026-12-01: statements 70.4 %, branches 60.7 %, functions 74.2 %,
+      // lines 74.1 %) less one point for run-to-run variance of the recovery paths: raise it as coverage grows.
+      thresholds: { lines: 73, statements: 69, functions: 73, branches: 59 },
     },
     projects: [
       {

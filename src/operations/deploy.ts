@@ -282,7 +282,7 @@ async function recoverRouted(ctx: Context): Promise<void> {
   const rec = await ctx.store.get(live.release);
   if (recorded !== live.release && rec?.status === 'ready') {
     warn(ctx, `the router serves ${live.release} but it was not recorded as active (an interrupted switch): saving it`);
-    await adoptRunning(ctx, rec, live.port);
+    await adoptRunning(ctx, rec);
   }
 }
 

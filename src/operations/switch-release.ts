@@ -269,7 +269,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
       if (handle.committed) {
         // Cluster: the old processes are already retired, so there is nothing to go back to. The new release
         // is healthy and serving; record it and say loudly that the dump is stale.
-        await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', handle.app ?? app, ctx.now(), routed ? routerDefinition(ctx) : undefined);
+        await recordActive(ctx, release, handle.app ?? app);
         warn(ctx, `pm2 save failed (${(err as Error).message}): ${release.id} serves, but a reboot would bring back an older list; run \`pm2 save\``);
         return;
       }
@@ -283,10 +283,16 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
         releaseId: release.id,
       });
     }
-    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', handle.app ?? app, ctx.now(), routed ? routerDefinition(ctx) : undefined);
+    await recordActive(ctx, release, handle.app ?? app);
   });
 
   return { app, previous: previous === release.id ? null : previous, health, url };
+}
+
+/** Records `release` as active, as PM2 runs it (and, behind the router, how the router runs). */
+async function recordActive(ctx: Context, release: ReleaseRecord, app: AppDefinition): Promise<void> {
+  const router = ctx.config.app.strategy === 'router' ? routerDefinition(ctx) : undefined;
+  await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now(), router);
 }
 
 /**
@@ -309,15 +315,13 @@ async function pm2Stopping(ctx: Context): Promise<boolean> {
  * healthy, then save the dump and record it as active, without restarting anything. Returns false when it
  * is not healthy (the caller switches properly instead).
  */
-export async function adoptRunning(ctx: Context, release: ReleaseRecord, privatePort?: number): Promise<boolean> {
+export async function adoptRunning(ctx: Context, release: ReleaseRecord): Promise<boolean> {
   const app = appDefinition(ctx, release);
-  const routed = ctx.config.app.strategy === 'router';
-  // Behind the router the release runs on its private port: record it as it runs.
-  if (routed && privatePort === undefined) {
+  // Behind the router the release runs on the private port the router routes to: record it as it runs.
+  if (ctx.config.app.strategy === 'router') {
     const live = (await routerControl(ctx).readState())?.live;
-    if (live?.release === release.id) privatePort = live.port;
+    if (live?.release === release.id) app.env[ctx.config.app.portEnv] = String(live.port);
   }
-  if (privatePort !== undefined) app.env[ctx.config.app.portEnv] = String(privatePort);
   const restartsBefore = new Map((await ctx.pm2.processes(app.name, { fresh: true })).map((p) => [p.pmId, p.restarts]));
   const outcome = await phase(ctx, 'health', () =>
     waitForApp(ctx, {
@@ -331,7 +335,7 @@ export async function adoptRunning(ctx: Context, release: ReleaseRecord, private
   if (!outcome.ok) return false;
   await phase(ctx, 'save', async () => {
     await ctx.pm2.save();
-    await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now(), routed ? routerDefinition(ctx) : undefined);
+    await recordActive(ctx, release, app);
   });
   return true;
 }

@@ -18,7 +18,7 @@ import type { Logger } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
 import type { RouterControl } from '../router-control.js';
 import type { Pm2, Pm2Process } from './client.js';
-import type { SwitchHandle, SwitchInput, SwitchStrategy } from './switch.js';
+import { deleteProcesses, type SwitchHandle, type SwitchInput, type SwitchStrategy } from './switch.js';
 
 export interface RoutingInput {
   control: RouterControl;
@@ -84,9 +84,7 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
     );
     const app: AppDefinition = { ...target, execMode: 'fork', env: { ...target.env, [routing.portEnv]: String(port) } };
     const newIds = async () => (await pm2.processes(target.name, { fresh: true })).filter((p) => !oldIds.has(p.pmId)).map((p) => p.pmId);
-    const deleteIds = async (ids: Iterable<number>) => {
-      for (const id of ids) await pm2.delete(id).catch((err: Error) => logger.warn(`pm2 delete ${id}: ${err.message}`));
-    };
+    const deleteIds = (ids: Iterable<number>) => deleteProcesses(pm2, ids, logger);
 
     const handle: SwitchHandle = {
       before: undefined,

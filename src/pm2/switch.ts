@@ -160,9 +160,7 @@ export const clusterStrategy: SwitchStrategy = {
     }
     const oldIds = new Set(old.map((p) => p.pmId));
     const newIds = async () => (await pm2.processes(target.name)).filter((p) => !oldIds.has(p.pmId)).map((p) => p.pmId);
-    const deleteIds = async (ids: Iterable<number>) => {
-      for (const id of ids) await pm2.delete(id).catch((err: Error) => input.logger.warn(`pm2 delete ${id}: ${err.message}`));
-    };
+    const deleteIds = (ids: Iterable<number>) => deleteProcesses(pm2, ids, input.logger);
     const handle: SwitchHandle = {
       before: undefined,
       keepsOld: true,
@@ -187,6 +185,11 @@ export const clusterStrategy: SwitchStrategy = {
     return handle;
   },
 };
+
+/** Deletes PM2 processes by id; a failure is a warning (the next run removes what is left). */
+export async function deleteProcesses(pm2: Pm2, ids: Iterable<number>, logger: Logger): Promise<void> {
+  for (const id of ids) await pm2.delete(id).catch((err: Error) => logger.warn(`pm2 delete ${id}: ${err.message}`));
+}
 
 export function strategyFor(name: string): SwitchStrategy {
   if (name === 'restart') return restartStrategy;

@@ -205,6 +205,15 @@ export function startCli(
   return { child, done };
 }
 
+/** Commits a new package version into the app's package.json and package-lock.json: a lockfile change. */
+export function commitLockfileBump(sb: Sandbox, version = '1.0.1'): string {
+  const lock = JSON.parse(fs.readFileSync(path.join(sb.appDir, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version?: string }> };
+  lock.packages[''].version = version;
+  const pkg = JSON.parse(fs.readFileSync(path.join(sb.appDir, 'package.json'), 'utf8')) as { version: string };
+  pkg.version = version;
+  return sb.commit('bump', { 'package-lock.json': JSON.stringify(lock, null, 2) + '\n', 'package.json': JSON.stringify(pkg, null, 2) + '\n' });
+}
+
 /** Runs the built CLI; never throws on a non-zero exit. */
 export function cli(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}) {
   const r = spawnSync(process.execPath, [CLI, '--config', sb.configPath, ...args], {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { activate, deploy, history, list, status } from '../../src/index.js';
 import { SharedDeps } from '../../src/release/shared-deps.js';
-import { CLI, cli, createSandbox, EXAMPLE_APP, get, type Sandbox } from '../helpers/sandbox.js';
+import { CLI, cli, commitLockfileBump, createSandbox, EXAMPLE_APP, get, type Sandbox } from '../helpers/sandbox.js';
 
 const INSTALL = ['npm', 'ci', '--install-links', '--prefer-offline', '--no-audit', '--no-fund'];
 const DATA_MIB = 4;
@@ -132,11 +132,7 @@ describe('content-addressed releases', () => {
   });
 
   it('a lockfile change installs fresh', async () => {
-    const lock = JSON.parse(fs.readFileSync(path.join(sb.appDir, 'package-lock.json'), 'utf8'));
-    lock.packages[''].version = '1.0.1';
-    const pkg = JSON.parse(fs.readFileSync(path.join(sb.appDir, 'package.json'), 'utf8'));
-    pkg.version = '1.0.1';
-    sb.commit('bump', { 'package-lock.json': JSON.stringify(lock, null, 2) + '\n', 'package.json': JSON.stringify(pkg, null, 2) + '\n' });
+    commitLockfileBump(sb);
     const r = await deploy(opts());
     expect(r.mode).toBe('built');
     expect(manifestOf(sb, r.release.id).dependencies.method).toBe('install');

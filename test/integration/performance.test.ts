@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deploy, list, rollback } from '../../src/index.js';
-import { createSandbox, get, type Sandbox } from '../helpers/sandbox.js';
+import { commitLockfileBump, createSandbox, get, type Sandbox } from '../helpers/sandbox.js';
 
 /** Polls the URL until stopped; counts failures (anything but a 200). */
 function poller(url: string) {
@@ -145,11 +145,7 @@ describe('dependency reuse and instant redeploy', () => {
   });
 
   it('a changed lockfile installs again', async () => {
-    const lock = JSON.parse(fs.readFileSync(path.join(sb.appDir, 'package-lock.json'), 'utf8'));
-    lock.packages[''].version = '1.0.1';
-    const pkg = JSON.parse(fs.readFileSync(path.join(sb.appDir, 'package.json'), 'utf8'));
-    pkg.version = '1.0.1';
-    sb.commit('bump', { 'package-lock.json': JSON.stringify(lock, null, 2) + '\n', 'package.json': JSON.stringify(pkg, null, 2) + '\n' });
+    commitLockfileBump(sb);
     const r = await deploy(opts());
     expect(manifest(r.release.id).dependencies.method).toBe('install');
   });

@@ -195,9 +195,10 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
       await sleep(TICK_MS);
     }
   }).catch((err: unknown) => {
-    // The phase wrapper turns an abort into CANCELLED; the loop already noted it.
-    if (!(err instanceof ReleaseError && err.code === 'CANCELLED')) throw err;
-    outcome ??= { state: 'cancelled', reason: 'the deploy was cancelled during the soak' };
+    // The phase wrapper turns an abort into CANCELLED; the loop already noted it. Anything else (PM2 gone,
+    // the state file unwritable) means the release can no longer be watched: the previous one takes over.
+    if (err instanceof ReleaseError && err.code === 'CANCELLED') outcome ??= { state: 'cancelled', reason: 'the deploy was cancelled during the soak' };
+    else outcome ??= { state: 'reverted', reason: `the soak could not watch it (${(err as Error).message.split('\n')[0]})` };
   });
 
   if (!outcome) {

@@ -227,6 +227,11 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
   } catch (err) {
     revertError = (err as Error).message;
   }
+  rec.state = outcome.state;
+  rec.reason = outcome.reason;
+  rec.endedAt = ctx.now().toISOString();
+  // Said at once: a waiting `rollback` returns when the previous release serves, not after the clean-up.
+  if (!revertError) await save(rec);
   try {
     await handle.retireNew();
     await input.recordActive(previous, handle.previous.port);

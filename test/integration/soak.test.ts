@@ -168,6 +168,8 @@ describe('soak, gate, canary and skew (real PM2, router)', () => {
     expect(r.release.id).toBe(current);
     expect(live()).toBe(current);
     expect(t.failures).toEqual([]);
+    // The soaking deploy then drains and deletes the new release.
+    for (let i = 0; i < 100 && appProcs().length > 1; i++) await sleep(200);
     const after = appProcs();
     expect(after).toHaveLength(1);
     expect(after[0].pid).toBe(before?.pid); // the same process: no boot
@@ -185,6 +187,7 @@ describe('soak, gate, canary and skew (real PM2, router)', () => {
     expect(chunks.length).toBe(3);
     for (const c of chunks) expect((await get(url(c))).status).toBe(200);
     sb.commit('v7', { 'version.txt': '7.0.0\n' });
+    // (The rolled-back deploy may still be finishing: the next one waits for its lock.)
     const r = await deploy(opts({ soakMs: 0, waitMs: 30_000 }));
     expect(live()).toBe(r.release.id);
     const statuses = await Promise.all(chunks.map(async (c) => (await get(url(c))).status));

@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { ensureTemplate, lockedVersions, writeApp } from './app.mjs';
+import { CACHE_DIR, ensureTemplate, lockedVersions, writeApp } from './app.mjs';
 import { createSandbox } from './sandbox.mjs';
 import { CLI, fmtMs, httpGet, log, ROOT, run, sleep } from './lib.mjs';
 
@@ -229,7 +229,8 @@ function report(r) {
     ? cur.replace(/<!-- soak:start -->[\s\S]*<!-- soak:end -->/, text)
     : `${cur.trimEnd()}\n\n## Traffic-aware rollout (soak, gate, canary, skew)\n\n${text}\n`;
   fs.writeFileSync(doc, next);
-  fs.writeFileSync(path.join(ROOT, 'bench/soak-results.json'), JSON.stringify(r, null, 2) + '\n');
+  fs.mkdirSync(CACHE_DIR, { recursive: true });
+  fs.writeFileSync(path.join(CACHE_DIR, 'soak-results.json'), JSON.stringify(r, null, 2) + '\n');
 }
 
 main().catch((err) => {

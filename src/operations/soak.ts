@@ -134,6 +134,38 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
   let nextHealth = Date.now() + cfg.healthIntervalMs;
   let outcome: { state: Exclude<SoakState, 'running' | 'passed' | 'interrupted'>; reason: string } | undefined;
 
+  let reading: Promise<void> | undefined;
+  let probing: Promise<void> | undefined;
+  let failure: Error | undefined;
+  const trip = (reason: string) => {
+    outcome ??= { state: 'reverted', reason };
+  };
+  const readTraffic = async () => {
+    try {
+      const status = await control.status().catch(() => undefined); // a router PM2 is restarting: no reading, no verdict
+      if (status) {
+        rec.candidate = numbers(status.stats.find((s) => s.release === release.id)) ?? { requests: 0, errors5xx: 0, rate5xx: 0, p99Ms: null };
+        // With a canary the previous release serves the other visitors right now: that is the fairest baseline.
+        if (handle.share < 1) rec.baseline = numbers(status.stats.find((s) => s.release === previous.id)) ?? rec.baseline;
+        const v = judge(rec.candidate, rec.baseline, rec.thresholds);
+        rec.judged = rec.judged || v.judged;
+        if (v.trip) return trip(v.reason ?? 'the traffic gate tripped');
+      }
+      const procs = (await ctx.pm2.processes(app, { fresh: true })).filter((p) => ids.has(p.pmId));
+      const restarted = procs.reduce((n, p) => n + Math.max(0, p.restarts - (restartsBefore.get(p.pmId) ?? 0)), 0);
+      const down = procs.find((p) => p.status !== 'online');
+      if (procs.length === 0) return trip('its PM2 process is gone');
+      if (restarted > 0) return trip(`PM2 restarted it ${restarted} time(s) during the soak`);
+      if (down) return trip(`it is ${down.status} in PM2`);
+      if (!outcome) await save(rec);
+    } catch (err) {
+      failure = err as Error;
+    }
+  };
+  const probeHealth = async () => {
+    const failed = (await probeAll(checks, 5_000)).find((p) => !p.ok);
+    if (failed) trip(`health check ${failed.url} answered ${failed.status ?? failed.error}`);
+  };
   await phase(ctx, 'soak', async () => {
     while (!outcome) {
       if (ctx.signal?.aborted) {
@@ -151,46 +183,18 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
         outcome = { state: 'rolled-back', reason: `rolled back by ${by} during the soak` };
         break;
       }
+      // The readings (router numbers, PM2's list, health probes) take up to a second under load; they run
+      // beside this loop, so a stop request or a cancel is seen within a tick.
       const now = Date.now();
-      if (now >= nextRead) {
+      if (!reading && now >= nextRead) {
         nextRead = now + READ_MS;
-        const status = await control.status().catch(() => undefined); // a router PM2 is restarting: no reading, no verdict
-        if (status) {
-          rec.candidate = numbers(status.stats.find((s) => s.release === release.id)) ?? { requests: 0, errors5xx: 0, rate5xx: 0, p99Ms: null };
-          // With a canary the previous release serves the other visitors right now: that is the fairest baseline.
-          if (handle.share < 1) rec.baseline = numbers(status.stats.find((s) => s.release === previous.id)) ?? rec.baseline;
-          const v = judge(rec.candidate, rec.baseline, rec.thresholds);
-          rec.judged = rec.judged || v.judged;
-          if (v.trip) {
-            outcome = { state: 'reverted', reason: v.reason ?? 'the traffic gate tripped' };
-            break;
-          }
-        }
-        const procs = (await ctx.pm2.processes(app, { fresh: true })).filter((p) => ids.has(p.pmId));
-        const restarted = procs.reduce((n, p) => n + Math.max(0, p.restarts - (restartsBefore.get(p.pmId) ?? 0)), 0);
-        const down = procs.find((p) => p.status !== 'online');
-        if (procs.length === 0 || restarted > 0 || down) {
-          outcome = {
-            state: 'reverted',
-            reason:
-              procs.length === 0
-                ? 'its PM2 process is gone'
-                : restarted > 0
-                  ? `PM2 restarted it ${restarted} time(s) during the soak`
-                  : `it is ${down!.status} in PM2`,
-          };
-          break;
-        }
-        await save(rec);
+        reading = readTraffic().finally(() => (reading = undefined));
       }
-      if (now >= nextHealth) {
+      if (!probing && now >= nextHealth) {
         nextHealth = now + cfg.healthIntervalMs;
-        const failed = (await probeAll(checks, 5_000)).find((p) => !p.ok);
-        if (failed) {
-          outcome = { state: 'reverted', reason: `health check ${failed.url} answered ${failed.status ?? failed.error}` };
-          break;
-        }
+        probing = probeHealth().finally(() => (probing = undefined));
       }
+      if (failure) throw failure;
       if (Date.now() >= deadline) break;
       await sleep(TICK_MS);
     }
@@ -201,6 +205,7 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
     else outcome ??= { state: 'reverted', reason: `the soak could not watch it (${(err as Error).message.split('\n')[0]})` };
   });
 
+  await Promise.all([reading, probing]);
   if (!outcome) {
     rec.reason = rec.judged
       ? `passed on ${rec.candidate?.requests ?? 0} requests (5xx ${pct(rec.candidate?.rate5xx ?? 0)}, p99 ${rec.candidate?.p99Ms ?? '-'} ms)`

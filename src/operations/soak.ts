@@ -235,19 +235,6 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
   rec.state = outcome.state;
   rec.reason = outcome.reason;
   rec.endedAt = ctx.now().toISOString();
-  // Said at once: a waiting `rollback` returns when the previous release serves, not after the clean-up.
-  if (!revertError) await save(rec);
-  try {
-    await handle.retireNew();
-    await input.recordActive(previous, handle.previous.port);
-    await ctx.pm2.save();
-  } catch (err) {
-    warn(ctx, `cleaning up after the revert failed (${(err as Error).message}); the next deploy finishes it`);
-  }
-  rec.state = outcome.state;
-  rec.reason = outcome.reason;
-  rec.endedAt = ctx.now().toISOString();
-  await save(rec);
   const sha = release.manifest?.sha ?? null;
   if (sha && outcome.state !== 'cancelled')
     await markBad(ctx.config.releasesDir, {
@@ -267,6 +254,16 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
     detail: `${outcome.reason}; ${back}`,
     soak: rec,
   });
+  // Said before the clean-up: a waiting `rollback` returns once the previous release serves (and the mark
+  // and the history line are written), not after the new release's drain and delete.
+  await save(rec);
+  try {
+    await handle.retireNew();
+    await input.recordActive(previous, handle.previous.port);
+    await ctx.pm2.save();
+  } catch (err) {
+    warn(ctx, `cleaning up after the revert failed (${(err as Error).message}); the next deploy finishes it`);
+  }
   ctx.logger.error(`soak: ${outcome.reason}; ${back}`);
   if (outcome.state === 'cancelled')
     throw new ReleaseError('CANCELLED', ExitCode.cancelled, `cancelled during the soak of ${release.id}; ${back}`, {

@@ -12,6 +12,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ExitCode, ReleaseError, asReleaseError, firstLine } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import * as api from './index.js';
+import { failureChanged } from './operations/results.js';
 import {
   formatActivate,
   formatBuild,
@@ -61,7 +62,7 @@ export type Invocation =
   | { command: 'deploy'; ref?: string; waitMs?: number; verify: boolean; pull?: string | boolean; force: boolean; rebuild: boolean }
   | { command: 'build'; ref?: string; waitMs?: number }
   | { command: 'activate'; id: string; waitMs?: number }
-  | { command: 'rollback'; waitMs?: number }
+  | { command: 'rollback'; waitMs?: number; ifCurrent?: string }
   | { command: 'list' }
   | { command: 'status' }
   | { command: 'doctor' }
@@ -109,6 +110,15 @@ interface CommandOpts {
   app?: string;
   write?: boolean;
   releasesDir?: string;
+  ifCurrent?: string;
+}
+
+/** `--ref` with `--pull`, and `--if-current`: a commit sha, checked before it reaches git. */
+function commitSha(name: string) {
+  return (value: string): string => {
+    if (!/^[0-9a-fA-F]{7,40}$/.test(value)) throw new InvalidArgumentError(`${name} must be a commit sha (7 to 40 hex digits)`);
+    return value.toLowerCase();
+  };
 }
 
 /** Pure: argv (without node and script) → what to run. Throws CommanderError on bad usage. */
@@ -133,6 +143,8 @@ Examples:
   pm2-release deploy --ref v1.4.2     release a tag or sha
   pm2-release list                    releases, newest first
   pm2-release rollback                back to the release that was active before
+  pm2-release deploy --pull main --ref 3f2a9c1 --json    a fleet host: exactly this commit of main
+  pm2-release rollback --if-current 3f2a9c1 --json       a fleet host: roll back only where 3f2a9c1 is live
   pm2-release activate 20261121T204233Z-3f2a9c1
   pm2-release status --json
   pm2-release doctor
@@ -147,17 +159,20 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .command('deploy')
     .description('build a release of REF (default HEAD), switch PM2 to it, check health, save, prune old releases')
     .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
-    .option('--pull [branch]', 'first fetch origin and reset the workspace to origin/BRANCH (default: the checked-out branch)')
+    .option(
+      '--pull [branch]',
+      'first fetch origin and reset the workspace to origin/BRANCH (default: the checked-out branch); with --ref SHA, deploy that commit, refused unless the branch contains it',
+    )
     .option('-f, --force', 'deploy a sha marked bad by a rollback; let --pull discard uncommitted changes', false)
     .option('--no-verify', 'skip starting the release on a spare port before the switch (the health gate still applies)')
     .option('--rebuild', 'build a fresh release even if a ready release of this sha is retained', false)
     .addOption(waitOption())
     .addHelpText(
       'after',
-      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --wait=600       # queue behind a running deploy',
+      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --pull main --ref 3f2a9c1   # a fleet: exactly this commit of main\n  pm2-release deploy --wait=600       # queue behind a running deploy',
     )
     .action((o: CommandOpts) => {
-      if (o.ref !== 'HEAD' && o.pull) throw new InvalidArgumentError('--ref and --pull exclude each other');
+      if (o.ref !== 'HEAD' && o.pull) o.ref = commitSha('--ref with --pull')(o.ref ?? '');
       invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false, pull: o.pull, force: !!o.force, rebuild: !!o.rebuild };
     });
   program
@@ -181,10 +196,18 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
   program
     .command('rollback')
     .description('activate the release that was active before the current one')
+    .addOption(
+      new Option('--if-current <sha>', 'only if the active release serves this commit; else do nothing (exit 0, changed false)').argParser(
+        commitSha('--if-current'),
+      ),
+    )
     .addOption(waitOption())
-    .addHelpText('after', '\nExample:\n  pm2-release rollback --json')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  pm2-release rollback --json\n  pm2-release rollback --if-current 3f2a9c1 --json   # a fleet rollback: a no-op where 3f2a9c1 is not live',
+    )
     .action((o: CommandOpts) => {
-      invocation = { command: 'rollback', waitMs: waitMs(o.wait) };
+      invocation = { command: 'rollback', waitMs: waitMs(o.wait), ...(o.ifCurrent ? { ifCurrent: o.ifCurrent } : {}) };
     });
   program
     .command('list')
@@ -283,7 +306,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     parsed = parseArgv(argv);
   } catch (err) {
     const msg = err instanceof CommanderError ? err.message.replace(/^error: /, '') : String(err);
-    if (wantsJson) io.stdout(JSON.stringify({ ok: false, error: { code: 'USAGE', phase: 'config', message: firstLine(msg) } }) + '\n');
+    if (wantsJson) io.stdout(JSON.stringify({ ok: false, changed: false, error: { code: 'USAGE', phase: 'config', message: firstLine(msg) } }) + '\n');
     else io.stderr(`${firstLine(msg)}\n(see pm2-release --help)\n`);
     return ExitCode.usage;
   }
@@ -306,7 +329,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
       case 'deploy': {
         const r = await api.deploy({
           ...common,
-          ref: inv.pull ? undefined : inv.ref,
+          // With --pull, a --ref other than HEAD is the sha to deploy from the pulled branch.
+          ref: inv.pull && inv.ref === 'HEAD' ? undefined : inv.ref,
           pull: inv.pull,
           force: inv.force,
           rebuild: inv.rebuild,
@@ -327,8 +351,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
         break;
       }
       case 'rollback': {
-        const r = await api.rollback({ ...common, waitMs: inv.waitMs });
-        [result, text] = [r, formatActivate(r)];
+        const r = await api.rollback({ ...common, waitMs: inv.waitMs, ifCurrent: inv.ifCurrent });
+        [result, text] = [r, 'skipped' in r ? `${r.reason}\n` : formatActivate(r)];
         break;
       }
       case 'list': {
@@ -386,7 +410,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     const e = asReleaseError(err);
     // In human mode the formatted block below is the message; a log line would repeat it.
     if (g.json || g.verbose) logger.error({ code: e.code, phase: e.phase, release: e.releaseId }, e.message);
-    if (g.json) io.stdout(JSON.stringify({ ok: false, error: e.toJSON() }) + '\n');
+    if (g.json) io.stdout(JSON.stringify({ ok: false, changed: failureChanged(e), error: e.toJSON() }) + '\n');
     else io.stderr(formatError(e, g.verbose));
     if (!(err instanceof ReleaseError) && g.verbose) logger.error({ err }, 'internal error');
     return e.exitCode;

@@ -26,7 +26,10 @@ import { removeVerifyLeftovers, verifyRelease } from './verify.js';
 export interface DeployOptions extends CommonOptions {
   /** Git ref to release (default HEAD of the workspace). */
   ref?: string;
-  /** Fetch and reset the workspace to origin/<branch> first (`true`: the checked-out branch). */
+  /**
+   * Fetch and reset the workspace to origin/<branch> first (`true`: the checked-out branch). With `ref` (then
+   * a commit sha), that commit is deployed, refused unless origin/<branch> contains it.
+   */
   pull?: string | boolean;
   /** Deploy a sha marked bad, and let --pull discard uncommitted changes. */
   force?: boolean;
@@ -53,8 +56,9 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
       if (opts.pull) {
         const branch = opts.pull === true ? await currentBranch(ctx.config.workspace, ctx.logger) : opts.pull;
         if (!branch) throw new ReleaseError('REF_INVALID', ExitCode.usage, 'the workspace is on a detached HEAD: name the branch to pull', { phase: 'pull' });
-        await phase(ctx, 'pull', () => pullBranch(ctx.config.workspace, branch, !!opts.force, ctx.logger, ctx.signal));
-        ref = 'HEAD';
+        // With a ref (a sha: the fleet's pinned commit) the pull checks that the branch contains it.
+        await phase(ctx, 'pull', () => pullBranch(ctx.config.workspace, branch, !!opts.force, ctx.logger, ctx.signal, opts.ref));
+        ref = opts.ref ?? 'HEAD';
       }
       const resolved = await resolveRelease(ctx, ref);
       sha = resolved.sha;
@@ -98,6 +102,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
           const marks = await readBadShas(ctx.config.releasesDir);
           return {
             ok: true as const,
+            changed: !unchanged,
             action: 'deploy' as const,
             mode: unchanged ? ('unchanged' as const) : ('reactivated' as const),
             ...(reason ? { reason } : {}),
@@ -145,6 +150,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
       const fresh = (await ctx.store.get(release.id)) ?? release;
       return {
         ok: true as const,
+        changed: true,
         action: 'deploy' as const,
         mode: 'built' as const,
         release: releaseInfo(fresh, release.id, ctx.store.buildLog(release.id)),
@@ -216,6 +222,7 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
       const state = await ctx.store.readState();
       return {
         ok: true as const,
+        changed: true as const,
         action: 'build' as const,
         release: releaseInfo(release, state?.active ?? null, ctx.store.buildLog(release.id)),
         durationsMs: { ...ctx.durations },

@@ -73,13 +73,10 @@ describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 
     ]);
     expect(r.stdout).toMatch(/h1 {2}from none {2}to \d{8}T\d{6}Z-[0-9a-f]{7} {2}deployed \(built\)/);
 
-    // The same commit again changes nothing anywhere: Ansible reports every deploy ok, none changed.
-    const again = await fleet.playbook('rollout.yml', { pm2_release_sha: v1 });
-    expect(again.code, tail(again)).toBe(0);
-    expect(fleet.summary().map((s) => s.result)).toEqual(['unchanged', 'unchanged', 'unchanged']);
-    expect(again.stdout).toMatch(/h3\s+: ok=\d+\s+changed=0\s/);
-    for (const h of fleet.hosts) expect(deploys(h), h.name).toEqual([`deploy ${v1.slice(0, 7)} ok`, `deploy ${v1.slice(0, 7)} ok`]);
-  }, 300_000);
+    // (That a second run of the same sha changes nothing is the contract's: serve.test.ts checks `changed`
+    // on a repeated `deploy --pull --ref`; rollback.yml is run twice below. A third rollout here would cost
+    // a minute of the file's budget.)
+  }, 240_000);
 
   it('a canary that crashes at boot reverts itself and the rollout stops: h2 and h3 are untouched', async () => {
     const crash = fleet.commit('crashes at boot', { CRASH_ON_BOOT: 'yes\n' });

@@ -12,6 +12,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ExitCode, ReleaseError, asReleaseError, firstLine } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import * as api from './index.js';
+import { failureChanged } from './operations/results.js';
 import {
   formatActivate,
   formatBuild,
@@ -79,7 +80,7 @@ export type Invocation =
     }
   | { command: 'build'; ref?: string; waitMs?: number }
   | { command: 'activate'; id: string; waitMs?: number }
-  | { command: 'rollback'; waitMs?: number }
+  | { command: 'rollback'; waitMs?: number; ifCurrent?: string }
   | { command: 'list' }
   | { command: 'status' }
   | { command: 'doctor' }
@@ -130,6 +131,7 @@ interface CommandOpts {
   soak?: number;
   canary?: number;
   waitSoak?: boolean;
+  ifCurrent?: string;
 }
 
 /** "10%", "10" or "0.1" is not accepted: a share is given in percent, above 0 and up to 100. */
@@ -144,6 +146,14 @@ function seconds(name: string) {
   return (value: string): number => {
     if (!/^\d+$/.test(value) || Number(value) > 3600) throw new InvalidArgumentError(`${name} must be 0 to 3600 seconds`);
     return Number(value);
+  };
+}
+
+/** `--ref` with `--pull`, and `--if-current`: a commit sha, checked before it reaches git. */
+function commitSha(name: string) {
+  return (value: string): string => {
+    if (!/^[0-9a-fA-F]{7,40}$/.test(value)) throw new InvalidArgumentError(`${name} must be a commit sha (7 to 40 hex digits)`);
+    return value.toLowerCase();
   };
 }
 
@@ -169,6 +179,8 @@ Examples:
   pm2-release deploy --ref v1.4.2     release a tag or sha
   pm2-release list                    releases, newest first
   pm2-release rollback                back to the release that was active before
+  pm2-release deploy --pull main --ref 3f2a9c1 --json    a fleet host: exactly this commit of main
+  pm2-release rollback --if-current 3f2a9c1 --json       a fleet host: roll back only where 3f2a9c1 is live
   pm2-release activate 20261121T204233Z-3f2a9c1
   pm2-release status --json
   pm2-release doctor
@@ -183,7 +195,10 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .command('deploy')
     .description('build a release of REF (default HEAD), switch PM2 to it, check health, save, prune old releases')
     .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
-    .option('--pull [branch]', 'first fetch origin and reset the workspace to origin/BRANCH (default: the checked-out branch)')
+    .option(
+      '--pull [branch]',
+      'first fetch origin and reset the workspace to origin/BRANCH (default: the checked-out branch); with --ref SHA, deploy that commit, refused unless the branch contains it',
+    )
     .option('-f, --force', 'deploy a sha marked bad by a rollback; let --pull discard uncommitted changes', false)
     .option('--no-verify', 'skip starting the release on a spare port before the switch (the health gate still applies)')
     .option('--rebuild', 'build a fresh release even if a ready release of this sha is retained', false)
@@ -193,10 +208,10 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .addOption(waitOption())
     .addHelpText(
       'after',
-      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --canary 10% --soak 300\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --wait=600       # queue behind a running deploy',
+      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --canary 10% --soak 300\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --pull main --ref 3f2a9c1   # a fleet: exactly this commit of main\n  pm2-release deploy --wait=600       # queue behind a running deploy',
     )
     .action((o: CommandOpts) => {
-      if (o.ref !== 'HEAD' && o.pull) throw new InvalidArgumentError('--ref and --pull exclude each other');
+      if (o.ref !== 'HEAD' && o.pull) o.ref = commitSha('--ref with --pull')(o.ref ?? '');
       invocation = {
         command: 'deploy',
         ref: o.ref,
@@ -231,10 +246,18 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
   program
     .command('rollback')
     .description('activate the release that was active before the current one')
+    .addOption(
+      new Option('--if-current <sha>', 'only if the active release serves this commit; else do nothing (exit 0, changed false)').argParser(
+        commitSha('--if-current'),
+      ),
+    )
     .addOption(waitOption())
-    .addHelpText('after', '\nExample:\n  pm2-release rollback --json')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  pm2-release rollback --json\n  pm2-release rollback --if-current 3f2a9c1 --json   # a fleet rollback: a no-op where 3f2a9c1 is not live',
+    )
     .action((o: CommandOpts) => {
-      invocation = { command: 'rollback', waitMs: waitMs(o.wait) };
+      invocation = { command: 'rollback', waitMs: waitMs(o.wait), ...(o.ifCurrent ? { ifCurrent: o.ifCurrent } : {}) };
     });
   program
     .command('list')
@@ -333,7 +356,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     parsed = parseArgv(argv);
   } catch (err) {
     const msg = err instanceof CommanderError ? err.message.replace(/^error: /, '') : String(err);
-    if (wantsJson) io.stdout(JSON.stringify({ ok: false, error: { code: 'USAGE', phase: 'config', message: firstLine(msg) } }) + '\n');
+    if (wantsJson) io.stdout(JSON.stringify({ ok: false, changed: false, error: { code: 'USAGE', phase: 'config', message: firstLine(msg) } }) + '\n');
     else io.stderr(`${firstLine(msg)}\n(see pm2-release --help)\n`);
     return ExitCode.usage;
   }
@@ -358,7 +381,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
         if (!inv.waitSoak && io.handOff && !io.soakStarted) return await io.handOff(argv);
         const r = await api.deploy({
           ...common,
-          ref: inv.pull ? undefined : inv.ref,
+          // With --pull, a --ref other than HEAD is the sha to deploy from the pulled branch.
+          ref: inv.pull && inv.ref === 'HEAD' ? undefined : inv.ref,
           pull: inv.pull,
           force: inv.force,
           rebuild: inv.rebuild,
@@ -382,8 +406,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
         break;
       }
       case 'rollback': {
-        const r = await api.rollback({ ...common, waitMs: inv.waitMs });
-        [result, text] = [r, formatActivate(r)];
+        const r = await api.rollback({ ...common, waitMs: inv.waitMs, ifCurrent: inv.ifCurrent });
+        [result, text] = [r, 'skipped' in r ? `${r.reason}\n` : formatActivate(r)];
         break;
       }
       case 'list': {
@@ -441,7 +465,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     const e = asReleaseError(err);
     // In human mode the formatted block below is the message; a log line would repeat it.
     if (g.json || g.verbose) logger.error({ code: e.code, phase: e.phase, release: e.releaseId }, e.message);
-    if (g.json) io.stdout(JSON.stringify({ ok: false, error: e.toJSON() }) + '\n');
+    if (g.json) io.stdout(JSON.stringify({ ok: false, changed: failureChanged(e), error: e.toJSON() }) + '\n');
     else io.stderr(formatError(e, g.verbose));
     if (!(err instanceof ReleaseError) && g.verbose) logger.error({ err }, 'internal error');
     return e.exitCode;

@@ -133,8 +133,17 @@ export async function commitHas(workspace: string, sha: string, file: string, lo
  * runbooks do (`git fetch origin && git checkout BRANCH && git reset --hard origin/BRANCH`). A work tree with
  * uncommitted changes to tracked files is refused unless `force`: reset would throw them away.
  */
-export async function pullBranch(workspace: string, branch: string, force: boolean, logger: Logger, signal?: AbortSignal): Promise<string> {
+export async function pullBranch(
+  workspace: string,
+  branch: string,
+  force: boolean,
+  logger: Logger,
+  signal?: AbortSignal,
+  /** `deploy --ref <sha> --pull <branch>`: refuse (before the reset) unless origin/<branch> contains this commit. */
+  contains?: string,
+): Promise<string> {
   validateRef(branch);
+  if (contains !== undefined) validateSha(contains);
   if (branch === 'HEAD' || /^[0-9a-f]{7,40}$/.test(branch)) throw new UsageError('REF_INVALID', `--pull needs a branch name, not ${branch}`, { phase: 'pull' });
   if (!force && (await isDirty(workspace, logger)))
     throw new UsageError('WORKSPACE_DIRTY', `the workspace ${workspace} has uncommitted changes: --pull would discard them`, {
@@ -148,6 +157,7 @@ export async function pullBranch(workspace: string, branch: string, force: boole
       signal,
       timeoutMs: 300_000,
     });
+    if (contains !== undefined) await ensureInBranch(workspace, contains, branch, logger);
     await run(['git', 'checkout', '--quiet', '--force', '-B', branch, `refs/remotes/origin/${branch}`], { cwd: workspace, logger, signal });
     const { stdout } = await run(['git', 'rev-parse', 'HEAD'], { cwd: workspace, logger });
     return stdout.trim();
@@ -157,6 +167,42 @@ export async function pullBranch(workspace: string, branch: string, force: boole
         phase: 'pull',
         hint: `check the remote and the branch: git -C ${workspace} fetch origin ${branch}`,
       });
+    throw err;
+  }
+}
+
+/** A commit sha as the CLI takes one for `--ref` with `--pull` and `--if-current`: 7 to 40 hex digits. */
+export const SHA_PATTERN = /^[0-9a-f]{7,40}$/;
+
+export function validateSha(sha: string): void {
+  if (!SHA_PATTERN.test(sha))
+    throw new UsageError('REF_INVALID', `${JSON.stringify(sha)} is not a commit sha (7 to 40 hex digits)`, {
+      phase: 'pull',
+      hint: 'with --pull, --ref takes the exact commit to deploy: `git rev-parse origin/<branch>`',
+    });
+}
+
+/**
+ * The fleet's guarantee that every host deploys a commit of the branch (not one a force-push dropped, nor a
+ * stray local commit): `git merge-base --is-ancestor <sha> origin/<branch>` after the fetch.
+ */
+async function ensureInBranch(workspace: string, sha: string, branch: string, logger: Logger): Promise<void> {
+  const notIn = () =>
+    new UsageError('REF_NOT_IN_BRANCH', `${sha.slice(0, 12)} is not a commit of origin/${branch}: not deploying it`, {
+      phase: 'pull',
+      hint: `deploy a sha that \`git log origin/${branch}\` lists (a force-push may have dropped it), or name the branch it is on`,
+    });
+  try {
+    await run(['git', 'rev-parse', '--verify', '--quiet', `${sha}^{commit}`], { cwd: workspace, logger });
+  } catch (err) {
+    if (err instanceof CommandFailure) throw notIn();
+    throw err;
+  }
+  try {
+    await run(['git', 'merge-base', '--is-ancestor', sha, `refs/remotes/origin/${branch}`], { cwd: workspace, logger });
+  } catch (err) {
+    // Exit 1 is git's "no"; anything else is a git failure, reported as the pull's.
+    if (err instanceof CommandFailure && err.exitCode === 1) throw notIn();
     throw err;
   }
 }

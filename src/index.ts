@@ -17,12 +17,15 @@ export type {
   DeployResult,
   BuildResult,
   ActivateResult,
+  RollbackResult,
+  RollbackSkipped,
   ListResult,
   StatusResult,
   PruneResult,
   HistoryResult,
   Pm2State,
 } from './operations/results.js';
+export { failureChanged } from './operations/results.js';
 export { loadConfig, DEFAULTS, CONFIG_FILE_NAME, type Config, type AppConfig, type LoadedConfig } from './config.js';
 export { ReleaseError, ConfigError, UsageError, LockError, BuildError, SwitchError, EnvironmentError, ExitCode, type Phase } from './errors.js';
 export { createLogger, silentLogger, type Logger } from './log.js';

@@ -5,7 +5,7 @@ import { audited } from './audit.js';
 import { rollbackTarget } from '../release/naming.js';
 import { createContext, type CommonOptions, type Context } from './context.js';
 import { withLock } from './deploy.js';
-import { releaseInfo, type ActivateResult } from './results.js';
+import { releaseInfo, type ActivateResult, type RollbackResult, type RollbackSkipped } from './results.js';
 import { currentRelease, switchToRelease } from './switch-release.js';
 import type { ReleaseRecord } from '../release/store.js';
 import fsp from 'node:fs/promises';
@@ -33,7 +33,7 @@ export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
         await lock.setRelease(target.id);
         from = await currentRelease(ctx);
         const fresh = await ctx.store.resolveId(target.id);
-        const result = await switchTo(ctx, fresh, 'activate');
+        const result = await switchTo(ctx, fresh, 'activate', from);
         // An operator chose this release explicitly: it is not "bad" any more.
         if (fresh.manifest?.sha) await clearBad(ctx.config.releasesDir, fresh.manifest.sha);
         return result;
@@ -44,13 +44,22 @@ export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
 
 export interface RollbackOptions extends CommonOptions {
   waitMs?: number;
+  /**
+   * Roll back only when the active release serves this commit (a full sha or a prefix of 7+ hex): else do
+   * nothing and say why. A fleet rollback of one bad sha can then run on every host, and run again.
+   */
+  ifCurrent?: string;
 }
 
-export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResult> {
+export async function rollback(opts?: RollbackOptions & { ifCurrent?: undefined }): Promise<ActivateResult>;
+export async function rollback(opts: RollbackOptions): Promise<RollbackResult>;
+export async function rollback(opts: RollbackOptions = {}): Promise<RollbackResult> {
+  if (opts.ifCurrent !== undefined && !SHA_PREFIX.test(opts.ifCurrent))
+    throw new UsageError('REF_INVALID', `--if-current needs a commit sha (7 to 40 hex digits), not ${JSON.stringify(opts.ifCurrent)}`, { phase: 'config' });
   const ctx = createContext(opts);
   // A deploy is soaking with the previous release warm: the rollback is its revert, a route change.
   const soaking = await readSoak(ctx.config.releasesDir, ctx.config.app.name);
-  if (soaking && soakRunning(soaking)) {
+  if (soaking && soakRunning(soaking) && (opts.ifCurrent === undefined || soaking.sha.startsWith(opts.ifCurrent.toLowerCase()))) {
     const r = await stopSoak(ctx, soaking);
     if (r) return r;
   }
@@ -58,10 +67,18 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
   let to: string | null = null;
   let sha: string | null = null;
   const run = () =>
-    withLock(ctx, 'rollback', opts.waitMs, async (lock) => {
+    withLock(ctx, 'rollback', opts.waitMs, async (lock): Promise<RollbackResult> => {
       const state = await ctx.store.readState();
       const active = await currentRelease(ctx);
       const releases = await ctx.store.list();
+      if (opts.ifCurrent !== undefined) {
+        const skipped = notServing(
+          ctx,
+          opts.ifCurrent.toLowerCase(),
+          releases.find((r) => r.id === active),
+        );
+        if (skipped) return skipped;
+      }
       const ready = new Set(releases.filter((r) => r.status === 'ready').map((r) => r.id));
       const target = rollbackTarget(state?.activations ?? [], active ?? undefined, (id) => ready.has(id));
       if (!target)
@@ -74,7 +91,7 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
       await lock.setRelease(target);
       const targetRecord = await ctx.store.resolveId(target);
       sha = targetRecord.manifest?.sha ?? null;
-      const result = await switchTo(ctx, targetRecord, 'rollback');
+      const result = await switchTo(ctx, targetRecord, 'rollback', active);
       // An operator rolled back from it: automation must not deploy that sha again until a newer commit.
       const fromRecord = active ? releases.find((r) => r.id === active) : undefined;
       if (fromRecord?.manifest?.sha && fromRecord.manifest.sha !== sha)
@@ -87,7 +104,37 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
         });
       return result;
     });
-  return audited(ctx, 'rollback', () => ({ from, to, sha }), run, previousAsFrom);
+  // A skipped rollback did nothing: no history line (a fleet's "same history" stays the same on every host).
+  return audited(
+    ctx,
+    'rollback',
+    () => ({ from, to, sha }),
+    run,
+    (r) => ('skipped' in r ? {} : previousAsFrom(r)),
+    undefined,
+    (r) => !('skipped' in r),
+  );
+}
+
+const SHA_PREFIX = /^[0-9a-fA-F]{7,40}$/;
+
+/** The skip result when the active release does not serve `sha` (its own sha or a later commit it serves), else undefined. */
+function notServing(ctx: Context, sha: string, active: ReleaseRecord | undefined): RollbackSkipped | undefined {
+  const commits = active?.manifest ? (active.manifest.commits ?? [active.manifest.sha]) : [];
+  if (commits.some((c) => c.startsWith(sha))) return undefined;
+  const short = sha.slice(0, 7);
+  return {
+    ok: true,
+    changed: false,
+    action: 'rollback',
+    skipped: true,
+    reason: active
+      ? `${active.id} serves ${active.manifest?.sha?.slice(0, 7) ?? 'an unknown commit'}, not ${short}: nothing to roll back`
+      : `no release is active, so none serves ${short}: nothing to roll back`,
+    active: active ? releaseInfo(active, active.id, ctx.store.buildLog(active.id)) : null,
+    durationsMs: { ...ctx.durations },
+    warnings: ctx.warnings,
+  };
 }
 
 /**
@@ -116,6 +163,7 @@ async function stopSoak(ctx: Context, soak: SoakRecord): Promise<ActivateResult 
   if (!rel) return undefined;
   return {
     ok: true,
+    changed: true,
     action: 'rollback',
     release: releaseInfo(rel, rel.id, ctx.store.buildLog(rel.id)),
     previous: now.release,
@@ -128,7 +176,7 @@ async function stopSoak(ctx: Context, soak: SoakRecord): Promise<ActivateResult 
 /** The history's `from` is the release that served before the switch, as the switch itself found it. */
 const previousAsFrom = (r: ActivateResult) => (r.previous ? { from: r.previous } : {});
 
-async function switchTo(ctx: Context, rel: ReleaseRecord, action: 'activate' | 'rollback'): Promise<ActivateResult> {
+async function switchTo(ctx: Context, rel: ReleaseRecord, action: 'activate' | 'rollback', from: string | null): Promise<ActivateResult> {
   if (rel.status !== 'ready')
     throw new UsageError('RELEASE_NOT_READY', `release ${rel.id} is ${rel.status}, not ready: it cannot be activated`, {
       phase: 'activate',
@@ -140,6 +188,8 @@ async function switchTo(ctx: Context, rel: ReleaseRecord, action: 'activate' | '
   const switched = await switchToRelease(ctx, rel);
   return {
     ok: true,
+    // Re-activating the active release restarts it, but the live release stays the same.
+    changed: from !== rel.id,
     action,
     release: releaseInfo(rel, rel.id, ctx.store.buildLog(rel.id)),
     previous: switched.previous,

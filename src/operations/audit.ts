@@ -46,7 +46,7 @@ export interface AuditFacts {
 
 /**
  * Runs an operation and appends its history line: `facts` is read when it ends (the operation fills in what
- * it learnt), `okFacts` refines them from the result. A LOCKED refusal did nothing and is not audited;
+ * it learnt), `okFacts` refines them from the result (`recordOk` may skip it). A LOCKED refusal did nothing and is not audited;
  * `onFailure` runs before the failure is recorded.
  */
 export async function audited<T>(
@@ -56,10 +56,12 @@ export async function audited<T>(
   fn: () => Promise<T>,
   okFacts?: (result: T) => Partial<AuditFacts>,
   onFailure?: (e: ReleaseError) => Promise<unknown>,
+  /** False for a result that did nothing worth a line (a skipped `rollback --if-current`). */
+  recordOk: (result: T) => boolean = () => true,
 ): Promise<T> {
   try {
     const result = await fn();
-    await record(ctx, { action, ...facts(), ...okFacts?.(result), result: 'ok' });
+    if (recordOk(result)) await record(ctx, { action, ...facts(), ...okFacts?.(result), result: 'ok' });
     return result;
   } catch (err) {
     const e = asReleaseError(err);

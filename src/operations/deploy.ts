@@ -27,7 +27,10 @@ import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from './soak.
 export interface DeployOptions extends CommonOptions {
   /** Git ref to release (default HEAD of the workspace). */
   ref?: string;
-  /** Fetch and reset the workspace to origin/<branch> first (`true`: the checked-out branch). */
+  /**
+   * Fetch and reset the workspace to origin/<branch> first (`true`: the checked-out branch). With `ref` (then
+   * a commit sha), that commit is deployed, refused unless origin/<branch> contains it.
+   */
   pull?: string | boolean;
   /** Deploy a sha marked bad, and let --pull discard uncommitted changes. */
   force?: boolean;
@@ -87,8 +90,9 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
       if (opts.pull) {
         const branch = opts.pull === true ? await currentBranch(ctx.config.workspace, ctx.logger) : opts.pull;
         if (!branch) throw new ReleaseError('REF_INVALID', ExitCode.usage, 'the workspace is on a detached HEAD: name the branch to pull', { phase: 'pull' });
-        await phase(ctx, 'pull', () => pullBranch(ctx.config.workspace, branch, !!opts.force, ctx.logger, ctx.signal));
-        ref = 'HEAD';
+        // With a ref (a sha: the fleet's pinned commit) the pull checks that the branch contains it.
+        await phase(ctx, 'pull', () => pullBranch(ctx.config.workspace, branch, !!opts.force, ctx.logger, ctx.signal, opts.ref));
+        ref = opts.ref ?? 'HEAD';
       }
       const resolved = await resolveRelease(ctx, ref);
       sha = resolved.sha;
@@ -127,6 +131,7 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
               onSoakStarted: (soakRec) =>
                 opts.onSoakStarted?.({
                   ok: true,
+                  changed: true,
                   action: 'deploy',
                   mode: 'reactivated',
                   ...(reason ? { reason } : {}),
@@ -150,6 +155,7 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
           const marks = await readBadShas(ctx.config.releasesDir);
           return {
             ok: true as const,
+            changed: !unchanged,
             action: 'deploy' as const,
             mode: unchanged ? ('unchanged' as const) : ('reactivated' as const),
             ...(reason ? { reason } : {}),
@@ -179,6 +185,7 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
           onSoakStarted: (soakRec) =>
             opts.onSoakStarted?.({
               ok: true,
+              changed: true,
               action: 'deploy',
               mode: 'built',
               release: releaseInfo(release, release.id, ctx.store.buildLog(release.id)),
@@ -213,6 +220,7 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
       const fresh = (await ctx.store.get(release.id)) ?? release;
       return {
         ok: true as const,
+        changed: true,
         action: 'deploy' as const,
         mode: 'built' as const,
         release: releaseInfo(fresh, release.id, ctx.store.buildLog(release.id)),
@@ -291,6 +299,7 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
       const state = await ctx.store.readState();
       return {
         ok: true as const,
+        changed: true as const,
         action: 'build' as const,
         release: releaseInfo(release, state?.active ?? null, ctx.store.buildLog(release.id)),
         durationsMs: { ...ctx.durations },

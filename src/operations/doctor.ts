@@ -27,6 +27,8 @@ export interface Check {
 
 export interface DoctorResult {
   ok: boolean;
+  /** Always false: doctor only reads. */
+  changed: false;
   checks: Check[];
 }
 
@@ -38,7 +40,7 @@ export type DoctorOptions = CommonOptions;
 export async function doctor(opts: DoctorOptions = {}): Promise<DoctorResult> {
   const ctx = createContext(opts);
   const checks = await runChecks(ctx, 'all');
-  return { ok: !checks.some((c) => c.status === 'fail'), checks };
+  return { ok: !checks.some((c) => c.status === 'fail'), changed: false, checks };
 }
 
 /** The blocking checks, run at the start of deploy/build: a fail throws, a warn is reported. */

@@ -40,6 +40,8 @@ export interface InitOptions {
 export interface InitResult {
   /** The proposal is complete and doctor found no FAIL. */
   ok: boolean;
+  /** The config file was written (`--write`); init never changes PM2. */
+  changed: boolean;
   app: {
     name: string;
     cwd: string;
@@ -137,7 +139,7 @@ export async function init(opts: InitOptions = {}): Promise<InitResult> {
   }
   const checks: DoctorResult = loaded
     ? await doctor({ config: proposal.config, cwd: path.dirname(configPath), env, logger })
-    : { ok: false, checks: [{ name: 'config', status: 'fail', message: 'the proposed config is not valid', fix: 'see the problems above' }] };
+    : { ok: false, changed: false, checks: [{ name: 'config', status: 'fail', message: 'the proposed config is not valid', fix: 'see the problems above' }] };
 
   let written = false;
   if (opts.write && problems.length === 0) {
@@ -163,6 +165,7 @@ export async function init(opts: InitOptions = {}): Promise<InitResult> {
   const withConfig = `pm2-release --config ${formatCommand([configPath])}`;
   return {
     ok,
+    changed: written,
     app: {
       name,
       cwd: appCwd,

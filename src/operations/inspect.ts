@@ -20,6 +20,7 @@ export async function list(opts: ListOptions = {}): Promise<ListResult> {
   const marks = await readBadShas(ctx.config.releasesDir);
   return {
     ok: true,
+    changed: false,
     active,
     releases: releases.map((r) => releaseInfo(r, active, ctx.store.buildLog(r.id), marks)),
   };
@@ -31,7 +32,7 @@ export interface HistoryOptions extends CommonOptions {
 
 export async function history(opts: HistoryOptions = {}): Promise<HistoryResult> {
   const ctx = createContext(opts);
-  return { ok: true, entries: await readHistory(ctx.config.releasesDir, opts.limit) };
+  return { ok: true, changed: false, entries: await readHistory(ctx.config.releasesDir, opts.limit) };
 }
 
 export type StatusOptions = CommonOptions;
@@ -61,6 +62,7 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
 
   return {
     ok: true,
+    changed: false,
     app: name,
     active: served ? releaseInfo(served, served.id, ctx.store.buildLog(served.id)) : null,
     recorded: state?.active ?? null,
@@ -129,7 +131,7 @@ export async function prune(opts: PruneOptions = {}): Promise<PruneResult> {
   const run = async (): Promise<PruneResult> => {
     const plan = await retentionPlan(ctx);
     const removed = opts.dryRun ? plan.remove : await phase(ctx, 'retain', () => applyRetention(ctx, plan));
-    return { ok: true, action: 'prune', dryRun: !!opts.dryRun, keep: ctx.config.keep, kept: plan.keep, removed };
+    return { ok: true, changed: !opts.dryRun && removed.length > 0, action: 'prune', dryRun: !!opts.dryRun, keep: ctx.config.keep, kept: plan.keep, removed };
   };
   // A dry run changes nothing, so it needs no lock (and works while a deploy runs), and is not audited.
   if (opts.dryRun) return run();

@@ -1,4 +1,9 @@
-/** The typed results every operation returns; the CLI prints them as-is with --json. Keep them stable. */
+/**
+ * The typed results every operation returns; the CLI prints them as-is with --json. Keep them stable.
+ * Each carries `changed` next to `ok`: whether the run changed the host (for deploy, activate and rollback:
+ * the live release), so an orchestrator (Ansible's changed/ok/failed) reports the truth.
+ */
+import { ExitCode, type Phase, type ReleaseError } from '../errors.js';
 import type { ReleaseRecord } from '../release/store.js';
 import type { BadMark, HistoryEntry } from '../release/history.js';
 import type { RetentionStatus } from '../release/naming.js';
@@ -54,6 +59,8 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
 
 export interface DeployResult {
   ok: true;
+  /** The live release changed: false exactly when `mode` is `unchanged`. */
+  changed: boolean;
   action: 'deploy';
   /** built: a new release; reactivated: a retained release of this sha was switched to; unchanged: it was already active. */
   mode: 'built' | 'reactivated' | 'unchanged';
@@ -73,8 +80,29 @@ export interface DeployResult {
   warnings: string[];
 }
 
+/**
+ * `rollback --if-current <sha>` on a host whose active release does not serve that sha: nothing was done
+ * (no lock held past the check, no history line), so a fleet rollback can run on every host, twice.
+ */
+export interface RollbackSkipped {
+  ok: true;
+  changed: false;
+  action: 'rollback';
+  skipped: true;
+  /** "serves 20261121T204233Z-3f2a9c1 (3f2a9c1), not 8f04d09: nothing to roll back". */
+  reason: string;
+  /** The release that serves, unchanged (null when none does). */
+  active: ReleaseInfo | null;
+  durationsMs: Record<string, number>;
+  warnings: string[];
+}
+
+export type RollbackResult = ActivateResult | RollbackSkipped;
+
 export interface BuildResult {
   ok: true;
+  /** Always true: a new ready release exists (the live one did not change). */
+  changed: true;
   action: 'build';
   release: ReleaseInfo;
   durationsMs: Record<string, number>;
@@ -83,6 +111,8 @@ export interface BuildResult {
 
 export interface ActivateResult {
   ok: true;
+  /** The live release changed (false when the target was already the active release). */
+  changed: boolean;
   action: 'activate' | 'rollback';
   release: ReleaseInfo;
   previous: string | null;
@@ -93,6 +123,7 @@ export interface ActivateResult {
 
 export interface ListResult {
   ok: true;
+  changed: false;
   active: string | null;
   releases: ReleaseInfo[];
 }
@@ -128,6 +159,7 @@ export interface RouterInfo {
 
 export interface StatusResult {
   ok: true;
+  changed: false;
   app: string;
   /** The release PM2 serves, found by its cwd. */
   active: ReleaseInfo | null;
@@ -145,6 +177,8 @@ export interface StatusResult {
 
 export interface PruneResult {
   ok: true;
+  /** At least one release was removed (always false for a dry run). */
+  changed: boolean;
   action: 'prune';
   dryRun: boolean;
   keep: number;
@@ -154,6 +188,38 @@ export interface PruneResult {
 
 export interface HistoryResult {
   ok: true;
+  changed: false;
   /** Newest first. */
   entries: HistoryEntry[];
+}
+
+/** Phases that end before PM2 is touched: a failure there leaves the live app as it was. */
+const BEFORE_SWITCH: ReadonlySet<Phase> = new Set<Phase>([
+  'config',
+  'lock',
+  'preflight',
+  'pull',
+  'resolve',
+  'archive',
+  'env',
+  'install',
+  'build',
+  'prune',
+  'isolation',
+  'verify',
+  'hook',
+  'list',
+  'status',
+]);
+
+/**
+ * Pure: the `changed` of a failure object. False when the app is as it was: usage (2), lock (3), build (4) and
+ * refusal (7) stop before the switch, and a switch failure (5) put the previous release back or never stopped it
+ * (its message says whether the put-back answered). An internal error (1), an outside failure (6) or a cancel
+ * (130) at or after the switch may have left something else: true, so an orchestrator looks (`status`).
+ */
+export function failureChanged(e: Pick<ReleaseError, 'exitCode' | 'phase'>): boolean {
+  if (e.exitCode === ExitCode.usage || e.exitCode === ExitCode.locked || e.exitCode === ExitCode.build || e.exitCode === ExitCode.refused) return false;
+  if (e.exitCode === ExitCode.switch) return false;
+  return !BEFORE_SWITCH.has(e.phase);
 }

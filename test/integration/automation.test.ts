@@ -119,7 +119,7 @@ describe('library deploy: progress events, result shape, cancellation', () => {
 
     // The documented result shape.
     const dir = path.join(sb.releasesDir, r.release.id);
-    expect(Object.keys(r).sort()).toEqual(['action', 'durationsMs', 'mode', 'ok', 'previous', 'release', 'removed', 'url', 'warnings']);
+    expect(Object.keys(r).sort()).toEqual(['action', 'changed', 'durationsMs', 'mode', 'ok', 'previous', 'release', 'removed', 'url', 'warnings']);
     expect(r).toMatchObject({
       ok: true,
       action: 'deploy',
@@ -298,7 +298,7 @@ describe('history and bad-sha marks', () => {
     // The CLI prints the same entries (reading the history adds none).
     const c = cli(sb, ['history', '--json']);
     expect(c.code, c.stderr).toBe(0);
-    expect(JSON.parse(c.stdout)).toEqual({ ok: true, entries: h.entries });
+    expect(JSON.parse(c.stdout)).toEqual({ ok: true, changed: false, entries: h.entries });
     const limited = cli(sb, ['history', '--json', '--limit', '2']);
     expect(JSON.parse(limited.stdout).entries).toEqual(h.entries.slice(0, 2));
   });

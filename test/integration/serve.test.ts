@@ -310,4 +310,27 @@ describe('webhook listener and deploy --pull', () => {
     expect(deploys).toHaveLength(byWebhook.length + byCli.length);
     expect(fs.readFileSync(path.join(sb.releasesDir, 'history.jsonl'), 'utf8')).not.toContain(SECRET);
   });
+
+  it('the fleet contract: --pull main --ref <sha> deploys exactly that commit (changed), again (not changed), refuses a sha main lacks; rollback --if-current skips', async () => {
+    const pinned = remote.push('pinned', { 'frontend/version.txt': 'pinned\n' });
+    const head = remote.push('newer', { 'frontend/version.txt': 'newer\n' });
+    const r = cli(sb, ['deploy', '--pull', 'main', '--ref', pinned.slice(0, 12), '--json']);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, changed: true, mode: 'built', release: { sha: pinned } });
+    expect(wsHead()).toBe(head);
+    expect((await get(appUrl())).body).toContain('pinned');
+
+    const again = cli(sb, ['deploy', '--pull', 'main', '--ref', pinned, '--json']);
+    expect(JSON.parse(again.stdout)).toMatchObject({ ok: true, changed: false, mode: 'unchanged' });
+
+    const elsewhere = remote.push('on another branch', { 'frontend/version.txt': 'other\n' }, 'other');
+    const refused = cli(sb, ['deploy', '--pull', 'main', '--ref', elsewhere, '--json']);
+    expect(refused.code, refused.stderr + refused.stdout).toBe(2);
+    expect(JSON.parse(refused.stdout)).toMatchObject({ ok: false, changed: false, error: { code: 'REF_NOT_IN_BRANCH', phase: 'pull' } });
+
+    const skipped = cli(sb, ['rollback', '--if-current', elsewhere, '--json']);
+    expect(skipped.code, skipped.stderr + skipped.stdout).toBe(0);
+    expect(JSON.parse(skipped.stdout)).toMatchObject({ ok: true, changed: false, skipped: true, active: { sha: pinned } });
+    expect((await get(appUrl())).body).toContain('pinned');
+  });
 });

@@ -217,4 +217,29 @@ describe('soak, gate, canary and skew (real PM2, router)', () => {
     const h = (await history(opts())).entries;
     expect(h[0]).toMatchObject({ action: 'deploy', result: 'ok', to: out.release.id, soak: { state: 'passed' } });
   });
+
+  it('a deploy SIGKILLed during a canary soak: the next deploy takes the share back and says the soak was interrupted', async () => {
+    const before = live();
+    sb.commit('v9', { 'version.txt': '9.0.0\n' });
+    const r = cli(sb, ['deploy', '--json', '--no-wait-soak', '--soak', '300', '--canary', '50%']);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout) as { soak: { pid: number }; release: { id: string } };
+    const state = () =>
+      JSON.parse(fs.readFileSync(path.join(sb.releasesDir, '.router', `${APP}.state.json`), 'utf8')) as {
+        live: { release: string };
+        canary: { upstream: { release: string } } | null;
+      };
+    expect(state().canary?.upstream.release).toBe(out.release.id);
+    process.kill(out.soak.pid, 'SIGKILL'); // the detached deploy this test started
+    for (let i = 0; i < 50 && pidAlive(out.soak.pid); i++) await sleep(100);
+    expect(pidAlive(out.soak.pid)).toBe(false);
+    sb.commit('v10', { 'version.txt': '10.0.0\n' });
+    const next = await deploy(opts({ soakMs: 0 }));
+    expect(next.warnings.some((w) => /soak of .* was interrupted: its canary share goes back to/.test(w))).toBe(true);
+    expect(state().canary ?? null).toBeNull();
+    expect(state().live.release).toBe(next.release.id);
+    expect(appProcs()).toHaveLength(1);
+    expect((await status(opts())).soak?.state).not.toBe('running');
+    expect(before).not.toBe(next.release.id);
+  });
 });

@@ -2,6 +2,7 @@
 import { CommanderError } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { exitCodeFor, main, parseArgv } from '../../src/cli.js';
+import { failureChanged } from '../../src/operations/results.js';
 import { BuildError, ConfigError, EnvironmentError, ExitCode, LockError, ReleaseError, SwitchError, UsageError } from '../../src/errors.js';
 
 describe('parseArgv', () => {
@@ -14,6 +15,13 @@ describe('parseArgv', () => {
     [['deploy', '--pull'], { command: 'deploy', pull: true }],
     [['deploy', '--pull', 'main', '--force'], { command: 'deploy', pull: 'main', force: true }],
     [['deploy', '--rebuild'], { command: 'deploy', rebuild: true }],
+    [['deploy', '--pull', 'main', '--ref', '3F2A9C1'], { command: 'deploy', pull: 'main', ref: '3f2a9c1' }],
+    [
+      ['deploy', '--ref', '3f2a9c1e5b7d9f00112233445566778899aabbcc', '--pull'],
+      { command: 'deploy', pull: true, ref: '3f2a9c1e5b7d9f00112233445566778899aabbcc' },
+    ],
+    [['rollback', '--if-current', '3f2a9c1'], { command: 'rollback', ifCurrent: '3f2a9c1' }],
+    [['rollback'], { command: 'rollback', waitMs: undefined }],
     [['build', '--ref', 'abc1234'], { command: 'build', ref: 'abc1234' }],
     [['activate', '20261121T204233Z-3f2a9c1'], { command: 'activate', id: '20261121T204233Z-3f2a9c1' }],
     [['rollback', '--wait', '10'], { command: 'rollback', waitMs: 10_000 }],
@@ -63,6 +71,11 @@ describe('parseArgv', () => {
     [['history', '--limit', '-1']],
     [['deploy', '--wait=soon']],
     [['deploy', '--ref', 'main', '--pull']],
+    [['deploy', '--ref', 'abc12', '--pull', 'main']],
+    [['deploy', '--ref', '-x1234567', '--pull', 'main']],
+    [['rollback', '--if-current', 'main']],
+    [['rollback', '--if-current', '3f2a9c1z']],
+    [['rollback', '--if-current']],
     [['list', '--nope']],
     [['init', '--force']],
     [['init', '--app']],
@@ -109,7 +122,7 @@ describe('exit codes', () => {
     const code = await main(['--json', 'activate'], { stdout: (s) => out.push(s), stderr: (s) => err.push(s), env: {}, cwd: '/', stderrIsTTY: false });
     expect(code).toBe(2);
     expect(out).toHaveLength(1);
-    expect(JSON.parse(out[0])).toMatchObject({ ok: false, error: { code: 'USAGE', phase: 'config' } });
+    expect(JSON.parse(out[0])).toMatchObject({ ok: false, changed: false, error: { code: 'USAGE', phase: 'config' } });
   });
 
   it('a config error with --json is one JSON object with code CONFIG_INVALID, exit 2', async () => {
@@ -123,6 +136,42 @@ describe('exit codes', () => {
     });
     expect(code).toBe(2);
     expect(out).toHaveLength(1);
-    expect(JSON.parse(out[0]).error.code).toBe('CONFIG_INVALID');
+    expect(JSON.parse(out[0])).toMatchObject({ ok: false, changed: false, error: { code: 'CONFIG_INVALID' } });
+  });
+});
+
+describe('changed on a failure', () => {
+  it.each([
+    [new ConfigError(['keep: bad'], 'f.json'), false],
+    [new LockError('locked by pid 1'), false],
+    [new UsageError('REF_NOT_IN_BRANCH', 'x', { phase: 'pull' }), false],
+    [new BuildError('VERIFY_FAILED', 'x', { phase: 'verify' }), false],
+    [new ReleaseError('SHA_MARKED_BAD', ExitCode.refused, 'x', { phase: 'resolve' }), false],
+    // The previous release was put back (or, behind the router, never stopped serving).
+    [new SwitchError('HEALTH_FAILED', 'x', { phase: 'health' }), false],
+    [new SwitchError('ROUTE_FAILED', 'x', { phase: 'route' }), false],
+    // Before the switch, an outside failure changed nothing; at or after it, something may have.
+    [new EnvironmentError('PREFLIGHT_FAILED', 'x', { phase: 'preflight' }), false],
+    [new EnvironmentError('PULL_FAILED', 'x', { phase: 'pull' }), false],
+    [new EnvironmentError('PM2_FAILED', 'x', { phase: 'switch' }), true],
+    [new EnvironmentError('PM2_DAEMON_GONE', 'x', { phase: 'health' }), true],
+    [new ReleaseError('CANCELLED', ExitCode.cancelled, 'x', { phase: 'install' }), false],
+    [new ReleaseError('CANCELLED', ExitCode.cancelled, 'x', { phase: 'switch' }), true],
+    [new ReleaseError('INTERNAL', ExitCode.internal, 'x', { phase: 'internal' }), true],
+  ])('%s in its phase → changed %s', (err, changed) => {
+    expect(failureChanged(err)).toBe(changed);
+  });
+
+  it('rollback --if-current with a bad sha is a usage error before any config is read', async () => {
+    const out: string[] = [];
+    const code = await main(['--json', '--config', '/nonexistent/p.json', 'rollback', '--if-current', 'HEAD~1'], {
+      stdout: (s) => out.push(s),
+      stderr: () => undefined,
+      env: {},
+      cwd: '/',
+      stderrIsTTY: false,
+    });
+    expect(code).toBe(2);
+    expect(JSON.parse(out[0])).toMatchObject({ ok: false, changed: false, error: { code: 'USAGE', message: expect.stringContaining('--if-current') } });
   });
 });

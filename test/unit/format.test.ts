@@ -41,6 +41,7 @@ function release(id: string, over: Partial<ReleaseInfo> = {}): ReleaseInfo {
 
 const LIST: ListResult = {
   ok: true,
+  changed: false,
   active: '20261121T204233Z-3f2a9c1',
   releases: [
     release('20261121T210000Z-0badc0d', {
@@ -59,6 +60,7 @@ const LIST: ListResult = {
 
 const STATUS: StatusResult = {
   ok: true,
+  changed: false,
   app: 'frontend-dev',
   active: LIST.releases[1],
   recorded: '20261121T204233Z-3f2a9c1',
@@ -82,6 +84,7 @@ const STATUS: StatusResult = {
 
 const STATUS_DOWN: StatusResult = {
   ok: true,
+  changed: false,
   app: 'frontend-dev',
   active: null,
   recorded: '20261121T204233Z-3f2a9c1',
@@ -112,6 +115,7 @@ function entry(over: Partial<HistoryEntry>): HistoryEntry {
 
 const HISTORY: HistoryResult = {
   ok: true,
+  changed: false,
   entries: [
     entry({ time: '2026-11-21T21:05:00.001Z', action: 'prune', trigger: 'api', detail: 'removed 20261121T180000Z-1234567' }),
     entry({
@@ -148,6 +152,7 @@ const HISTORY: HistoryResult = {
 
 const DOCTOR: DoctorResult = {
   ok: false,
+  changed: false,
   checks: [
     { name: 'workspace', status: 'ok', message: '/home/deploy/executor/workspace is a git repository', fix: null },
     { name: 'disk', status: 'warn', message: '900 MiB free on /srv (want 1024)', fix: 'free some space: pm2-release prune --keep 1' },
@@ -207,7 +212,7 @@ describe('formatList', () => {
   });
 
   it('says so when there are no releases', () => {
-    expect(formatList({ ok: true, active: null, releases: [] })).toBe('no releases yet (run `pm2-release deploy`)\n');
+    expect(formatList({ ok: true, changed: false, active: null, releases: [] })).toBe('no releases yet (run `pm2-release deploy`)\n');
   });
 });
 
@@ -312,7 +317,7 @@ describe('formatHistory', () => {
   });
 
   it('says so when there is no history', () => {
-    expect(formatHistory({ ok: true, entries: [] })).toBe('no history yet\n');
+    expect(formatHistory({ ok: true, changed: false, entries: [] })).toBe('no history yet\n');
   });
 });
 
@@ -342,7 +347,7 @@ describe('formatDoctor', () => {
     expect(out).not.toMatch(ANSI);
     expect(out.trimEnd().split('\n').at(-1)).toBe('NOT ready to deploy: fix the FAIL lines');
     expect(
-      formatDoctor({ ok: true, checks: DOCTOR.checks.slice(0, 1) })
+      formatDoctor({ ok: true, changed: false, checks: DOCTOR.checks.slice(0, 1) })
         .trimEnd()
         .split('\n')
         .at(-1),

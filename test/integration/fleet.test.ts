@@ -1,0 +1,138 @@
+/**
+ * The fleet playbooks (ansible/) against three hosts on this machine: network namespaces, each with its own
+ * sshd, user, home, PM2 daemon and the same app port; the real ansible-playbook over SSH, the real
+ * pm2-release installed on each host from `npm pack`. Scenarios run in order on the same hosts:
+ * happy path, a canary that crashes at boot, a failure in the second batch then rollback.yml, an
+ * unreachable host. Needs root, Ansible and sshd: skipped with a reason otherwise, but failed in CI
+ * (PM2_RELEASE_FLEET_REQUIRED=1, set by .ci/run).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createFleet, fleetUnavailable, type Fleet, type FleetHost, type PlaybookRun } from '../helpers/fleet.js';
+
+const unavailable = fleetUnavailable();
+const required = process.env.PM2_RELEASE_FLEET_REQUIRED === '1';
+if (unavailable && !required) process.stderr.write(`fleet.test.ts skipped: ${unavailable}\n`);
+
+interface Status {
+  ok: boolean;
+  active: { id: string; sha: string } | null;
+  health: { ok: boolean };
+}
+interface History {
+  entries: { action: string; sha: string | null; result: string; from: string | null; to: string | null }[];
+}
+interface List {
+  releases: { id: string; sha: string; status: string }[];
+}
+
+/** What ansible-playbook printed, for the assertion message of a failed run. */
+const tail = (r: PlaybookRun) => `exit ${r.code} after ${r.ms} ms\n${(r.stdout + r.stderr).split('\n').slice(-60).join('\n')}`;
+
+describe('the fleet guard', () => {
+  it.runIf(required && unavailable)('CI requires the fleet test to run', () => {
+    expect.fail(`PM2_RELEASE_FLEET_REQUIRED=1 but the fleet test cannot run: ${unavailable}`);
+  });
+});
+
+describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 canary, then h2, h3)', () => {
+  let fleet: Fleet;
+  let h1: FleetHost, h2: FleetHost, h3: FleetHost;
+  let v1: string;
+  const serving = (h: FleetHost) => fleet.cli<Status>(h, 'status').json.active?.sha ?? null;
+  const deploys = (h: FleetHost) =>
+    fleet
+      .cli<History>(h, 'history')
+      .json.entries.map((e) => `${e.action} ${e.sha?.slice(0, 7)} ${e.result}`)
+      .reverse();
+  const releasesOf = (h: FleetHost, sha: string) => fleet.cli<List>(h, 'list').json.releases.filter((r) => r.sha === sha);
+
+  beforeAll(async () => {
+    fleet = await createFleet();
+    [h1, h2, h3] = fleet.hosts;
+  }, 120_000);
+
+  afterAll(async () => {
+    // PM2_RELEASE_FLEET_KEEP=1 leaves the hosts up to debug a playbook (then: fleet.close() by hand).
+    if (process.env.PM2_RELEASE_FLEET_KEEP === '1') return void process.stderr.write(`fleet kept in ${fleet?.root}\n`);
+    await fleet?.close();
+  }, 120_000);
+
+  it('rolls one commit out: every host installs pm2-release, serves the sha, and has the same history', async () => {
+    v1 = fleet.commit('v1 again', { 'version.txt': '1.0.0\n' });
+    const r = await fleet.playbook('rollout.yml');
+    expect(r.code, tail(r)).toBe(0);
+    for (const h of fleet.hosts) {
+      expect(serving(h), h.name).toBe(v1);
+      expect(fleet.cli<Status>(h, 'status').json.health.ok, h.name).toBe(true);
+      expect(deploys(h), h.name).toEqual([`deploy ${v1.slice(0, 7)} ok`]);
+    }
+    expect(fleet.summary().map((s) => [s.host, s.result])).toEqual([
+      ['h1', 'deployed (built)'],
+      ['h2', 'deployed (built)'],
+      ['h3', 'deployed (built)'],
+    ]);
+    expect(r.stdout).toMatch(/h1 {2}from none {2}to \d{8}T\d{6}Z-[0-9a-f]{7} {2}deployed \(built\)/);
+
+    // (That a second run of the same sha changes nothing is the contract's: serve.test.ts checks `changed`
+    // on a repeated `deploy --pull --ref`; rollback.yml is run twice below. A third rollout here would cost
+    // a minute of the file's budget.)
+  }, 240_000);
+
+  it('a canary that crashes at boot reverts itself and the rollout stops: h2 and h3 are untouched', async () => {
+    const crash = fleet.commit('crashes at boot', { CRASH_ON_BOOT: 'yes\n' });
+    const before = { h2: deploys(h2), h3: deploys(h3) };
+    const r = await fleet.playbook('rollout.yml');
+    expect(r.code, tail(r)).not.toBe(0);
+    expect(serving(h1)).toBe(v1);
+    expect(deploys(h1).at(-1)).toBe(`deploy ${crash.slice(0, 7)} failed`);
+    for (const h of [h2, h3]) {
+      expect(serving(h), h.name).toBe(v1);
+      expect(releasesOf(h, crash), h.name).toEqual([]);
+    }
+    expect({ h2: deploys(h2), h3: deploys(h3) }).toEqual(before);
+    const summary = fleet.summary();
+    expect(summary[0]).toMatchObject({ host: 'h1', to: summary[0].from, result: expect.stringMatching(/^FAILED \(exit 5: HEALTH_FAILED in health/) });
+    expect(summary.slice(1).map((s) => s.result)).toEqual(['untouched', 'untouched']);
+  }, 180_000);
+
+  it('a failure in the second batch stops the rollout; rollback.yml brings every changed host back, and again changes nothing', async () => {
+    const v2 = fleet.commit('v2', { 'version.txt': '2.0.0\n', CRASH_ON_BOOT: null });
+    // h3 (the second batch of the rest: serial [1, "25%", "100%"]) fails its health gate and reverts itself.
+    const r = await fleet.playbook('rollout.yml', {}, { h3: { pm2_release_env: { PM2_RELEASE_FAILPOINT: 'health:fail' } } });
+    expect(r.code, tail(r)).not.toBe(0);
+    expect([serving(h1), serving(h2), serving(h3)]).toEqual([v2, v2, v1]);
+    expect(fleet.summary().map((s) => s.result.replace(/ \(.*$/, ''))).toEqual(['deployed', 'deployed', 'FAILED']);
+
+    const back = await fleet.playbook('rollback.yml', { pm2_release_sha: v2 });
+    expect(back.code, tail(back)).toBe(0);
+    expect([serving(h1), serving(h2), serving(h3)]).toEqual([v1, v1, v1]);
+    const rows = fleet.summary();
+    expect(rows.map((s) => s.result.replace(/:.*$/, ''))).toEqual(['rolled back', 'rolled back', 'skipped']);
+    expect(rows[0].from).toMatch(new RegExp(`-${v2.slice(0, 7)}$`));
+    expect(rows[0].to).toMatch(new RegExp(`-${v1.slice(0, 7)}$`));
+    for (const h of [h1, h2]) expect(deploys(h).at(-1), h.name).toBe(`rollback ${v1.slice(0, 7)} ok`);
+
+    const twice = await fleet.playbook('rollback.yml', { pm2_release_sha: v2 });
+    expect(twice.code, tail(twice)).toBe(0);
+    expect(fleet.summary().map((s) => s.result.replace(/:.*$/, ''))).toEqual(['skipped', 'skipped', 'skipped']);
+    expect(twice.stdout).not.toMatch(/changed=[1-9]/);
+  }, 240_000);
+
+  it('one host unreachable: the pre-check stops the rollout before any change anywhere', async () => {
+    const v3 = fleet.commit('v3', { 'version.txt': '3.0.0\n' });
+    const before = fleet.hosts.map((h) => deploys(h));
+    await fleet.stopSshd(h2);
+    try {
+      const r = await fleet.playbook('rollout.yml');
+      expect(r.code, tail(r)).not.toBe(0);
+      // any_errors_fatal ends the run at the fact gathering (the play's assert names the host if it did not).
+      expect(r.stdout + r.stderr).toMatch(/fatal: \[h2\]: UNREACHABLE!|unreachable: h2/);
+      expect(r.stdout).not.toMatch(/TASK \[pm2_release : Deploy the pinned commit\]/);
+    } finally {
+      await fleet.startSshd(h2);
+    }
+    expect(fleet.hosts.map((h) => serving(h))).toEqual([v1, v1, v1]);
+    expect(fleet.hosts.map((h) => deploys(h))).toEqual(before);
+    for (const h of fleet.hosts) expect(releasesOf(h, v3), h.name).toEqual([]);
+  }, 120_000);
+});

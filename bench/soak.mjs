@@ -98,7 +98,8 @@ async function main() {
         ),
       );
     writeConfig();
-    const cli = (args, allowFail = false) => run([process.execPath, CLI, '--config', configPath, '--json', ...args], { cwd: sb.root, env: sb.env, timeoutMs: 900_000, allowFail });
+    const cli = (args, allowFail = false) =>
+      run([process.execPath, CLI, '--config', configPath, '--json', ...args], { cwd: sb.root, env: sb.env, timeoutMs: 900_000, allowFail });
     const json = (r) => JSON.parse(r.stdout.trim().split('\n').pop());
     const soakRecord = () => JSON.parse(fs.readFileSync(path.join(sb.releasesDir, '.router', 'frontend-dev.soak.json'), 'utf8'));
 
@@ -131,7 +132,10 @@ async function main() {
     await waitUnlocked(sb);
 
     // --- 2. half-broken release, canary 10 % -----------------------------------------------------------
-    await sb.commit('v3 broken route', { 'app/page.js': fs.readFileSync(path.join(sb.appDir, 'app/page.js'), 'utf8').replace(/\d\.0\.0/, '3.0.0'), 'app/broken/page.js': BROKEN_PAGE });
+    await sb.commit('v3 broken route', {
+      'app/page.js': fs.readFileSync(path.join(sb.appDir, 'app/page.js'), 'utf8').replace(/\d\.0\.0/, '3.0.0'),
+      'app/broken/page.js': BROKEN_PAGE,
+    });
     log('deploy v3 (/broken throws) with --canary 10% under load on / and /broken');
     const t2load = load(sb.port, { clients: 8, paths: ['/', '/broken'] });
     await sleep(2_000);
@@ -216,7 +220,7 @@ function report(r) {
     `| its failed requests bounded by the canary share (10 %) and the minimum request count (50) | ${r.gate.failed} failed of ${r.gate.requests} during the deploy (${pct(r.gate.failed, r.gate.requests)}); \`/\` failed ${r.gate.failedRoot} times | ${r.gate.failedRoot === 0 && r.gate.failed <= 50 ? 'yes' : 'no'} |`,
     `| 0 of the old build's chunk requests get 404 after a switch | ${r.skewOn.notFound} of ${r.skewOn.chunks} (of which ${r.skewOn.changed} not in the new build); without linking (\`staticAssets: []\`): ${r.skewOff.notFound} of ${r.skewOff.chunks} | ${r.skewOn.notFound === 0 ? 'yes' : 'no'} |`,
     '',
-    'Skew protection links the other retained releases\' own files under `.next/static` into the release before it starts (hard links: no',
+    "Skew protection links the other retained releases' own files under `.next/static` into the release before it starts (hard links: no",
     'extra disk while both are kept). Serving old chunks from the router instead was not taken: it would need the router to read release',
     'directories and buffer 404s, and the link also works for the restart and cluster strategies.',
     '<!-- soak:end -->',

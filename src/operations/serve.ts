@@ -171,7 +171,10 @@ export async function startWebhookServer(opts: ServeOptions): Promise<WebhookSer
       if (!safeEqual(auth, `Bearer ${secret}`)) return done(401, { ok: false, error: 'unauthorized' });
       // The soak of the last deploy: running (with its numbers) or its verdict.
       void readSoak(config.releasesDir, config.app.name).then((soak) =>
-        done(200, { ...state, soak: soak ? { ...soak, running: soakRunning(soak), timeLeftMs: soakRunning(soak) ? Math.max(0, Date.parse(soak.endsAt) - Date.now()) : 0 } : null }),
+        done(200, {
+          ...state,
+          soak: soak ? { ...soak, running: soakRunning(soak), timeLeftMs: soakRunning(soak) ? Math.max(0, Date.parse(soak.endsAt) - Date.now()) : 0 } : null,
+        }),
       );
       return;
     }

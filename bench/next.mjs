@@ -201,7 +201,10 @@ export async function runNextSection({ runs = 3, signal } = {}) {
       workspace: sb.ws,
       releasesDir: sb.releasesDir,
       keep: 3,
-      app: { env: { FRONT_PORT: String(sb.port) }, prune: ['.next/cache', '.turbo', 'build/cache'] },
+      // Install and build at normal priority, as the seed flow's: on a CPU shared with other work a niced build
+      // gets a small share (buildLowPriority, default on, is the VM's trade: the live app first), which would
+      // measure the neighbours, not pm2-release. The full bench measures the default.
+      app: { env: { FRONT_PORT: String(sb.port) }, prune: ['.next/cache', '.turbo', 'build/cache'], buildLowPriority: false },
       router: { releasePorts: [first, first + 99] },
     };
     const writeConfig = (name, c) => {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deploy } from '../../src/index.js';
-import { createSandbox, get, walkFiles, type Sandbox } from '../helpers/sandbox.js';
+import { cli, createSandbox, get, walkFiles, type Sandbox } from '../helpers/sandbox.js';
 
 const manifestOf = (sb: Sandbox, id: string) => JSON.parse(fs.readFileSync(path.join(sb.releasesDir, id, '.pm2-release/manifest.json'), 'utf8'));
 const releaseIds = (sb: Sandbox) => fs.readdirSync(sb.releasesDir).filter((n) => /^\d{8}T\d{6}Z-/.test(n));
@@ -69,6 +69,11 @@ describe('build cache', () => {
       expect(files.filter((f) => f.includes('.next/cache') || f.includes('build/cache'))).toEqual([]);
     }
     expect(fs.readdirSync(path.join(sb.releasesDir, '.cache'))).toHaveLength(1);
+    const doctor = JSON.parse(cli(sb, ['doctor', '--json']).stdout) as { checks: { name: string; status: string; message: string }[] };
+    expect(doctor.checks.find((c) => c.name === 'build-cache')).toMatchObject({
+      status: 'ok',
+      message: expect.stringMatching(/^\.next\/cache carried between builds .*: next-none-/),
+    });
   });
 
   it('a failed build gives the cache back and keeps its release (log, manifest) under its id', async () => {

@@ -162,10 +162,56 @@ export function renderNextSection(R) {
   ];
   L.push(table(['target (Next.js app)', 'measured', 'result'], T));
   L.push('');
+  const why = reasonsNext(R, S);
+  if (why.length) {
+    L.push('Why targets are not met (from the same run):');
+    L.push('');
+    for (const w of why) L.push(`- ${w}`);
+    L.push('');
+  }
   for (const n of R.notes) L.push(`- ${n}`);
   if (R.notes.length) L.push('');
   L.push(END);
   return L.join('\n');
+}
+
+/** One measured reason per missed target. */
+function reasonsNext(R, S) {
+  const out = [];
+  const phases = (rs) => {
+    const keys = [...new Set(rs.flatMap((r) => Object.keys(r.durations ?? {})))];
+    return keys.map((k) => `${k} ${fmtMs(med(rs.map((r) => r.durations?.[k])))}`).join(', ');
+  };
+  if (S.cold.total > 1.05 * S.seed.total)
+    out.push(
+      `**Cold deploy** ${ratio(S.cold.total, S.seed.total)}: its phases (medians) ${phases(R.cold)}, against the seed's npm ci ${fmtMs(S.seed.ci)} and build ${fmtMs(S.seed.build)}. ` +
+        `What the seed flow does not spend: the health gate (with its settle), the route, \`pm2 save\` and the PM2 CLI calls around them.`,
+    );
+  const cacheRuns = R.rebuild.filter((r) => r.kind === 'cache');
+  if (S.cache.dep > 0.1 * S.seed.ci)
+    out.push(
+      `**Dependency step** ${pct(S.cache.dep, S.seed.ci)} of npm ci: \`${S.cache.methods}\` (hard links, ext4 has no reflink) makes a new directory tree of links to every file of node_modules and records each shared inode's stats for the isolation check; that walks all of node_modules (per run ${cacheRuns.map((r) => fmtMs(r.dep?.durationMs)).join(', ')}).`,
+    );
+  if (S.cache.total > 0.7 * S.seed.total)
+    out.push(
+      `**Unchanged-lockfile deploy** ${ratio(S.cache.total, S.seed.total)}: its phases (medians, cache on) ${phases(cacheRuns)}; the build alone is ${pct(S.cache.build, S.seed.total)} of the seed flow's whole time (without the cache: ${pct(S.nocache.build, S.seed.total)}). \`next build\` runs in full on every commit that changes the app.`,
+    );
+  if (!(S.noop.max <= 1000 && S.noop.newReleases === 0 && S.noop.pidUnchanged)) {
+    const inPhases = med(R.noop.map((r) => Object.values(r.durations ?? {}).reduce((a, b) => a + b, 0)));
+    out.push(
+      `**No-op commit** ${fmtMs(S.noop.ms)} (max ${fmtMs(S.noop.max)}): ${fmtMs(inPhases)} in phases (${phases(R.noop)}), the rest outside them: recovery checks of the previous run (\`pm2 jlist\`: every PM2 call is a new Node process, ~0.5 s here) and finding the live release.`,
+    );
+  }
+  if (S.gain !== undefined && S.gain < 0.15)
+    out.push(
+      `**Build cache** ${faster(S.gain)} on the build (per run with ${cacheRuns.map((r) => fmtMs(r.durations?.build)).join(', ')}; without ${R.rebuild
+        .filter((r) => r.kind === 'nocache')
+        .map((r) => fmtMs(r.durations?.build))
+        .join(
+          ', ',
+        )}): on this small app webpack's compile is a small part of \`next build\` (page data, static generation, tracing do not use the cache), and a warm build reads and rewrites the cache's packs (${R.disk ? fmtBytes(R.disk.cacheBytes) : 'n/a'}).`,
+    );
+  return out;
 }
 
 /** Replaces the section between the markers in `file`, or appends it. */

@@ -125,15 +125,27 @@ function parseArgs(argv) {
     else throw new Error(`unknown option ${a}`);
   }
   if (!Number.isInteger(o.runs) || o.runs < 1 || o.runs > 10) throw new Error('--runs: an integer from 1 to 10');
-  o.maxMinutes ??= 6 + o.runs * 6;
+  o.maxMinutes ??= 10 + o.runs * 10;
   return o;
 }
 
 /** Runs the section; returns the results object (also written to NEXT_RESULTS). */
-export async function runNextSection({ runs = 3, signal } = {}) {
+export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
   if (!fs.existsSync(path.join(ROOT, 'dist/index.js'))) throw new Error('dist/ is missing: run `npm run build` first');
   const api = await import(pathToFileURL(path.join(ROOT, 'dist/index.js')).href);
-  const R = { runs, started: new Date().toISOString(), machine: {}, seed: [], cold: [], rebuild: [], noop: [], disk: undefined, serves: [], notes: [] };
+  // Filled in place: a caller keeps what was measured when a later step fails.
+  const R = Object.assign(results, {
+    runs,
+    started: new Date().toISOString(),
+    machine: {},
+    seed: [],
+    cold: [],
+    rebuild: [],
+    noop: [],
+    disk: undefined,
+    serves: [],
+    notes: [],
+  });
   const sb = await createSandbox();
   try {
     const pkg = JSON.parse(fs.readFileSync(path.join(NEXT_APP, 'package.json'), 'utf8'));
@@ -339,8 +351,9 @@ export async function main(argv = process.argv.slice(2)) {
     stop();
   }, o.maxMinutes * 60_000);
   const t0 = epoch();
+  const partial = {};
   try {
-    const R = await runNextSection({ runs: o.runs, signal: controller.signal });
+    const R = await runNextSection({ runs: o.runs, signal: controller.signal, results: partial });
     R.wallMs = epoch() - t0;
     fs.mkdirSync(CACHE_DIR, { recursive: true });
     fs.writeFileSync(NEXT_RESULTS, JSON.stringify(R, null, 1));
@@ -348,6 +361,12 @@ export async function main(argv = process.argv.slice(2)) {
     spliceNextSection(o.out, md);
     process.stdout.write(md + '\n');
     log(`next: wrote ${NEXT_RESULTS} and the Next.js section of ${path.relative(ROOT, o.out)} (${fmtMs(R.wallMs)})`);
+  } catch (err) {
+    // What was measured before the failure, beside the last complete results (never over them).
+    fs.mkdirSync(CACHE_DIR, { recursive: true });
+    fs.writeFileSync(path.join(CACHE_DIR, 'next-results.incomplete.json'), JSON.stringify({ ...partial, error: String(err?.message ?? err) }, null, 1));
+    log(`next: wrote what was measured to ${path.join(CACHE_DIR, 'next-results.incomplete.json')}`);
+    throw err;
   } finally {
     clearTimeout(watchdog);
     await sleep(10);

@@ -1073,7 +1073,7 @@ if (exitCode === 0 && !opts.skipNext && !interrupted) {
   const r = await run([process.execPath, path.join(ROOT, 'bench/next.mjs'), '--runs', String(opts.runs), '--out', opts.out], {
     cwd: ROOT,
     env: process.env,
-    timeoutMs: (10 + opts.runs * 6) * 60_000,
+    timeoutMs: (12 + opts.runs * 10) * 60_000,
     allowFail: true,
   });
   process.stderr.write(r.stderr.slice(-4000));

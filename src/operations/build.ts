@@ -106,6 +106,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
   const { sha } = resolved;
   const id = preallocated ?? (await allocateId(ctx, sha));
   await lock?.setRelease(id);
+  const subject = await commitSubject(config.workspace, sha, ctx.logger);
   // Built in `<releasesDir>/.build` (the same absolute path for every build: the framework's cache keys on
   // it), renamed to `<id>` when the build ends, failed or not. Until then every store path of `id` is there.
   store.beginBuild(id);
@@ -117,7 +118,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     id,
     sha,
     ref,
-    subject: await commitSubject(config.workspace, sha, ctx.logger),
+    subject,
     status: 'building',
     appDir: config.app.dir,
     createdAt: ctx.now().toISOString(),

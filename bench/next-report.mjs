@@ -62,7 +62,7 @@ export function renderNextSection(R) {
     'The app: app router, `/` rendered per request, `/about` static, `/env` with `NEXT_PUBLIC_*` inlined at build, a client component with `next/link` navigation; `npm start` = `next start --port ${FRONT_PORT}`. ' +
       'Seed flow: `git archive | tar -x`, env files, `npm ci`, `npm run build`, `rm -rf .next/cache …`, `pm2 delete` + `pm2 start npm -- run start`, first 200, `pm2 save`. ' +
       'pm2-release: the library API, router strategy (the default), `keep: 3`, `app.prune: [".next/cache", ".turbo", "build/cache"]`, `app.buildLowPriority: false` (install and build at the seed\'s priority: niced, they measure the neighbours on a shared CPU). ' +
-      'Cold: `reuseDependencies: false` and the build cache removed first. Rebuild: a commit changing `app/page.js`, same lockfile; with the cache (default) and with `build.cache: false`, alternating. ' +
+      'Cold: `reuseDependencies: false` and the build cache removed first. Rebuild: a commit changing `app/page.js`, same lockfile; with `build.cache: true` and with `build.cache: false`, alternating. ' +
       'No-op: a commit outside the app dir. Every deploy is followed by fetching `/`, `/about`, `/env` and every `/_next/static/…` asset their HTML references from the release (renamed from `.build`).',
   );
   L.push('');
@@ -89,16 +89,7 @@ export function renderNextSection(R) {
           S.nocache.build,
           '',
         ),
-        row(
-          'no-op commit (inputs unchanged)',
-          R.noop.length,
-          S.noop.ms,
-          '—',
-          undefined,
-          `mode ${S.noop.modes}; max ${fmtMs(S.noop.max)}; phases ${Object.entries(R.noop[R.noop.length - 1]?.durations ?? {})
-            .map(([k, v]) => `${k} ${fmtMs(v)}`)
-            .join(', ')}`,
-        ),
+        row('no-op commit (inputs unchanged)', R.noop.length, S.noop.ms, '—', undefined, `mode ${S.noop.modes}; max ${fmtMs(S.noop.max)}${noopPhases(R)}`),
       ],
     ),
   );
@@ -175,6 +166,15 @@ export function renderNextSection(R) {
   return L.join('\n');
 }
 
+function noopPhases(R) {
+  const d = R.noop[R.noop.length - 1]?.durations;
+  return d
+    ? `; phases ${Object.entries(d)
+        .map(([k, v]) => `${k} ${fmtMs(v)}`)
+        .join(', ')}`
+    : '';
+}
+
 /** One measured reason per missed target. */
 function reasonsNext(R, S) {
   const out = [];
@@ -199,7 +199,7 @@ function reasonsNext(R, S) {
   if (!(S.noop.max <= 1000 && S.noop.newReleases === 0 && S.noop.pidUnchanged)) {
     const inPhases = med(R.noop.map((r) => Object.values(r.durations ?? {}).reduce((a, b) => a + b, 0)));
     out.push(
-      `**No-op commit** ${fmtMs(S.noop.ms)} (max ${fmtMs(S.noop.max)}): ${fmtMs(inPhases)} in phases (${phases(R.noop)}), the rest outside them: recovery checks of the previous run (\`pm2 jlist\`: every PM2 call is a new Node process, ~0.5 s here) and finding the live release.`,
+      `**No-op commit** ${fmtMs(S.noop.ms)} (max ${fmtMs(S.noop.max)}): ${R.noop.some((r) => r.durations) ? `${fmtMs(inPhases)} in phases (${phases(R.noop)}), the rest outside them` : 'lock, preflight and resolve, then outside any phase'}: recovery checks of the previous run (\`pm2 jlist\`: every PM2 call is a new Node process, ~0.5 s here) and finding the live release.`,
     );
   }
   if (S.gain !== undefined && S.gain < 0.15)

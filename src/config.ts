@@ -99,7 +99,7 @@ const routerSchema = z.strictObject({
 });
 
 const buildSchema = z.strictObject({
-  /** Carry the framework's build cache between builds (release/build-cache.ts). */
+  /** Carry the framework's build cache between builds (release/build-cache.ts). Off by default. */
   cache: z.boolean().optional(),
   /** Over this size (bytes, all cache paths together) the cache is dropped instead of kept. */
   cacheMaxBytes: z
@@ -266,7 +266,8 @@ export const DEFAULTS = {
   },
   // A Next.js release with node_modules is ~400 MB and ~30k files: refuse to start one without room for it.
   preflight: { minFreeDiskMB: 1024, minFreeInodes: 50_000, minFreeMemoryMB: 256 },
-  build: { cache: true, cacheMaxBytes: 512 * 1024 * 1024, cachePaths: ['.next/cache'], cacheFramework: 'next' },
+  // Off by default: on the bench's Next.js app a warm cache did not make the rebuild faster (performance.md).
+  build: { cache: false, cacheMaxBytes: 512 * 1024 * 1024, cachePaths: ['.next/cache'], cacheFramework: 'next' },
 } as const;
 
 export interface LoadConfigOptions {

@@ -23,7 +23,7 @@ describe('build cache', () => {
   const opts = () => ({ configPath: sb.configPath, env: sb.env, cwd: sb.root });
   beforeAll(async () => {
     // The seed's prune list (the default removes .next whole, which for Next.js is the build itself).
-    sb = await createSandbox({ keep: 3, app: { prune: ['.next/cache', 'build/cache'] } });
+    sb = await createSandbox({ keep: 3, app: { prune: ['.next/cache', 'build/cache'] }, config: { build: { cache: true } } });
   });
   afterAll(async () => sb?.close());
 
@@ -94,7 +94,7 @@ describe('build cache', () => {
 
   it('over build.cacheMaxBytes the cache is dropped, and build.cache: false builds cold', async () => {
     const config = JSON.parse(fs.readFileSync(sb.configPath, 'utf8'));
-    fs.writeFileSync(sb.configPath, JSON.stringify({ ...config, build: { cacheMaxBytes: 1 } }));
+    fs.writeFileSync(sb.configPath, JSON.stringify({ ...config, build: { cache: true, cacheMaxBytes: 1 } }));
     sb.commit('v5', { 'version.txt': 'v5\n' });
     const r = await deploy(opts());
     expect(manifestOf(sb, r.release.id).buildCache).toMatchObject({ warm: true, dropped: expect.stringContaining('over build.cacheMaxBytes') });

@@ -59,7 +59,11 @@ const port = await freePort();
 const configPath = path.join(sandbox, 'pm2-release.config.json');
 fs.writeFileSync(
   configPath,
-  JSON.stringify({ workspace, releasesDir: path.join(sandbox, 'releases'), keep: 2, app: { env: { FRONT_PORT: String(port) } } }, null, 2) + '\n',
+  JSON.stringify(
+    { workspace, releasesDir: path.join(sandbox, 'releases'), keep: 2, app: { env: { FRONT_PORT: String(port) } }, soak: { durationMs: 5000 } },
+    null,
+    2,
+  ) + '\n',
 );
 
 const env = { ...process.env, PM2_HOME: pm2Home, PM2_RELEASE_PM2: pm2Bin, npm_config_offline: 'true' };
@@ -78,6 +82,7 @@ try {
   git('commit', '-q', '-am', 'example app v2');
   const second = await deploy(common);
   await show(`deployed ${second.release.id}`);
+  if (second.soak) console.log(`  soak ${second.soak.state} (5 s in this demo, 60 s by default): ${second.soak.reason}`);
 
   const back = await rollback(common);
   await show(`rolled back to ${back.release.id}`);

@@ -1,6 +1,15 @@
 #!/usr/bin/env node
 // The only place that reads process state and calls process.exit.
+import { fileURLToPath } from 'node:url';
 import { main } from './cli.js';
+import { handOff, HANDOFF_ENV, type HandOffMessage } from './handoff.js';
+
+// A detached child running a `deploy --no-wait-soak` for its parent: answers go through the IPC channel.
+const child = process.env[HANDOFF_ENV] === '1' && typeof process.send === 'function';
+let collected = '';
+const send = (m: HandOffMessage) => {
+  if (process.connected) process.send!(m);
+};
 
 const controller = new AbortController();
 let signals = 0;
@@ -14,14 +23,20 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 const code = await main(process.argv.slice(2), {
-  stdout: (s) => process.stdout.write(s),
-  stderr: (s) => process.stderr.write(s),
+  stdout: (s) => (child ? void (collected += s) : process.stdout.write(s)),
+  stderr: (s) => (child ? undefined : process.stderr.write(s)),
   env: process.env,
   cwd: process.cwd(),
   stderrIsTTY: !!process.stderr.isTTY,
   columns: process.stderr.columns,
   signal: controller.signal,
+  handOff: (argv) => handOff(fileURLToPath(import.meta.url), argv, process.env, process.cwd(), (t) => process.stdout.write(t)),
+  ...(child ? { soakStarted: (text: string) => send({ type: 'soak-started', text, code: 0 }) } : {}),
 });
+if (child) {
+  send({ type: 'done', text: collected, code });
+  if (process.connected) process.disconnect();
+}
 process.exitCode = code;
 // Flush stdout before leaving; a pipe may still hold the JSON result.
 process.stdout.write('', () => process.exit(code));

@@ -35,6 +35,13 @@ export interface Io {
   /** Tests pass a logger to capture logs; otherwise pino on stderr (and JSON in <releasesDir>/pm2-release.log). */
   logger?: Logger;
   columns?: number;
+  /**
+   * `deploy --no-wait-soak`: bin.ts hands the deploy to a detached child of itself (`handOff`), which calls
+   * `soakStarted` with the result's text once the soak started; the caller gets that and exit 0, and the
+   * child finishes the soak (its lock held, its logs in <releasesDir>/pm2-release.log).
+   */
+  handOff?: (argv: string[]) => Promise<number>;
+  soakStarted?: (text: string) => void;
 }
 
 /** The JSON log file in the releases dir, when the config can be read (a config error is reported later). */
@@ -58,7 +65,18 @@ export interface GlobalOptions {
 }
 
 export type Invocation =
-  | { command: 'deploy'; ref?: string; waitMs?: number; verify: boolean; pull?: string | boolean; force: boolean; rebuild: boolean }
+  | {
+      command: 'deploy';
+      ref?: string;
+      waitMs?: number;
+      verify: boolean;
+      pull?: string | boolean;
+      force: boolean;
+      rebuild: boolean;
+      soakMs?: number;
+      canaryShare?: number;
+      waitSoak: boolean;
+    }
   | { command: 'build'; ref?: string; waitMs?: number }
   | { command: 'activate'; id: string; waitMs?: number }
   | { command: 'rollback'; waitMs?: number }
@@ -109,6 +127,24 @@ interface CommandOpts {
   app?: string;
   write?: boolean;
   releasesDir?: string;
+  soak?: number;
+  canary?: number;
+  waitSoak?: boolean;
+}
+
+/** "10%", "10" or "0.1" is not accepted: a share is given in percent, above 0 and up to 100. */
+export function parsePercent(value: string): number {
+  const m = /^(\d{1,3}(?:\.\d+)?)%?$/.exec(value.trim());
+  const n = m ? Number(m[1]) : NaN;
+  if (!(n > 0 && n <= 100)) throw new InvalidArgumentError('--canary must be a percentage above 0 and up to 100 (e.g. 10%)');
+  return n / 100;
+}
+
+function seconds(name: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value) || Number(value) > 3600) throw new InvalidArgumentError(`${name} must be 0 to 3600 seconds`);
+    return Number(value);
+  };
 }
 
 /** Pure: argv (without node and script) → what to run. Throws CommanderError on bad usage. */
@@ -151,14 +187,28 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .option('-f, --force', 'deploy a sha marked bad by a rollback; let --pull discard uncommitted changes', false)
     .option('--no-verify', 'skip starting the release on a spare port before the switch (the health gate still applies)')
     .option('--rebuild', 'build a fresh release even if a ready release of this sha is retained', false)
+    .option('--soak <seconds>', 'keep the previous release warm this long and revert on live errors (router strategy; 0: no soak)', seconds('--soak'))
+    .option('--canary <percent>', 'during the soak, send only this share of visitors to the new release (e.g. 10%)', parsePercent)
+    .option('--no-wait-soak', 'return once the soak started; `status` and `history` give its verdict')
     .addOption(waitOption())
     .addHelpText(
       'after',
-      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --wait=600       # queue behind a running deploy',
+      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --canary 10% --soak 300\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --wait=600       # queue behind a running deploy',
     )
     .action((o: CommandOpts) => {
       if (o.ref !== 'HEAD' && o.pull) throw new InvalidArgumentError('--ref and --pull exclude each other');
-      invocation = { command: 'deploy', ref: o.ref, waitMs: waitMs(o.wait), verify: o.verify !== false, pull: o.pull, force: !!o.force, rebuild: !!o.rebuild };
+      invocation = {
+        command: 'deploy',
+        ref: o.ref,
+        waitMs: waitMs(o.wait),
+        verify: o.verify !== false,
+        pull: o.pull,
+        force: !!o.force,
+        rebuild: !!o.rebuild,
+        soakMs: o.soak === undefined ? undefined : o.soak * 1000,
+        canaryShare: o.canary,
+        waitSoak: o.waitSoak !== false,
+      };
     });
   program
     .command('build')
@@ -304,6 +354,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
     let result: object;
     switch (inv.command) {
       case 'deploy': {
+        // --no-wait-soak: this process answers when the soak starts; a detached child of it finishes the soak.
+        if (!inv.waitSoak && io.handOff && !io.soakStarted) return await io.handOff(argv);
         const r = await api.deploy({
           ...common,
           ref: inv.pull ? undefined : inv.ref,
@@ -312,6 +364,9 @@ export async function main(argv: string[], io: Io): Promise<number> {
           rebuild: inv.rebuild,
           waitMs: inv.waitMs,
           verify: inv.verify ? undefined : false,
+          soakMs: inv.soakMs,
+          canaryShare: inv.canaryShare,
+          onSoakStarted: !inv.waitSoak && io.soakStarted ? (early) => io.soakStarted!(g.json ? JSON.stringify(early) + '\n' : formatDeploy(early)) : undefined,
         });
         [result, text] = [r, formatDeploy(r)];
         break;

@@ -81,10 +81,31 @@ const appSchema = z.strictObject({
    * links to one read-only copy, checked after every build), reflink, copy (a plain copy), install (never reuse).
    */
   dependencyMode: z.enum(['auto', 'link', 'reflink', 'copy', 'install']).optional(),
+  /**
+   * Directories (inside the app dir) of content-hashed build assets that are linked into each release being
+   * started from the other retained releases, so pages of an older build still get their chunks after a switch.
+   */
+  staticAssets: z.array(relativePath).max(8).optional(),
   /** Heap cap for install and build (NODE_OPTIONS=--max-old-space-size), so a build OOMs before the VM does. */
   buildMaxOldSpaceMB: z.number().int().min(128).max(65_536).optional(),
   /** Run install and build with lower CPU and IO priority (nice/ionice) so the live app keeps its share. */
   buildLowPriority: z.boolean().optional(),
+});
+
+const soakSchema = z.strictObject({
+  /** How long the previous release stays warm after a deploy's route change (0: no soak). */
+  durationMs: z.number().int().min(0).max(3_600_000).optional(),
+  /** Share of visitors the new release gets during the soak, in percent (100: all of them). */
+  canaryPercent: z.number().gt(0).max(100).optional(),
+  /** The new release is judged on its live traffic only once it answered this many requests in the window. */
+  minRequests: z.number().int().min(1).max(1_000_000).optional(),
+  /** 5xx answers above this share (0..1), and above twice the previous release's, revert the new release. */
+  max5xxRate: z.number().min(0).max(1).optional(),
+  /** p99 latency above this many times the previous release's, and above minP99Ms, reverts it. */
+  p99Factor: z.number().min(1).max(1000).optional(),
+  minP99Ms: z.number().int().min(1).max(600_000).optional(),
+  /** How often the soak probes the new release's health checks on its private port. */
+  healthIntervalMs: z.number().int().min(100).max(600_000).optional(),
 });
 
 const routerSchema = z.strictObject({
@@ -147,6 +168,7 @@ const fileSchema = z.strictObject({
   serve: serveSchema.optional(),
   router: routerSchema.optional(),
   build: buildSchema.optional(),
+  soak: soakSchema.optional(),
 });
 
 export type ConfigFile = z.infer<typeof fileSchema>;
@@ -182,6 +204,7 @@ export interface AppConfig {
   dependencyMode: DependencyMode;
   buildMaxOldSpaceMB?: number;
   buildLowPriority: boolean;
+  staticAssets: string[];
 }
 
 export interface PreflightConfig {
@@ -218,6 +241,17 @@ export interface BuildConfig {
   cacheFramework: string;
 }
 
+export interface SoakConfig {
+  durationMs: number;
+  /** 0 < share <= 1. */
+  canaryShare: number;
+  minRequests: number;
+  max5xxRate: number;
+  p99Factor: number;
+  minP99Ms: number;
+  healthIntervalMs: number;
+}
+
 export interface Config {
   workspace: string;
   releasesDir: string;
@@ -228,6 +262,7 @@ export interface Config {
   serve: ServeConfig;
   router: RouterConfig;
   build: BuildConfig;
+  soak: SoakConfig;
 }
 
 export interface LoadedConfig {
@@ -279,7 +314,16 @@ export interface LoadConfigOptions {
   env: Record<string, string | undefined>;
   home: string;
   /** Flag overrides, already parsed. */
-  overrides?: { keep?: number };
+  overrides?: ConfigOverrides;
+}
+
+/** Flags that override the config file. */
+export interface ConfigOverrides {
+  keep?: number;
+  /** `--soak SECONDS`, in ms. */
+  soakMs?: number;
+  /** `--canary N%`, 0 < share <= 1. */
+  canaryShare?: number;
 }
 
 export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
@@ -355,6 +399,8 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       instances: app.instances ?? 1,
       reuseDependencies: app.reuseDependencies ?? true,
       dependencyMode: app.dependencyMode ?? 'auto',
+      // Next.js's hashed chunks (distDir "build" on the VM, ".next" by default): only the dirs that exist are used.
+      staticAssets: app.staticAssets ?? ['build/static', '.next/static'],
       buildMaxOldSpaceMB: app.buildMaxOldSpaceMB,
       buildLowPriority: app.buildLowPriority ?? true,
     },
@@ -364,6 +410,17 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       holdMs: file.router?.holdMs ?? 15_000,
       drainTimeoutMs: file.router?.drainTimeoutMs ?? 30_000,
       releasePorts: file.router?.releasePorts ?? [0, 0],
+    },
+    soak: {
+      // A minute of live traffic with the previous release warm: long enough for a busy site's error rate to
+      // show, short enough that an automatic deploy after every pull does not queue up.
+      durationMs: file.soak?.durationMs ?? 60_000,
+      canaryShare: (file.soak?.canaryPercent ?? 100) / 100,
+      minRequests: file.soak?.minRequests ?? 50,
+      max5xxRate: file.soak?.max5xxRate ?? 0.02,
+      p99Factor: file.soak?.p99Factor ?? 3,
+      minP99Ms: file.soak?.minP99Ms ?? 500,
+      healthIntervalMs: file.soak?.healthIntervalMs ?? 2_000,
     },
     serve: {
       host: file.serve?.host ?? '127.0.0.1',
@@ -396,6 +453,18 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
     if (!Number.isInteger(n) || n < 1 || n > 100) problems.push(`--keep: must be an integer from 1 to 100`);
     else config.keep = n;
   }
+
+  if (opts.overrides?.soakMs !== undefined) {
+    const n = opts.overrides.soakMs;
+    if (!Number.isInteger(n) || n < 0 || n > 3_600_000) problems.push('--soak: must be 0 to 3600 seconds');
+    else config.soak.durationMs = n;
+  }
+  if (opts.overrides?.canaryShare !== undefined) {
+    const n = opts.overrides.canaryShare;
+    if (!(n > 0 && n <= 1)) problems.push('--canary: must be a share above 0 % and up to 100 %');
+    else config.soak.canaryShare = n;
+  }
+  if (config.soak.canaryShare < 1 && config.app.strategy !== 'router') problems.push('soak.canaryPercent: a canary share needs app.strategy "router"');
 
   // Cross-field rules.
   const port = config.app.env[config.app.portEnv];

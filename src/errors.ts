@@ -21,6 +21,7 @@ export type Phase =
   | 'health'
   | 'route'
   | 'save'
+  | 'soak'
   | 'retain'
   | 'hook'
   | 'pull'

@@ -12,6 +12,7 @@ import {
   parseRouterState,
   ROUTER_STATE_VERSION,
   routerPaths,
+  type Canary,
   type ControlRequest,
   type DrainResult,
   type RouterPaths,
@@ -50,8 +51,9 @@ export class RouterControl {
     return this.send<RouterStatus>({ op: 'status' }, { waitMs });
   }
 
-  route(live: Upstream, waitMs = 10_000): Promise<RouterStatus> {
-    return this.send<RouterStatus>({ op: 'route', live }, { waitMs });
+  /** Routes every visitor to `live` (a canary share to `canary`); ports in `keep` stay warm, unrouted. */
+  route(live: Upstream, opts: { canary?: Canary; keep?: number[]; waitMs?: number } = {}): Promise<RouterStatus> {
+    return this.send<RouterStatus>({ op: 'route', live, canary: opts.canary ?? null, keep: opts.keep ?? [] }, { waitMs: opts.waitMs ?? 10_000 });
   }
 
   drain(port: number, timeoutMs: number): Promise<DrainResult> {

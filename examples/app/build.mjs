@@ -10,6 +10,7 @@
 // build at the same path is "warm" (build/build.json says so, and where it was built), any other is ignored.
 // With BUILD_TRACE=<file> in the environment, every build appends "start|end|stopped <release> <ms>" to it.
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 
 const release = process.env.RELEASE_ID ?? null;
@@ -55,6 +56,22 @@ if (fs.existsSync('BIG_BUILD')) {
   for (let i = 0; i < mib; i++) fs.writeSync(fd, chunk); // throws ENOSPC when the disk fills
   fs.closeSync(fd);
 }
-fs.writeFileSync('build/build.json', JSON.stringify({ version, builtAt: new Date().toISOString(), release, builtIn, warmCache, cachedBuilds: builds }) + '\n');
+// Like `next build`: content-hashed chunks under <distDir>/static, named by a hash of their content, and a
+// per-build manifest dir; the page /page references them (served at /_next/static/...).
+const hashOf = (text) => crypto.createHash('sha256').update(text).digest('hex').slice(0, 16);
+const chunks = [`console.log('main of ${version}');\n`, `console.log('page of ${version}');\n`].map((code, i) => {
+  const name = `chunks/${i ? 'page' : 'main'}-${hashOf(code)}.js`;
+  fs.mkdirSync('build/static/chunks', { recursive: true });
+  fs.writeFileSync(`build/static/${name}`, code);
+  return name;
+});
+const buildId = hashOf(`build ${version}`);
+fs.mkdirSync(`build/static/${buildId}`, { recursive: true });
+fs.writeFileSync(`build/static/${buildId}/_buildManifest.js`, `self.__BUILD_MANIFEST = ${JSON.stringify({ chunks })};\n`);
+chunks.push(`${buildId}/_buildManifest.js`);
+fs.writeFileSync(
+  'build/build.json',
+  JSON.stringify({ version, builtAt: new Date().toISOString(), release, buildId, chunks, builtIn, warmCache, cachedBuilds: builds }) + '\n',
+);
 console.log(`built ${version} in ${builtIn} (${warmCache ? `warm cache, build ${builds} on it` : 'cold cache'})`);
 trace('end');

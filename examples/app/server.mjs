@@ -27,6 +27,16 @@ try {
   console.error('no production build found in build/: run `npm run build` first');
   process.exit(1);
 }
+// next start lists <distDir>/static once, at start: a file added later is not served.
+const staticFiles = new Set();
+const listStatic = (dir) => {
+  for (const e of fs.existsSync(`build/static/${dir}`) ? fs.readdirSync(`build/static/${dir}`, { withFileTypes: true }) : []) {
+    const rel = dir ? `${dir}/${e.name}` : e.name;
+    if (e.isDirectory()) listStatic(rel);
+    else if (e.isFile()) staticFiles.add(rel);
+  }
+};
+listStatic('');
 const port = Number(process.env.FRONT_PORT ?? process.env.PORT ?? 3001);
 const host = process.env.HOST ?? '127.0.0.1';
 
@@ -51,6 +61,21 @@ const server = http.createServer((req, res) => {
     );
   }
   const release = process.env.RELEASE_ID ?? 'none';
+  if (req.url === '/page') {
+    // A page of this build: its scripts are this build's hashed chunks (a browser fetches them next).
+    res.writeHead(200, { 'content-type': 'text/html' });
+    return res.end(`<!doctype html><title>${build.version}</title>${(build.chunks ?? []).map((c) => `<script src="/_next/static/${c}"></script>`).join('')}\n`);
+  }
+  if (req.url?.startsWith('/_next/static/')) {
+    // Like next start: the files of <distDir>/static as they were when the server started.
+    const name = decodeURIComponent(req.url.slice('/_next/static/'.length).split('?')[0]);
+    if (!staticFiles.has(name)) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      return res.end('not found\n');
+    }
+    res.writeHead(200, { 'content-type': 'application/javascript', 'cache-control': 'public, max-age=31536000, immutable' });
+    return res.end(fs.readFileSync(`build/static/${name}`));
+  }
   if (req.url === '/upload' && req.method === 'POST') {
     // Echoes what it received: size and sha256 (a large upload must arrive whole through any proxy).
     const h = crypto.createHash('sha256');

@@ -1,5 +1,5 @@
 /** activate <id> and rollback: switch to a retained ready release, no install, no build. */
-import { UsageError } from '../errors.js';
+import { SwitchError, UsageError } from '../errors.js';
 import { clearBad, markBad, whoAmI } from '../release/history.js';
 import { audited } from './audit.js';
 import { rollbackTarget } from '../release/naming.js';
@@ -8,6 +8,11 @@ import { withLock } from './deploy.js';
 import { releaseInfo, type ActivateResult } from './results.js';
 import { currentRelease, switchToRelease } from './switch-release.js';
 import type { ReleaseRecord } from '../release/store.js';
+import fsp from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import writeFileAtomic from 'write-file-atomic';
+import { appPort, healthUrl } from '../config.js';
+import { readSoak, soakPaths, soakRunning, type SoakRecord } from './soak.js';
 
 export interface ActivateOptions extends CommonOptions {
   id: string;
@@ -43,6 +48,12 @@ export interface RollbackOptions extends CommonOptions {
 
 export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResult> {
   const ctx = createContext(opts);
+  // A deploy is soaking with the previous release warm: the rollback is its revert, a route change.
+  const soaking = await readSoak(ctx.config.releasesDir, ctx.config.app.name);
+  if (soaking && soakRunning(soaking)) {
+    const r = await stopSoak(ctx, soaking);
+    if (r) return r;
+  }
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
@@ -77,6 +88,41 @@ export async function rollback(opts: RollbackOptions = {}): Promise<ActivateResu
       return result;
     });
   return audited(ctx, 'rollback', () => ({ from, to, sha }), run, previousAsFrom);
+}
+
+/**
+ * Asks the running soak to revert (its deploy holds the lock and owns the route) and waits for it to say
+ * so. Returns undefined when the soak ended by itself meanwhile (then a normal rollback follows).
+ */
+async function stopSoak(ctx: Context, soak: SoakRecord): Promise<ActivateResult | undefined> {
+  const started = performance.now();
+  const paths = soakPaths(ctx.config.releasesDir, ctx.config.app.name);
+  await writeFileAtomic(paths.stop, JSON.stringify({ by: whoAmI().user, at: ctx.now().toISOString() }) + '\n', { mode: 0o600 });
+  ctx.logger.info(`${soak.release} is soaking (deploy pid ${soak.pid}): asking it to route back to ${soak.previous}`);
+  const deadline = Date.now() + 30_000;
+  let now = soak;
+  while (now.state === 'running' && soakRunning(now)) {
+    if (Date.now() > deadline)
+      throw new SwitchError('SOAK_STOP_TIMEOUT', `the soaking deploy (pid ${soak.pid}) did not revert within 30 s`, {
+        phase: 'soak',
+        hint: `see its log; \`pm2-release activate ${soak.previous}\` once it ends`,
+      });
+    await sleep(25);
+    now = (await readSoak(ctx.config.releasesDir, ctx.config.app.name)) ?? now;
+  }
+  await fsp.rm(paths.stop, { force: true });
+  if (now.state === 'passed' || now.state === 'running') return undefined;
+  const rel = await ctx.store.get(now.previous);
+  if (!rel) return undefined;
+  return {
+    ok: true,
+    action: 'rollback',
+    release: releaseInfo(rel, rel.id, ctx.store.buildLog(rel.id)),
+    previous: now.release,
+    url: healthUrl(ctx.config.app, appPort(ctx.config.app)),
+    durationsMs: { soakStop: Math.round(performance.now() - started) },
+    warnings: ctx.warnings,
+  };
 }
 
 /** The history's `from` is the release that served before the switch, as the switch itself found it. */

@@ -1,11 +1,20 @@
 /** Appends one history line per operation; never lets a history write failure mask the operation's result. */
 import { asReleaseError, type ReleaseError } from '../errors.js';
-import { appendHistory, whoAmI, type HistoryAction } from '../release/history.js';
+import { appendHistory, soakVerdict, whoAmI, type HistoryAction, type SoakVerdict } from '../release/history.js';
 import type { Context } from './context.js';
 
 export async function record(
   ctx: Context,
-  e: { action: HistoryAction; from: string | null; to: string | null; sha: string | null; result: 'ok' | 'failed'; error?: ReleaseError; detail?: string },
+  e: {
+    action: HistoryAction;
+    from: string | null;
+    to: string | null;
+    sha: string | null;
+    result: 'ok' | 'failed';
+    error?: ReleaseError;
+    detail?: string;
+    soak?: SoakVerdict;
+  },
 ): Promise<void> {
   try {
     await appendHistory(ctx.config.releasesDir, {
@@ -20,6 +29,7 @@ export async function record(
       error: e.error ? { code: e.error.code, phase: e.error.phase } : null,
       durationsMs: { ...ctx.durations },
       ...(e.detail ? { detail: ctx.redactor.redact(e.detail) } : {}),
+      ...(e.soak ? { soak: soakVerdict(e.soak) } : {}),
     });
   } catch (err) {
     ctx.logger.warn({ err: (err as Error).message }, 'could not append to the history file');
@@ -31,6 +41,7 @@ export interface AuditFacts {
   to: string | null;
   sha: string | null;
   detail?: string;
+  soak?: SoakVerdict;
 }
 
 /**

@@ -3,7 +3,7 @@
  * cancellation, and the PM2 and release-store gateways. Built once per call from the caller's options.
  */
 import os from 'node:os';
-import { loadConfig, type Config } from '../config.js';
+import { loadConfig, type Config, type ConfigOverrides } from '../config.js';
 import { asReleaseError, ExitCode, ReleaseError, type Phase } from '../errors.js';
 import { Redactor, silentLogger, type Logger } from '../log.js';
 import { Pm2 } from '../pm2/client.js';
@@ -50,7 +50,7 @@ export interface Context {
   now(): Date;
 }
 
-export function createContext(opts: CommonOptions, overrides?: { keep?: number }): Context {
+export function createContext(opts: CommonOptions, overrides?: ConfigOverrides): Context {
   const env = opts.env ?? process.env;
   const logger = opts.logger ?? silentLogger();
   const { config, warnings, source } = loadConfig({

@@ -22,6 +22,7 @@ import { adoptRunning, currentRelease, routerControl, routerDefinition, switchTo
 import { routerRunning } from '../pm2/routed-switch.js';
 import { routerProcessName } from '../router/protocol.js';
 import { removeVerifyLeftovers, verifyRelease } from './verify.js';
+import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from './soak.js';
 
 export interface DeployOptions extends CommonOptions {
   /** Git ref to release (default HEAD of the workspace). */
@@ -36,10 +37,43 @@ export interface DeployOptions extends CommonOptions {
   verify?: boolean;
   /** Build a fresh release even when a ready release of this sha (or of the same inputs) is retained. */
   rebuild?: boolean;
+  /** Soak length in ms (overrides soak.durationMs; 0: no soak). */
+  soakMs?: number;
+  /** Share of visitors (0 < share <= 1) the new release gets during the soak (overrides soak.canaryPercent). */
+  canaryShare?: number;
+  /**
+   * false: return once the soak has started (`soak.state: "running"`); the soak goes on in this process
+   * and its verdict reaches `status`, `history` and, on a revert, the onFailure hook. Default true.
+   */
+  waitSoak?: boolean;
+  /** Called once the soak started (the CLI's --no-wait-soak hands the result to its caller then). */
+  onSoakStarted?: (result: DeployResult) => void;
 }
 
-export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
-  const ctx = createContext(opts);
+/**
+ * Deploys; with `waitSoak: false` the promise resolves when the soak starts, and the deploy (its lock
+ * held) finishes the soak in the background of this process.
+ */
+export function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
+  if (opts.waitSoak !== false) return deployNow(opts);
+  return new Promise<DeployResult>((resolve, reject) => {
+    let early = false;
+    deployNow({
+      ...opts,
+      onSoakStarted: (r) => {
+        early = true;
+        opts.onSoakStarted?.(r);
+        resolve(r);
+      },
+    }).then(resolve, (err: unknown) => {
+      // After the early answer, a failed soak is told by the history, status and the onFailure hook.
+      if (!early) reject(err instanceof Error ? err : new Error(String(err)));
+    });
+  });
+}
+
+async function deployNow(opts: DeployOptions): Promise<DeployResult> {
+  const ctx = createContext(opts, { soakMs: opts.soakMs, canaryShare: opts.canaryShare });
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
@@ -82,12 +116,30 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
           }
           let url = healthUrl(ctx.config.app, appPort(ctx.config.app));
           let previous: string | null = null;
+          let soak: SoakRecord | null = null;
           if (unchanged) {
             ctx.logger.info(`${short} is already served by the active ${same.id}${reason ? ` (${reason})` : ''}: nothing to do`);
             if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `${short} is active: its bad mark is cleared (--force)`);
           } else {
             ctx.logger.info(`${short} is retained as ${same.id}${reason ? ` (${reason})` : ''}: activating it without a build`);
-            const switched = await switchToRelease(ctx, same);
+            const switched = await switchToRelease(ctx, same, {
+              soak: true,
+              onSoakStarted: (soakRec) =>
+                opts.onSoakStarted?.({
+                  ok: true,
+                  action: 'deploy',
+                  mode: 'reactivated',
+                  ...(reason ? { reason } : {}),
+                  release: releaseInfo(same, same.id, ctx.store.buildLog(same.id)),
+                  previous: from,
+                  url,
+                  durationsMs: { ...ctx.durations },
+                  removed: [],
+                  soak: soakRec,
+                  warnings: ctx.warnings,
+                }),
+            });
+            soak = switched.soak;
             if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${short} with --force: its bad mark is cleared`);
             url = switched.url;
             previous = switched.previous;
@@ -106,6 +158,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
             url,
             durationsMs: { ...ctx.durations },
             removed: [],
+            soak,
             warnings: ctx.warnings,
           };
         }
@@ -121,7 +174,22 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
         // Behind the router the health gate runs on the new release's private port before any visitor reaches
         // it: that is the verify run, so a deploy boots the release once.
         if (ctx.config.app.strategy !== 'router' && (opts.verify ?? ctx.config.app.verify.enabled)) await verifyRelease(ctx, release);
-        switched = await switchToRelease(ctx, release);
+        switched = await switchToRelease(ctx, release, {
+          soak: true,
+          onSoakStarted: (soakRec) =>
+            opts.onSoakStarted?.({
+              ok: true,
+              action: 'deploy',
+              mode: 'built',
+              release: releaseInfo(release, release.id, ctx.store.buildLog(release.id)),
+              previous: from,
+              url: healthUrl(ctx.config.app, appPort(ctx.config.app)),
+              durationsMs: { ...ctx.durations },
+              removed: [],
+              soak: soakRec,
+              warnings: ctx.warnings,
+            }),
+        });
       } catch (err) {
         const e = asReleaseError(err);
         // A release that could not take over (hook, verify, health gate, save) is never a rollback target.
@@ -152,6 +220,7 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
         url: switched.url,
         durationsMs: { ...ctx.durations },
         removed,
+        soak: switched.soak,
         warnings: ctx.warnings,
       };
     });
@@ -161,7 +230,13 @@ export async function deploy(opts: DeployOptions = {}): Promise<DeployResult> {
     () => ({ from, to, sha }),
     run,
     // The deployed commit, not the release's own sha: the history shows each commit a release came to serve.
-    (r) => ({ from: r.previous, to: r.release.id, sha: sha ?? r.release.sha, ...(r.reason ? { detail: r.reason } : {}) }),
+    (r) => ({
+      from: r.previous,
+      to: r.release.id,
+      sha: sha ?? r.release.sha,
+      ...(r.reason || r.soak ? { detail: [r.reason, r.soak ? `soak ${r.soak.state}: ${r.soak.reason}` : undefined].filter(Boolean).join('; ') } : {}),
+      ...(r.soak ? { soak: r.soak } : {}),
+    }),
     (e) =>
       runHook(
         ctx,
@@ -262,8 +337,10 @@ export async function recoverInterrupted(ctx: Context): Promise<void> {
  */
 async function recoverRouted(ctx: Context): Promise<void> {
   const name = ctx.config.app.name;
-  const live = (await routerControl(ctx).readState())?.live;
+  const routedState = await routerControl(ctx).readState();
+  const live = routedState?.live;
   if (!live) return;
+  await endInterruptedSoak(ctx, routedState.canary ?? null, live);
   // The list removeVerifyLeftovers just read (under a second old; its deletes invalidated it): another
   // `pm2 jlist` would cost a deploy that finds nothing to do ~0.5 s of its 1 s.
   const procs = await ctx.pm2.processes(name);
@@ -286,6 +363,35 @@ async function recoverRouted(ctx: Context): Promise<void> {
     warn(ctx, `the router serves ${live.release} but it was not recorded as active (an interrupted switch): saving it`);
     await adoptRunning(ctx, rec);
   }
+}
+
+/**
+ * A deploy killed during its soak left the router with a canary share or the previous release on standby:
+ * the canary share goes back to the live release (the new one was still on trial), the soak record says
+ * it was interrupted. The unrouted process is then deleted by the recovery like any other.
+ */
+async function endInterruptedSoak(
+  ctx: Context,
+  canary: { upstream: { release: string; port: number } } | null,
+  live: { port: number; release: string },
+): Promise<void> {
+  const soak = await readSoak(ctx.config.releasesDir, ctx.config.app.name);
+  if (soak?.state === 'running' && !soakRunning(soak)) {
+    warn(
+      ctx,
+      `the soak of ${soak.release} (pid ${soak.pid}) was interrupted: ${canary ? `its canary share goes back to ${live.release}` : `${live.release} stays live`}`,
+    );
+    await writeSoakRecord(ctx.config.releasesDir, ctx.config.app.name, {
+      ...soak,
+      state: 'interrupted',
+      endedAt: ctx.now().toISOString(),
+      reason: 'the deploy ended before its soak did',
+    });
+  }
+  if (!canary) return;
+  const pm2 = ctx.pm2.withEnv(childEnv(ctx.env));
+  if (await routerRunning(pm2, routerProcessName(ctx.config.app.name))) await routerControl(ctx).route(live);
+  else await routerControl(ctx).writeState(live, ctx.now());
 }
 
 export async function withLock<T>(ctx: Context, command: string, waitMs: number | undefined, fn: (lock: HeldLock) => Promise<T>): Promise<T> {

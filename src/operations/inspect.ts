@@ -8,6 +8,7 @@ import { withLock } from './deploy.js';
 import { applyRetention, retentionPlan } from './retain.js';
 import { readBadShas, readHistory } from '../release/history.js';
 import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type RouterInfo, type StatusResult } from './results.js';
+import { readSoak, soakRunning } from './soak.js';
 import { currentRelease, routerControl, samePath } from './switch-release.js';
 
 export type ListOptions = CommonOptions;
@@ -79,8 +80,16 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
     health: { url, ok: h.ok, status: h.status ?? null, error: h.error ?? null },
     drift: { detected: reason !== null, reason },
     router,
+    soak: await soakInfo(ctx),
     warnings: ctx.warnings,
   };
+}
+
+async function soakInfo(ctx: Context): Promise<StatusResult['soak']> {
+  const r = await readSoak(ctx.config.releasesDir, ctx.config.app.name);
+  if (!r) return null;
+  const running = soakRunning(r);
+  return { ...r, running, timeLeftMs: running ? Math.max(0, Date.parse(r.endsAt) - ctx.now().getTime()) : 0 };
 }
 
 /** The router's own account (control socket), when the app runs behind one. */
@@ -89,7 +98,7 @@ async function routerInfo(ctx: Context): Promise<RouterInfo | null> {
   const inPm2 = (await ctx.pm2.processes(name).catch(() => [])).filter((p) => p.status === 'online');
   if (ctx.config.app.strategy !== 'router' && inPm2.length === 0) return null;
   const port = appPort(ctx.config.app) ?? 0;
-  const none: RouterInfo = { running: false, listening: false, port, live: null, upstreams: [], held: 0, stats: [], error: null };
+  const none: RouterInfo = { running: false, listening: false, port, live: null, canary: null, upstreams: [], held: 0, stats: [], error: null };
   if (inPm2.length === 0) return { ...none, live: (await routerControl(ctx).readState())?.live ?? null, error: 'not running in PM2' };
   try {
     const s = await routerControl(ctx).status();
@@ -98,6 +107,7 @@ async function routerInfo(ctx: Context): Promise<RouterInfo | null> {
       listening: s.listening,
       port: s.port,
       live: s.live,
+      canary: s.canary ?? null,
       upstreams: s.upstreams,
       held: s.held,
       stats: s.stats.map(({ release, requests, rps, errors5xx, rate5xx, p50Ms, p99Ms }) => ({ release, requests, rps, errors5xx, rate5xx, p50Ms, p99Ms })),

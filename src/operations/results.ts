@@ -2,6 +2,7 @@
 import type { ReleaseRecord } from '../release/store.js';
 import type { BadMark, HistoryEntry } from '../release/history.js';
 import type { RetentionStatus } from '../release/naming.js';
+import type { SoakRecord } from './soak.js';
 
 export interface ReleaseInfo {
   id: string;
@@ -64,6 +65,11 @@ export interface DeployResult {
   url: string;
   durationsMs: Record<string, number>;
   removed: { id: string; reason: string }[];
+  /**
+   * The soak after the route change (router strategy, a previous release to keep warm, soak.durationMs > 0):
+   * `passed` when the deploy waited for it; `running` with --no-wait-soak (status and history give the verdict).
+   */
+  soak: SoakRecord | null;
   warnings: string[];
 }
 
@@ -111,7 +117,9 @@ export interface RouterInfo {
   port: number;
   /** The release new requests go to, and its private port. */
   live: { port: number; release: string } | null;
-  upstreams: { port: number; release: string; role: 'live' | 'draining'; inflight: number; websockets: number }[];
+  /** During a canary soak: the release that gets a share of the visitors. */
+  canary: { upstream: { port: number; release: string }; share: number } | null;
+  upstreams: { port: number; release: string; role: 'live' | 'canary' | 'standby' | 'draining'; inflight: number; websockets: number }[];
   held: number;
   /** Per release, the last minute: requests, req/s, 5xx count and rate, p50/p99 latency (ms). */
   stats: { release: string; requests: number; rps: number; errors5xx: number; rate5xx: number; p50Ms: number | null; p99Ms: number | null }[];
@@ -130,6 +138,8 @@ export interface StatusResult {
   drift: { detected: boolean; reason: string | null };
   /** The front door, when the app runs behind the router (null otherwise). */
   router: RouterInfo | null;
+  /** The running soak (with the time left), else the last one's verdict; null when there was none. */
+  soak: (SoakRecord & { running: boolean; timeLeftMs: number }) | null;
   warnings: string[];
 }
 

@@ -12,6 +12,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { readSoak, soakRunning } from './soak.js';
 import { asReleaseError, UsageError } from '../errors.js';
 import { currentBranch } from '../git.js';
 import { createContext, type CommonOptions } from './context.js';
@@ -168,7 +169,14 @@ export async function startWebhookServer(opts: ServeOptions): Promise<WebhookSer
     if (req.method === 'GET' && url.pathname === '/status') {
       const auth = req.headers.authorization ?? '';
       if (!safeEqual(auth, `Bearer ${secret}`)) return done(401, { ok: false, error: 'unauthorized' });
-      return done(200, state);
+      // The soak of the last deploy: running (with its numbers) or its verdict.
+      void readSoak(config.releasesDir, config.app.name).then((soak) =>
+        done(200, {
+          ...state,
+          soak: soak ? { ...soak, running: soakRunning(soak), timeLeftMs: soakRunning(soak) ? Math.max(0, Date.parse(soak.endsAt) - Date.now()) : 0 } : null,
+        }),
+      );
+      return;
     }
     if (req.method !== 'POST' || (url.pathname !== '/webhook' && url.pathname !== '/')) return done(404, { ok: false, error: 'not found' });
 

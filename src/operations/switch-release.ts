@@ -18,12 +18,23 @@ import type { AppDefinition, ReleaseRecord } from '../release/store.js';
 import { childEnv, phase, warn, type Context } from './context.js';
 import { record } from './audit.js';
 import { markBad } from '../release/history.js';
+import { runSoak, type SoakRecord } from './soak.js';
+import { linkRetainedAssets } from '../release/assets.js';
 
 export interface SwitchResult {
   app: AppDefinition;
   previous: string | null;
   health: HealthOutcome;
   url: string;
+  /** The soak (router strategy, deploy only): passed, or still running when the caller did not wait. */
+  soak: SoakRecord | null;
+}
+
+export interface SwitchOptions {
+  /** Keep the previous release warm for `soak.durationMs` and judge the new one on live traffic (deploy). */
+  soak?: boolean;
+  /** Called once the soak started (the caller may return then: the soak goes on in this process). */
+  onSoakStarted?: (soak: SoakRecord) => void;
 }
 
 export function appDefinition(ctx: Context, release: ReleaseRecord): AppDefinition {
@@ -118,7 +129,7 @@ export function waitForApp(ctx: Context, o: WaitForAppOptions): Promise<HealthOu
   });
 }
 
-export async function switchToRelease(ctx: Context, release: ReleaseRecord): Promise<SwitchResult> {
+export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts: SwitchOptions = {}): Promise<SwitchResult> {
   if (release.status !== 'ready') throw new Error(`release ${release.id} is ${release.status}, not ready`);
   const app = appDefinition(ctx, release);
   const port = appPort(ctx.config.app);
@@ -133,12 +144,22 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
         portEnv: ctx.config.app.portEnv,
         releasePorts: ctx.config.router.releasePorts,
         drainTimeoutMs: ctx.config.router.drainTimeoutMs,
+        ...(opts.soak && ctx.config.soak.durationMs > 0 ? { soak: { share: ctx.config.soak.canaryShare } } : {}),
         beforeRoute: () => failpoint(ctx.env, 'route'),
         beforeDrain: () => failpoint(ctx.env, 'drain'),
         now: () => ctx.now(),
         warn: (m) => warn(ctx, m),
       })
     : strategyFor(ctx.config.app.strategy);
+
+  // Pages rendered by the other retained builds keep getting their hashed chunks from whichever one serves.
+  try {
+    const others = (await ctx.store.list()).filter((r) => r.status === 'ready' && r.id !== release.id);
+    const a = await linkRetainedAssets(release, others, ctx.config.app.staticAssets);
+    if (a.linked > 0) ctx.logger.info(`linked ${a.linked} hashed asset(s) of ${a.from.join(', ')} into ${release.id} (no version skew)`);
+  } catch (err) {
+    warn(ctx, `could not link older builds' assets into ${release.id} (${(err as Error).message}): pages of older builds may miss chunks`);
+  }
 
   // The env we hand to the pm2 CLI becomes the app's env: the caller's, minus the outer npm run's variables.
   const pm2Env = childEnv(ctx.env);
@@ -286,7 +307,27 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord): Pro
     await recordActive(ctx, release, handle.app ?? app);
   });
 
-  return { app, previous: previous === release.id ? null : previous, health, url };
+  let soak: SoakRecord | null = null;
+  if (handle.soak) {
+    const before = await ctx.store.get(handle.soak.previous.release);
+    if (before?.status === 'ready') {
+      soak = await runSoak(ctx, {
+        handle: handle.soak,
+        release,
+        previous: before,
+        newIds: handle.newIds,
+        recordActive: (r, port) =>
+          recordActive(ctx, r, { ...appDefinition(ctx, r), env: { ...appDefinition(ctx, r).env, [ctx.config.app.portEnv]: String(port) } }),
+        onStarted: opts.onSoakStarted,
+      });
+    } else {
+      // The previous process is not a retained release (an adopted app): nothing to revert to by a route.
+      await handle.soak.promote();
+      await ctx.pm2.save().catch(() => undefined);
+    }
+  }
+
+  return { app, previous: previous === release.id ? null : previous, health, url, soak };
 }
 
 /** Records `release` as active, as PM2 runs it (and, behind the router, how the router runs). */

@@ -27,6 +27,11 @@ export interface RoutingInput {
   portEnv: string;
   releasePorts: [number, number];
   drainTimeoutMs: number;
+  /**
+   * Keep the previous release warm after the route change, for a soak: `share` 1 routes every visitor to the
+   * new release (the previous one on standby); below 1 only that share (the canary) goes to it.
+   */
+  soak?: { share: number };
   /** Failpoints: before the route changes, and after it, before the drain. */
   beforeRoute?: () => void;
   beforeDrain?: () => void;
@@ -102,7 +107,35 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
         const running = await routerRunning(pm2, routing.router.name);
         let previousPort: number | undefined;
         if (running) {
-          previousPort = (await routing.control.readState())?.live?.port;
+          const prevLive = (await routing.control.readState())?.live;
+          previousPort = prevLive?.port;
+          const soakable = routing.soak && prevLive && prevLive.port !== port && old.some((p) => portOf(p, routing.portEnv) === prevLive.port);
+          if (soakable) {
+            const share = routing.soak!.share;
+            const baseline = (await routing.control.status().catch(() => undefined))?.stats.find((x) => x.release === prevLive.release);
+            if (share < 1) await routing.control.route(prevLive, { canary: { upstream: live, share } });
+            else await routing.control.route(live, { keep: [prevLive.port] });
+            handle.committed = true;
+            const oldList = [...oldIds];
+            handle.soak = {
+              previous: prevLive,
+              next: live,
+              share,
+              baseline,
+              promote: async () => {
+                if (share < 1) await routing.control.route(live);
+                await retire(prevLive.port, oldList);
+              },
+              revertRoute: async () => {
+                await routing.control.route(prevLive);
+              },
+              retireNew: async () => {
+                await retire(port, await newIds());
+              },
+              control: routing.control,
+            };
+            return;
+          }
           await routing.control.route(live);
           handle.committed = true;
         } else {
@@ -113,16 +146,19 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
         // From here the new release serves: what follows may fail with a warning, never a revert.
         try {
           routing.beforeDrain?.();
-          if (previousPort !== undefined && previousPort !== port) {
-            const d = await routing.control.drain(previousPort, routing.drainTimeoutMs);
-            if (!d.drained)
-              routing.warn(`the previous release still had ${d.abandoned} request(s) in flight after the drain timeout (${routing.drainTimeoutMs} ms)`);
-          }
-          await deleteIds(oldIds);
+          await retire(previousPort !== port ? previousPort : undefined, oldIds);
         } catch (err) {
           routing.warn(`retiring the previous release failed (${(err as Error).message}); the next deploy removes it`);
         }
       },
+    };
+    /** Drains the upstream on `drainPort` (bounded) and deletes the PM2 processes `ids`. */
+    const retire = async (drainPort: number | undefined, ids: Iterable<number>) => {
+      if (drainPort !== undefined) {
+        const d = await routing.control.drain(drainPort, routing.drainTimeoutMs);
+        if (!d.drained) routing.warn(`a retired release still had ${d.abandoned} request(s) in flight after the drain timeout (${routing.drainTimeoutMs} ms)`);
+      }
+      await deleteIds(ids);
     };
     try {
       input.beforeStart?.();

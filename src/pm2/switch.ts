@@ -12,6 +12,7 @@ import { portHolder, waitPortFree } from '../health.js';
 import type { Logger } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
 import type { Pm2, Pm2Snapshot } from './client.js';
+import type { ReleaseStats, RouterStatus } from '../router/protocol.js';
 
 export interface SwitchInput {
   pm2: Pm2;
@@ -52,6 +53,26 @@ export interface SwitchHandle {
   probePort?: number;
   /** The definition actually started, when it differs from the target (router: the private port). */
   app?: AppDefinition;
+  /** Router with a soak: after commit the previous release still runs (standby, or live beside a canary). */
+  soak?: SoakHandle;
+}
+
+/** A committed switch whose previous release stays warm until the soak ends. */
+export interface SoakHandle {
+  previous: { port: number; release: string };
+  next: { port: number; release: string };
+  /** 1: every visitor goes to the new release; below 1: that share of visitors (the canary). */
+  share: number;
+  /** The previous release's router numbers just before the route changed (its recent baseline). */
+  baseline: ReleaseStats | undefined;
+  /** The soak passed: every visitor to the new release, the previous one drained and deleted. */
+  promote: () => Promise<void>;
+  /** The soak failed: every visitor back to the previous release at once (one route change). */
+  revertRoute: () => Promise<void>;
+  /** After revertRoute: the new release drained and deleted. */
+  retireNew: () => Promise<void>;
+  /** The router's account now (per-release numbers). */
+  control: { status: () => Promise<RouterStatus> };
 }
 
 export interface SwitchStrategy {

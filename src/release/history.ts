@@ -30,6 +30,26 @@ export interface HistoryEntry {
   durationsMs: Record<string, number>;
   /** Free detail: removed release ids for prune, the reason for a revert. */
   detail?: string;
+  /** A deploy's soak: the verdict and the numbers it was based on. */
+  soak?: SoakVerdict;
+}
+
+export interface SoakVerdict {
+  state: string;
+  reason: string | null;
+  share: number;
+  startedAt: string;
+  endedAt: string | null;
+  judged: boolean;
+  candidate: { requests: number; errors5xx: number; rate5xx: number; p99Ms: number | null } | null;
+  baseline: { requests: number; errors5xx: number; rate5xx: number; p99Ms: number | null } | null;
+  revertMs: number | null;
+}
+
+/** The part of a soak's record that goes into the history line. */
+export function soakVerdict(r: SoakVerdict): SoakVerdict {
+  const { state, reason, share, startedAt, endedAt, judged, candidate, baseline, revertMs } = r;
+  return { state, reason, share, startedAt, endedAt, judged, candidate, baseline, revertMs };
 }
 
 export function whoAmI(): { user: string; host: string } {

@@ -34,7 +34,7 @@ export async function startControl(router: Router, socketPath: string, log: (msg
             case 'status':
               return reply(200, router.status());
             case 'route':
-              await router.route(msg.live);
+              await router.route({ live: msg.live, canary: msg.canary }, msg.keep);
               return reply(200, router.status());
             case 'drain':
               return reply(200, { ok: true, port: msg.port, ...(await router.drain(msg.port, msg.timeoutMs)) });

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import writeFileAtomic from 'write-file-atomic';
 import { startControl } from './control.js';
-import { parseRouterState, routerPaths, ROUTER_STATE_VERSION, type RouterState, type Upstream } from './protocol.js';
+import { parseRouterState, routerPaths, ROUTER_STATE_VERSION, type Route, type RouterState } from './protocol.js';
 import { Router } from './router.js';
 
 interface Args {
@@ -74,8 +74,14 @@ async function main(): Promise<void> {
     state = undefined;
   }
 
-  const persist = async (live: Upstream): Promise<void> => {
-    const next: RouterState = { version: ROUTER_STATE_VERSION, app: args.app, live, updatedAt: new Date().toISOString() };
+  const persist = async (route: Route): Promise<void> => {
+    const next: RouterState = {
+      version: ROUTER_STATE_VERSION,
+      app: args.app,
+      live: route.live,
+      canary: route.canary ?? null,
+      updatedAt: new Date().toISOString(),
+    };
     await writeFileAtomic(paths.state, JSON.stringify(next, null, 2) + '\n', { mode: 0o600 });
   };
   const router = new Router({
@@ -87,7 +93,7 @@ async function main(): Promise<void> {
     persist,
     log: (level, msg, fields) => logger[level](fields ?? {}, msg),
   });
-  router.restore(state?.live ?? null);
+  router.restore(state?.live ?? null, state?.canary);
   logger.info(state?.live ? `routing to ${state.live.release} on 127.0.0.1:${state.live.port} (from ${paths.state})` : 'no route recorded yet');
 
   const control = await startControl(router, paths.socket, (m) => logger.warn(m));

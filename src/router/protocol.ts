@@ -15,13 +15,32 @@ export interface Upstream {
   release: string;
 }
 
+/**
+ * A share of visitors sent to a release on trial (the canary of a soak), sticky per visitor: each visitor
+ * has a bucket 0..9999 (from the `pm2r_bucket` cookie, else a hash of the client address) and buckets below
+ * `share * 10000` go to the canary.
+ */
+export interface Canary {
+  upstream: Upstream;
+  /** 0 < share < 1. */
+  share: number;
+}
+
 /** The routing state: written atomically by the router on every change and read when it starts. */
 export interface RouterState {
   version: typeof ROUTER_STATE_VERSION;
   app: string;
   /** The release new requests go to; null before the first deploy. */
   live: Upstream | null;
+  /** During a canary soak: the release that gets a share of the visitors. */
+  canary?: Canary | null;
   updatedAt: string;
+}
+
+/** A route: where every visitor goes (`live`), and the visitors of a canary share. */
+export interface Route {
+  live: Upstream;
+  canary?: Canary | null;
 }
 
 export interface RouterPaths {
@@ -68,14 +87,56 @@ export function parseRouterState(text: string): RouterState {
   if (o.version !== ROUTER_STATE_VERSION) throw new Error(`router state: unknown version ${String(o.version)}`);
   if (typeof o.app !== 'string' || !APP_NAME.test(o.app)) throw new Error('router state: app must be a PM2 app name');
   const live = o.live === null || o.live === undefined ? null : parseUpstream(o.live, 'router state: live');
-  return { version: ROUTER_STATE_VERSION, app: o.app, live, updatedAt: typeof o.updatedAt === 'string' ? o.updatedAt : '' };
+  const canary = o.canary === null || o.canary === undefined || !live ? null : parseCanary(o.canary, live, 'router state: canary');
+  return { version: ROUTER_STATE_VERSION, app: o.app, live, canary, updatedAt: typeof o.updatedAt === 'string' ? o.updatedAt : '' };
+}
+
+export function parseCanary(v: unknown, live: Upstream, where = 'canary'): Canary {
+  if (!v || typeof v !== 'object') throw new Error(`${where}: must be an object`);
+  const { upstream, share } = v as Record<string, unknown>;
+  const up = parseUpstream(upstream, `${where}.upstream`);
+  if (typeof share !== 'number' || !(share > 0 && share < 1)) throw new Error(`${where}.share: must be a number between 0 and 1 (exclusive)`);
+  if (up.port === live.port) throw new Error(`${where}.upstream: must be another port than live's`);
+  return { upstream: up, share };
+}
+
+/** The visitor cookie that keeps one visitor on one release during a canary soak. */
+export const CANARY_COOKIE = 'pm2r_bucket';
+export const BUCKETS = 10_000;
+
+/** A visitor's bucket from the cookie header (undefined when the cookie is absent or malformed). */
+export function bucketFromCookie(cookieHeader: string | undefined): number | undefined {
+  if (!cookieHeader) return undefined;
+  const i = cookieHeader.indexOf(`${CANARY_COOKIE}=`);
+  if (i < 0 || (i > 0 && !/[;\s]/.test(cookieHeader[i - 1]))) return undefined;
+  const m = /^(\d{1,4})(?:;|\s|$)/.exec(cookieHeader.slice(i + CANARY_COOKIE.length + 1));
+  return m ? Number(m[1]) : undefined;
+}
+
+/** A visitor's bucket from the client address (FNV-1a, 32 bits): the same address, the same bucket. */
+export function bucketFromAddress(address: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < address.length; i++) {
+    h ^= address.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h % BUCKETS;
+}
+
+/** Whether a bucket falls in the canary's share. */
+export function inCanary(bucket: number, share: number): boolean {
+  return bucket < Math.round(share * BUCKETS);
 }
 
 /** Requests on the control socket (one JSON object per HTTP POST to /control). */
 export type ControlRequest =
   | { op: 'status' }
-  /** Routes new requests to `live` at once; the previous upstream (if other) starts draining. */
-  | { op: 'route'; live: Upstream }
+  /**
+   * Routes new requests to `live` (and a share of visitors to `canary`) at once. An upstream that was live
+   * or canary and is neither now starts draining, unless `keep` names its port: then it stays warm, unrouted
+   * (the previous release during a soak), and a route back to it is instant.
+   */
+  | { op: 'route'; live: Upstream; canary?: Canary | null; keep?: number[] }
   /** Waits until the upstream on `port` has no request in flight (bounded), then closes its WebSockets. */
   | { op: 'drain'; port: number; timeoutMs: number };
 
@@ -85,8 +146,13 @@ export function parseControlRequest(v: unknown): ControlRequest {
   switch (o.op) {
     case 'status':
       return { op: 'status' };
-    case 'route':
-      return { op: 'route', live: parseUpstream(o.live, 'route.live') };
+    case 'route': {
+      const live = parseUpstream(o.live, 'route.live');
+      const canary = o.canary === null || o.canary === undefined ? null : parseCanary(o.canary, live, 'route.canary');
+      if (o.keep !== undefined && (!Array.isArray(o.keep) || o.keep.length > 4 || !o.keep.every(isPort)))
+        throw new Error('route.keep: must be a list of ports');
+      return { op: 'route', live, canary, keep: o.keep ?? [] };
+    }
     case 'drain': {
       if (!isPort(o.port)) throw new Error('drain.port: must be a TCP port');
       const t = o.timeoutMs;
@@ -113,7 +179,8 @@ export interface ReleaseStats {
 }
 
 export interface UpstreamStatus extends Upstream {
-  role: 'live' | 'draining';
+  /** live: every visitor not in the canary share; canary: that share; standby: warm, unrouted (a soak's previous release). */
+  role: 'live' | 'canary' | 'standby' | 'draining';
   inflight: number;
   websockets: number;
 }
@@ -127,6 +194,7 @@ export interface RouterStatus {
   port: number;
   host: string | null;
   live: Upstream | null;
+  canary: Canary | null;
   upstreams: UpstreamStatus[];
   /** Requests held right now because the live upstream did not answer. */
   held: number;

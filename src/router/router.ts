@@ -9,13 +9,16 @@
  *   that are safe to repeat and carry no body.
  * - While the live upstream refuses connections (PM2 restarting it), requests wait up to `holdMs`, then
  *   get a 503 with Retry-After. The router answers nothing of its own on the public port otherwise.
+ * - During a canary soak a share of visitors (sticky: a cookie, else a hash of the client address) goes to
+ *   the canary upstream; the previous live release can stay warm and unrouted (standby) so that a route
+ *   back to it is one assignment, with no boot.
  * - Nothing is logged per request; per-release counts and latency go to Metrics.
  */
 import http from 'node:http';
 import type { Duplex } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
 import { Metrics } from './metrics.js';
-import type { RouterStatus, Upstream } from './protocol.js';
+import { bucketFromAddress, bucketFromCookie, CANARY_COOKIE, inCanary, type Route, type RouterStatus, type Upstream } from './protocol.js';
 import { Target } from './target.js';
 
 export interface RouterOptions {
@@ -25,7 +28,7 @@ export interface RouterOptions {
   holdMs: number;
   maxHeld: number;
   /** Called (awaited) before a new route is applied: the state file must say so first. */
-  persist: (live: Upstream) => Promise<void>;
+  persist: (route: Route) => Promise<void>;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -67,7 +70,12 @@ export class Router {
   readonly metrics = new Metrics();
   readonly server: http.Server;
   private live: Target | undefined;
+  private canary: { target: Target; share: number } | undefined;
+  /** Warm, unrouted upstreams (the previous release during a soak), by port. */
+  private readonly standby = new Map<number, Target>();
   private readonly draining = new Map<number, Target>();
+  /** Per request: the visitor's bucket and whether the response should set the visitor cookie. */
+  private readonly visitors = new WeakMap<http.IncomingMessage, { bucket: number; setCookie: boolean }>();
   private readonly proxy = createProxyServer({ xfwd: false, ws: true });
   private listening = false;
   private readonly wsTargets = new WeakMap<Duplex, Target>();
@@ -92,8 +100,15 @@ export class Router {
         if (t?.websockets.has(socket)) t.websockets.set(socket, proxySocket);
       });
     });
-    this.proxy.on('proxyRes', (proxyRes: http.IncomingMessage) => {
+    this.proxy.on('proxyRes', (proxyRes: http.IncomingMessage, req: http.IncomingMessage) => {
       for (const h of hopHeaders(proxyRes.headers)) if (h !== 'transfer-encoding') delete proxyRes.headers[h];
+      const v = this.visitors.get(req);
+      if (v?.setCookie) {
+        // The visitor keeps its bucket for the soak and after: its next page and chunks come from one build.
+        const cookie = `${CANARY_COOKIE}=${v.bucket}; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax`;
+        const prev = proxyRes.headers['set-cookie'];
+        proxyRes.headers['set-cookie'] = prev ? [...prev, cookie] : [cookie];
+      }
     });
   }
 
@@ -130,32 +145,60 @@ export class Router {
   }
 
   /** The route at start (from the state file): applied without persisting again. */
-  restore(live: Upstream | null): void {
+  restore(live: Upstream | null, canary?: Route['canary']): void {
     if (live) this.live = new Target(live, this.opts);
+    if (live && canary) this.canary = { target: new Target(canary.upstream, this.opts), share: canary.share };
   }
 
-  /** Routes new requests to `live`. The previous upstream starts draining (its idle sockets closed now). */
-  async route(live: Upstream): Promise<void> {
-    await this.opts.persist(live);
+  /**
+   * Routes new requests to `route.live` (and the canary's share of visitors to `route.canary`). An upstream
+   * that is neither any more drains, unless its port is in `keep` (it stays warm, unrouted: standby).
+   * An upstream that stays in a role, or comes back from standby, keeps its connection pool.
+   */
+  async route(route: Route, keep: number[] = []): Promise<void> {
+    await this.opts.persist(route);
     const prev = this.live;
-    if (prev && prev.port === live.port && prev.release === live.release) return;
-    // A port coming back from draining (a rollback within the drain) gets a fresh pool.
-    const old = this.draining.get(live.port);
-    if (old) {
-      this.draining.delete(live.port);
-      old.destroy();
+    const all = new Map<number, Target>();
+    for (const t of [...this.draining.values(), ...this.standby.values(), ...(this.canary ? [this.canary.target] : []), ...(prev ? [prev] : [])])
+      all.set(t.port, t);
+    const take = (u: Upstream): Target => {
+      const t = all.get(u.port);
+      all.delete(u.port);
+      // Same process, not draining: reuse its pool. A port that was draining (or now runs another release) gets a fresh one.
+      if (t && t.release === u.release && !t.draining) return t;
+      if (t) t.destroy();
+      this.draining.delete(u.port);
+      return new Target(u, this.opts);
+    };
+    this.live = take(route.live);
+    this.canary = route.canary ? { target: take(route.canary.upstream), share: route.canary.share } : undefined;
+    this.standby.clear();
+    for (const [port, t] of all) {
+      if (t.draining) continue;
+      if (keep.includes(port)) this.standby.set(port, t);
+      else {
+        t.retire();
+        this.draining.set(port, t);
+      }
     }
-    this.live = new Target(live, this.opts);
-    if (prev) {
-      prev.retire();
-      this.draining.set(prev.port, prev);
-    }
-    this.opts.log('info', `routing to ${live.release} on 127.0.0.1:${live.port}${prev ? ` (was ${prev.release} on :${prev.port})` : ''}`);
+    const canaryText = route.canary
+      ? `, ${Math.round(route.canary.share * 1000) / 10} % of visitors to ${route.canary.upstream.release} on :${route.canary.upstream.port}`
+      : '';
+    this.opts.log(
+      'info',
+      `routing to ${route.live.release} on 127.0.0.1:${route.live.port}${canaryText}${prev && prev.port !== route.live.port ? ` (was ${prev.release} on :${prev.port})` : ''}`,
+    );
   }
 
   /** Waits for the draining upstream on `port` (bounded), closes its WebSockets and forgets it. */
   async drain(port: number, timeoutMs: number): Promise<{ drained: boolean; abandoned: number; websocketsClosed: number }> {
-    if (this.live?.port === port) throw new Error(`port ${port} is the live upstream: route elsewhere first`);
+    if (this.live?.port === port || this.canary?.target.port === port) throw new Error(`port ${port} is routed: route elsewhere first`);
+    const standby = this.standby.get(port);
+    if (standby) {
+      this.standby.delete(port);
+      standby.retire();
+      this.draining.set(port, standby);
+    }
     const t = this.draining.get(port);
     if (!t) return { drained: true, abandoned: 0, websocketsClosed: 0 };
     const r = await t.drain(timeoutMs);
@@ -166,7 +209,12 @@ export class Router {
   }
 
   status(): RouterStatus {
-    const ups = [...(this.live ? [[this.live, 'live'] as const] : []), ...[...this.draining.values()].map((t) => [t, 'draining'] as const)];
+    const ups = [
+      ...(this.live ? [[this.live, 'live'] as const] : []),
+      ...(this.canary ? [[this.canary.target, 'canary'] as const] : []),
+      ...[...this.standby.values()].map((t) => [t, 'standby'] as const),
+      ...[...this.draining.values()].map((t) => [t, 'draining'] as const),
+    ];
     return {
       ok: true,
       pid: process.pid,
@@ -175,6 +223,7 @@ export class Router {
       port: this.opts.port,
       host: this.opts.host ?? null,
       live: this.live?.upstream ?? null,
+      canary: this.canary ? { upstream: this.canary.target.upstream, share: this.canary.share } : null,
       upstreams: ups.map(([t, role]) => ({ ...t.upstream, role, inflight: t.inflight, websockets: t.websockets.size })),
       held: Target.heldCount,
       stats: this.metrics.stats(),
@@ -186,7 +235,7 @@ export class Router {
   async close(timeoutMs: number): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
-    const all = [...(this.live ? [this.live] : []), ...this.draining.values()];
+    const all = [...(this.live ? [this.live] : []), ...(this.canary ? [this.canary.target] : []), ...this.standby.values(), ...this.draining.values()];
     await Promise.race([closed, new Promise((r) => setTimeout(r, timeoutMs))]);
     for (const t of all) {
       t.closeWebsockets();
@@ -197,7 +246,7 @@ export class Router {
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const started = performance.now();
-    const target = this.live;
+    const target = this.pick(req);
     if (!target) return unavailable(res, 'no release is live yet');
     // One account per request, whichever upstream finally answers it.
     const attempt = { target };
@@ -227,7 +276,7 @@ export class Router {
         res.destroy();
         return;
       }
-      const next = this.live;
+      const next = this.pick(req);
       // The try failed before any answer: again on a fresh connection to whatever is live now (it holds
       // while the upstream refuses connections). More than once only for an upstream that died under us.
       if (retries > 0 && next && code !== 'EHOLDTIMEOUT' && !res.destroyed) {
@@ -245,8 +294,24 @@ export class Router {
     for (const [h, v] of saved) req.headers[h] = v;
   }
 
+  /**
+   * The upstream for this request: the live one, or the canary for visitors in its share. A visitor without
+   * the cookie gets its bucket from its address (Apache's X-Forwarded-For, else the socket's) and the cookie.
+   */
+  private pick(req: http.IncomingMessage): Target | undefined {
+    const canary = this.canary;
+    if (!canary) return this.live;
+    let v = this.visitors.get(req);
+    if (!v) {
+      const fromCookie = bucketFromCookie(req.headers.cookie);
+      v = fromCookie !== undefined ? { bucket: fromCookie, setCookie: false } : { bucket: bucketFromAddress(clientAddress(req)), setCookie: true };
+      this.visitors.set(req, v);
+    }
+    return inCanary(v.bucket, canary.share) ? canary.target : this.live;
+  }
+
   private upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
-    const target = this.live;
+    const target = this.pick(req);
     if (!target) {
       socket.end('HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\nconnection: close\r\n\r\n');
       return;
@@ -258,6 +323,12 @@ export class Router {
       if (!socket.destroyed) socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\n');
     });
   }
+}
+
+function clientAddress(req: http.IncomingMessage): string {
+  const xff = req.headers['x-forwarded-for'];
+  const first = (Array.isArray(xff) ? xff[0] : xff)?.split(',')[0]?.trim();
+  return first || req.socket.remoteAddress || '';
 }
 
 function unavailable(res: http.ServerResponse, why: string): void {

@@ -100,6 +100,8 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
       verify: { settleMs: 500 },
       ...opts.app,
     },
+    // The soak has suites of its own; elsewhere a routed deploy retires the previous release at once.
+    soak: { durationMs: 0 },
     ...opts.config,
   };
   const configPath = path.join(root, 'pm2-release.config.json');

@@ -119,11 +119,11 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
       host: '127.0.0.1',
       holdMs: 3_000,
       maxHeld: 1000,
-      persist: async (l) => void persisted.push(l),
+      persist: async (r) => void persisted.push(r.live),
       log: () => undefined,
     });
     await router.listen();
-    await router.route({ port: a.port, release: RELEASE_A });
+    await router.route({ live: { port: a.port, release: RELEASE_A } });
   });
   afterAll(async () => {
     await router?.close(1_000);
@@ -186,7 +186,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
     expect(await echo(ws, 'ping')).toBe('A:ping');
     const b = await upstream('B');
     try {
-      await router.route({ port: b.port, release: RELEASE_B });
+      await router.route({ live: { port: b.port, release: RELEASE_B } });
       // New requests go to B; the open WebSocket still talks to A.
       expect((await request(port)).body).toBe('hello from B\n');
       expect(await echo(ws, 'still')).toBe('A:still');
@@ -200,7 +200,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
       expect(ws2.readyState).toBe(WebSocket.OPEN);
       ws2.close();
       // And back to A (a rollback) is one route change.
-      await router.route({ port: a.port, release: RELEASE_A });
+      await router.route({ live: { port: a.port, release: RELEASE_A } });
       expect((await request(port)).body).toBe('hello from A\n');
       await router.drain(b.port, 1_000);
     } finally {
@@ -233,7 +233,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
         spare.push(next);
         await sleep(30);
         const release = `20261201T1001${String(i).padStart(2, '0')}Z-${crypto.randomBytes(4).toString('hex').slice(0, 7)}`;
-        await router.route({ port: next.port, release });
+        await router.route({ live: { port: next.port, release } });
         const old = current;
         await router.drain(old.up.port, 5_000);
         // The old release stops like Next does on SIGINT: no new connections, idle ones closed.
@@ -249,7 +249,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(100);
     // back to A for the next tests
-    await router.route({ port: a.port, release: RELEASE_A });
+    await router.route({ live: { port: a.port, release: RELEASE_A } });
     await router.drain(current.up.port, 1_000);
     for (const s of spare) await s.close();
   });
@@ -266,7 +266,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
       return false;
     });
     try {
-      await router.route({ port: flaky.port, release: RELEASE_B });
+      await router.route({ live: { port: flaky.port, release: RELEASE_B } });
       const r = await request(port, { headers: { 'x-die': '1' } });
       expect(r.status).toBe(200);
       expect(calls).toBe(2);
@@ -275,7 +275,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
       expect(p.status).toBe(502);
       expect(calls).toBe(1);
     } finally {
-      await router.route({ port: a.port, release: RELEASE_A });
+      await router.route({ live: { port: a.port, release: RELEASE_A } });
       await router.drain(flaky.port, 1_000);
       await flaky.close();
     }
@@ -283,7 +283,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
 
   it('holds requests while the live upstream refuses connections, then answers; past the bound: 503 + Retry-After', async () => {
     const p = await freePort();
-    await router.route({ port: p, release: RELEASE_B });
+    await router.route({ live: { port: p, release: RELEASE_B } });
     await router.drain(a.port, 1_000);
     // Nothing listens on p yet: requests wait; the upstream comes up 500 ms later (PM2 restarting the app).
     const pending = Promise.all([request(port), request(port, { method: 'POST', path: '/upload', body: Buffer.from('held body') })]);
@@ -299,7 +299,7 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
     const r = await request(port);
     expect(r.status).toBe(503);
     expect(r.headers['retry-after']).toBe('2');
-    await router.route({ port: a.port, release: RELEASE_A });
+    await router.route({ live: { port: a.port, release: RELEASE_A } });
     await router.drain(p, 100);
     expect((await request(port)).status).toBe(200);
   });

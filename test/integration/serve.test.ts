@@ -191,6 +191,7 @@ describe('webhook listener and deploy --pull', () => {
     expect(r.status).toBe(200);
     expect(r.headers['content-type']).toMatch(/application\/json/);
     const s = json(r);
+    expect(s).toHaveProperty('soak'); // null here: the restart strategy has no soak
     expect(s).toMatchObject({
       ok: true,
       branch: 'main',

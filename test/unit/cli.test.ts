@@ -37,6 +37,18 @@ describe('parseArgv', () => {
     expect(parseArgv(['-q', 'deploy']).global.quiet).toBe(true);
   });
 
+  it('deploy takes the soak flags: --soak seconds, --canary percent, --no-wait-soak', () => {
+    expect(parseArgv(['deploy', '--canary', '10%', '--soak', '300', '--no-wait-soak']).invocation).toMatchObject({
+      command: 'deploy',
+      canaryShare: 0.1,
+      soakMs: 300_000,
+      waitSoak: false,
+    });
+    expect(parseArgv(['deploy', '--canary', '2.5']).invocation).toMatchObject({ canaryShare: 0.025, waitSoak: true });
+    expect(parseArgv(['deploy', '--soak', '0']).invocation).toMatchObject({ soakMs: 0 });
+    expect(parseArgv(['deploy']).invocation).toMatchObject({ soakMs: undefined, canaryShare: undefined, waitSoak: true });
+  });
+
   it("init's --config is the global one: the file to write", () => {
     const p = parseArgv(['init', '--write', '--config', '/home/ubuntu/pm2-release/pm2-release.config.json', '--json']);
     expect(p.global).toMatchObject({ config: '/home/ubuntu/pm2-release/pm2-release.config.json', json: true });
@@ -54,6 +66,11 @@ describe('parseArgv', () => {
     [['list', '--nope']],
     [['init', '--force']],
     [['init', '--app']],
+    [['deploy', '--canary', '0%']],
+    [['deploy', '--canary', '120%']],
+    [['deploy', '--canary', 'ten']],
+    [['deploy', '--soak', '-5']],
+    [['deploy', '--soak', '3601']],
   ])('%j is a usage error', (argv) => {
     expect(() => parseArgv(argv)).toThrow(CommanderError);
   });

@@ -468,3 +468,23 @@ describe('ConfigError', () => {
     expect(err.message).toContain(`(${file})`);
   });
 });
+
+describe('soak config', () => {
+  it('defaults to a minute with every visitor, and takes the flags over the file', () => {
+    const { config } = load({ config: {} });
+    expect(config.soak).toMatchObject({ durationMs: 60_000, canaryShare: 1, minRequests: 50, max5xxRate: 0.02, p99Factor: 3, minP99Ms: 500 });
+    expect(load({ config: { soak: { durationMs: 5_000, canaryPercent: 10 } } }).config.soak).toMatchObject({ durationMs: 5_000, canaryShare: 0.1 });
+    expect(load({ config: { soak: { durationMs: 5_000 } }, overrides: { soakMs: 0, canaryShare: 0.25 } }).config.soak).toMatchObject({
+      durationMs: 0,
+      canaryShare: 0.25,
+    });
+  });
+
+  it('refuses a canary without the router, and shares out of range', () => {
+    expect(configError(() => load({ config: { app: { strategy: 'restart' }, soak: { canaryPercent: 10 } } })).message).toMatch(
+      /canary share needs app.strategy "router"/,
+    );
+    expect(configError(() => load({ config: { soak: { canaryPercent: 0 } } })).message).toMatch(/soak.canaryPercent/);
+    expect(configError(() => load({ config: {}, overrides: { canaryShare: 1.5 } })).message).toMatch(/--canary/);
+  });
+});

@@ -76,6 +76,7 @@ const STATUS: StatusResult = {
   health: { url: 'http://127.0.0.1:3001/', ok: true, status: 200, error: null },
   drift: { detected: false, reason: null },
   router: null,
+  soak: null,
   warnings: [],
 };
 
@@ -88,6 +89,7 @@ const STATUS_DOWN: StatusResult = {
   health: { url: 'http://127.0.0.1:3001/', ok: false, status: null, error: 'ECONNREFUSED' },
   drift: { detected: true, reason: 'PM2 has no app named frontend-dev, but 20261121T204233Z-3f2a9c1 is recorded as active' },
   router: null,
+  soak: null,
   warnings: ['app.build is empty: releases are not built, only installed'],
 };
 
@@ -214,6 +216,7 @@ const STATUS_ROUTED: StatusResult = {
   router: {
     running: true,
     listening: true,
+    canary: null,
     port: 3001,
     live: { port: 13002, release: '20261121T204233Z-3f2a9c1' },
     upstreams: [

@@ -1,7 +1,15 @@
 /** The router's pure parts: state and control message parsing, per-release metrics. */
 import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/router/metrics.js';
-import { parseControlRequest, parseRouterState, routerPaths, routerProcessName } from '../../src/router/protocol.js';
+import {
+  bucketFromAddress,
+  bucketFromCookie,
+  inCanary,
+  parseControlRequest,
+  parseRouterState,
+  routerPaths,
+  routerProcessName,
+} from '../../src/router/protocol.js';
 
 const ID = '20261201T100000Z-abcdef0';
 
@@ -19,7 +27,12 @@ describe('router protocol', () => {
 
   it('parses control requests strictly', () => {
     expect(parseControlRequest({ op: 'status' })).toEqual({ op: 'status' });
-    expect(parseControlRequest({ op: 'route', live: { port: 13002, release: ID } })).toEqual({ op: 'route', live: { port: 13002, release: ID } });
+    expect(parseControlRequest({ op: 'route', live: { port: 13002, release: ID } })).toEqual({
+      op: 'route',
+      live: { port: 13002, release: ID },
+      canary: null,
+      keep: [],
+    });
     expect(parseControlRequest({ op: 'drain', port: 13001, timeoutMs: 5000 })).toEqual({ op: 'drain', port: 13001, timeoutMs: 5000 });
     expect(() => parseControlRequest({ op: 'drain', port: 13001, timeoutMs: -1 })).toThrow(/timeoutMs/);
     expect(() => parseControlRequest({ op: 'route', live: { port: '13001', release: ID } })).toThrow(/port/);
@@ -52,5 +65,49 @@ describe('router metrics', () => {
     expect(b).toMatchObject({ release: 'B', requests: 1 });
     // A minute later, nothing is left in the window.
     expect(m.stats(t0 + 120_000)).toEqual([]);
+  });
+});
+
+describe('canary routing, pure parts', () => {
+  const B = '20261201T110000Z-1234567';
+  it('parses a canary route and a state with a canary, refusing a share out of (0, 1) or the live port', () => {
+    const r = parseControlRequest({
+      op: 'route',
+      live: { port: 13001, release: ID },
+      canary: { upstream: { port: 13002, release: B }, share: 0.2 },
+      keep: [13003],
+    });
+    expect(r).toEqual({ op: 'route', live: { port: 13001, release: ID }, canary: { upstream: { port: 13002, release: B }, share: 0.2 }, keep: [13003] });
+    for (const share of [0, 1, -0.1, 2, '0.2'])
+      expect(() => parseControlRequest({ op: 'route', live: { port: 13001, release: ID }, canary: { upstream: { port: 13002, release: B }, share } })).toThrow(
+        /share/,
+      );
+    expect(() =>
+      parseControlRequest({ op: 'route', live: { port: 13001, release: ID }, canary: { upstream: { port: 13001, release: B }, share: 0.5 } }),
+    ).toThrow(/another port/);
+    expect(() => parseControlRequest({ op: 'route', live: { port: 13001, release: ID }, keep: ['x'] })).toThrow(/keep/);
+    const st = parseRouterState(
+      JSON.stringify({ version: 1, app: 'a', live: { port: 1, release: ID }, canary: { upstream: { port: 2, release: B }, share: 0.1 } }),
+    );
+    expect(st.canary).toEqual({ upstream: { port: 2, release: B }, share: 0.1 });
+  });
+
+  it('reads the visitor bucket from its cookie only when well-formed', () => {
+    expect(bucketFromCookie('pm2r_bucket=42')).toBe(42);
+    expect(bucketFromCookie('a=1; pm2r_bucket=9999; b=2')).toBe(9999);
+    expect(bucketFromCookie('xpm2r_bucket=42')).toBeUndefined();
+    expect(bucketFromCookie('pm2r_bucket=12345')).toBeUndefined();
+    expect(bucketFromCookie('pm2r_bucket=abc')).toBeUndefined();
+    expect(bucketFromCookie(undefined)).toBeUndefined();
+  });
+
+  it('hashes addresses into buckets evenly and stably, and a share takes the buckets below it', () => {
+    expect(bucketFromAddress('10.0.0.1')).toBe(bucketFromAddress('10.0.0.1'));
+    let inShare = 0;
+    for (let i = 0; i < 10_000; i++) if (inCanary(bucketFromAddress(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`), 0.2)) inShare++;
+    expect(inShare).toBeGreaterThan(1_800);
+    expect(inShare).toBeLessThan(2_200);
+    expect(inCanary(1999, 0.2)).toBe(true);
+    expect(inCanary(2000, 0.2)).toBe(false);
   });
 });

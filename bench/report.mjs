@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fmtBytes, fmtMs, max, median, ratio, sum, table } from './lib.mjs';
 import { timelineSvg } from './svg.mjs';
+import { NEXT_RESULTS, renderNextSection } from './next-report.mjs';
 
 const PHASES = ['lock', 'preflight', 'resolve', 'archive', 'env', 'install', 'build', 'prune', 'verify', 'switch', 'health', 'route', 'save', 'retain'];
 const TIMELINES = [
@@ -767,6 +768,14 @@ export function writeReport(R, outFile) {
   }
   for (const n of R.notes) lines.push(`- ${n}`);
   lines.push('');
+  // The Next.js section (bench/next.mjs) as last measured: `--only next` and the end of a full run refresh it.
+  if (fs.existsSync(NEXT_RESULTS))
+    try {
+      lines.push(renderNextSection(JSON.parse(fs.readFileSync(NEXT_RESULTS, 'utf8'))));
+      lines.push('');
+    } catch {
+      /* an unreadable result file: the section is left out */
+    }
   fs.mkdirSync(path.dirname(outFile), { recursive: true });
   fs.writeFileSync(outFile, lines.join('\n'));
   return { tables };

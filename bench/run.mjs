@@ -6,6 +6,8 @@
 //   npm run bench -- --quick           # N=1, 4 switches
 //   options: --switches N  --connections N  --max-minutes M  --out FILE
 //            --report-only   re-render the report from the last run's results (no measuring)
+//            --skip-next     leave out the Next.js section (bench/next.mjs; it runs last, in its own sandbox)
+//   npm run bench -- --only next [--runs N]   # only the Next.js section (build cache, issue 10 targets)
 //
 // Measures the seed flow by hand (baseline) against pm2-release deploy (cold, unchanged lockfile),
 // redeploy of a retained sha, rollback, switches under autocannon load (seed delete+start, restart,
@@ -25,6 +27,25 @@ import { CACHE_DIR, CRASH_CONFIG, ensureTemplate, lockedVersions, pageSource, wr
 import { children, CLI, epoch, fmtMs, httpGet, log, median, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, state, waitAnswer } from './lib.mjs';
 import { writeReport } from './report.mjs';
 import { cleanEnv, createSandbox } from './sandbox.mjs';
+
+// `--only next`: just the Next.js section (bench/next.mjs), in ≤ 15 minutes.
+{
+  const at = process.argv.indexOf('--only');
+  if (at > 0) {
+    if (process.argv[at + 1] !== 'next') {
+      process.stderr.write('--only: the one section that runs on its own is `next`\n');
+      process.exit(2);
+    }
+    const { main: nextMain } = await import('./next.mjs');
+    await nextMain(process.argv.slice(2)).then(
+      () => process.exit(0),
+      (err) => {
+        process.stderr.write(`next: FAILED: ${err?.stack ?? err}\n`);
+        process.exit(1);
+      },
+    );
+  }
+}
 
 // ---------- options ----------
 function parseArgs(argv) {
@@ -48,8 +69,11 @@ function parseArgs(argv) {
     else if (a === '--max-minutes') o.maxMinutes = int(next(), 5, 240);
     else if (a === '--out') o.out = path.resolve(next());
     else if (a === '--report-only') o.reportOnly = true;
+    else if (a === '--skip-next') o.skipNext = true;
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: node bench/run.mjs [--runs N | --quick] [--switches N] [--connections N] [--max-minutes M] [--out FILE] [--report-only]\n');
+      process.stdout.write(
+        'usage: node bench/run.mjs [--runs N | --quick] [--switches N] [--connections N] [--max-minutes M] [--out FILE] [--report-only] [--skip-next] | --only next [--runs N]\n',
+      );
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
@@ -1042,5 +1066,17 @@ try {
 } finally {
   clearTimeout(watchdog);
   await cleanup();
+}
+if (exitCode === 0 && !opts.skipNext && !interrupted) {
+  // Its own sandbox and time limit; it rewrites only its section of the report.
+  log('the Next.js section (bench/next.mjs)');
+  const r = await run([process.execPath, path.join(ROOT, 'bench/next.mjs'), '--runs', String(opts.runs), '--out', opts.out], {
+    cwd: ROOT,
+    env: process.env,
+    timeoutMs: (12 + opts.runs * 10) * 60_000,
+    allowFail: true,
+  });
+  process.stderr.write(r.stderr.slice(-4000));
+  if (r.code !== 0) exitCode = 1;
 }
 process.exit(exitCode);

@@ -119,6 +119,25 @@ const routerSchema = z.strictObject({
   releasePorts: z.tuple([z.number().int().min(1024).max(65535), z.number().int().min(1024).max(65535)]).optional(),
 });
 
+const buildSchema = z.strictObject({
+  /** Carry the framework's build cache between builds (release/build-cache.ts). Off by default. */
+  cache: z.boolean().optional(),
+  /** Over this size (bytes, all cache paths together) the cache is dropped instead of kept. */
+  cacheMaxBytes: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 45)
+    .optional(),
+  /** The cache's paths, relative to the app dir (Next.js: `<distDir>/cache`). */
+  cachePaths: z.array(relativePath).max(8).optional(),
+  /** The package whose installed version keys the cache: another version starts cold. */
+  cacheFramework: z
+    .string()
+    .regex(/^(@[a-z0-9][a-z0-9._-]*\/)?[a-z0-9][a-z0-9._-]*$/, 'must be an npm package name')
+    .optional(),
+});
+
 const hookArgv = z.array(z.string().min(1)).min(1, 'must name a command');
 const hooksSchema = z.strictObject({
   preDeploy: hookArgv.optional(),
@@ -148,6 +167,7 @@ const fileSchema = z.strictObject({
   hooks: hooksSchema.optional(),
   serve: serveSchema.optional(),
   router: routerSchema.optional(),
+  build: buildSchema.optional(),
   soak: soakSchema.optional(),
 });
 
@@ -214,6 +234,13 @@ export interface RouterConfig {
   releasePorts: [number, number];
 }
 
+export interface BuildConfig {
+  cache: boolean;
+  cacheMaxBytes: number;
+  cachePaths: string[];
+  cacheFramework: string;
+}
+
 export interface SoakConfig {
   durationMs: number;
   /** 0 < share <= 1. */
@@ -234,6 +261,7 @@ export interface Config {
   hooks: HooksConfig;
   serve: ServeConfig;
   router: RouterConfig;
+  build: BuildConfig;
   soak: SoakConfig;
 }
 
@@ -273,6 +301,8 @@ export const DEFAULTS = {
   },
   // A Next.js release with node_modules is ~400 MB and ~30k files: refuse to start one without room for it.
   preflight: { minFreeDiskMB: 1024, minFreeInodes: 50_000, minFreeMemoryMB: 256 },
+  // Off by default: on the bench's Next.js app a warm cache did not make the rebuild faster (performance.md).
+  build: { cache: false, cacheMaxBytes: 512 * 1024 * 1024, cachePaths: ['.next/cache'], cacheFramework: 'next' },
 } as const;
 
 export interface LoadConfigOptions {
@@ -397,6 +427,12 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       port: file.serve?.port ?? 9321,
       branch: file.serve?.branch,
       secretFile: file.serve?.secretFile ? resolvePath(file.serve.secretFile, baseDir, opts.home) : undefined,
+    },
+    build: {
+      cache: file.build?.cache ?? DEFAULTS.build.cache,
+      cacheMaxBytes: file.build?.cacheMaxBytes ?? DEFAULTS.build.cacheMaxBytes,
+      cachePaths: file.build?.cachePaths ?? [...DEFAULTS.build.cachePaths],
+      cacheFramework: file.build?.cacheFramework ?? DEFAULTS.build.cacheFramework,
     },
     preflight: {
       minFreeDiskMB: file.preflight?.minFreeDiskMB ?? DEFAULTS.preflight.minFreeDiskMB,

@@ -48,7 +48,16 @@ const server = http.createServer((req, res) => {
   if (req.url === '/health') {
     res.writeHead(200, { 'content-type': 'application/json' });
     return res.end(
-      JSON.stringify({ status: 'ok', version: build.version, release: process.env.RELEASE_ID ?? null, sha: process.env.RELEASE_SHA ?? null }) + '\n',
+      JSON.stringify({
+        status: 'ok',
+        version: build.version,
+        release: process.env.RELEASE_ID ?? null,
+        sha: process.env.RELEASE_SHA ?? null,
+        // Where it was built and where it runs: a release built in one directory and renamed must still serve.
+        builtIn: build.builtIn ?? null,
+        cwd: process.cwd(),
+        warmCache: build.warmCache ?? null,
+      }) + '\n',
     );
   }
   const release = process.env.RELEASE_ID ?? 'none';

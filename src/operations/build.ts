@@ -10,6 +10,7 @@ import { makeReleaseId } from '../release/naming.js';
 import { inputKey } from '../release/inputs.js';
 import { cloneDirectory, dependencyKey, dependencyMethod, supportsReflink } from '../release/dependencies.js';
 import { NO_LINK_FILE, SharedDeps } from '../release/shared-deps.js';
+import { BuildCache, frameworkVersion, type CacheKey } from '../release/build-cache.js';
 import { diskUsage, existsSync, MANIFEST_VERSION, type Manifest, type ReleaseRecord } from '../release/store.js';
 import {
   buildEnv,
@@ -105,6 +106,10 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
   const { sha } = resolved;
   const id = preallocated ?? (await allocateId(ctx, sha));
   await lock?.setRelease(id);
+  const subject = await commitSubject(config.workspace, sha, ctx.logger);
+  // Built in `<releasesDir>/.build` (the same absolute path for every build: the framework's cache keys on
+  // it), renamed to `<id>` when the build ends, failed or not. Until then every store path of `id` is there.
+  store.beginBuild(id);
   const logFile = store.buildLog(id);
   const cwd = store.appCwd(id);
   const track = { id, dir: store.releaseDir(id) };
@@ -113,7 +118,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     id,
     sha,
     ref,
-    subject: await commitSubject(config.workspace, sha, ctx.logger),
+    subject,
     status: 'building',
     appDir: config.app.dir,
     createdAt: ctx.now().toISOString(),
@@ -178,7 +183,13 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     const buildAndPrune = async () => {
       if (config.app.build.length > 0)
         await phase(ctx, 'build', async () => {
-          await runStep(ctx, 'build', config.app.build, cwd, logFile, env, track);
+          const cache = config.build.cache ? await cacheIn(ctx, cwd, logFile, versions.node) : undefined;
+          try {
+            await runStep(ctx, 'build', config.app.build, cwd, logFile, env, track);
+          } finally {
+            // Out again whether the build passed or not: the release is pruned, the cache kept for the next build.
+            if (cache) manifest.buildCache = { ...cache.info, ...(await cacheOut(ctx, cwd, logFile, cache.key)) };
+          }
           failpoint(ctx.env, 'build');
         });
       await phase(ctx, 'prune', async () => {
@@ -229,6 +240,9 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     }
     manifest.lockfileHash = await lockfileHash(cwd);
     manifest.sizeBytes = await diskUsage(store.releaseDir(id));
+    // Renamed to its id before it is marked ready: a run killed in between leaves a `building` release whose
+    // builder is dead (incomplete, removed by the next run), never a ready one in `.build`.
+    await store.finishBuild(id);
     manifest.durationsMs = ownDurations();
     manifest.finishedAt = ctx.now().toISOString();
     manifest.status = 'ready';
@@ -240,13 +254,54 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     // A full disk is told as such (not as a random failed write), and the half-built release gives its space back.
     if (isNoSpace(e) && existsSync(store.releaseDir(id))) e = await diskFullError(ctx, id, e);
     e.releaseId ??= id;
-    if (existsSync(logFile)) e.logFile ??= logFile;
     await markFailed(ctx, manifest, e, ownDurations()).catch(() => undefined);
+    // The failed release keeps its manifest and log under its own id, as before; `.build` is free again.
+    await store.finishBuild(id).catch((err: Error) => ctx.logger.warn(`could not move ${store.buildRoot} to ${store.finalDir(id)}: ${err.message}`));
+    const finalLog = store.buildLog(id);
+    if (e.logFile === logFile || (e.logFile === undefined && existsSync(finalLog))) e.logFile = existsSync(finalLog) ? finalLog : logFile;
     throw e;
   }
   const record = await store.get(id);
   if (!record) throw new Error(`release ${id} vanished after its build`);
   return record;
+}
+
+/** Moves the carried build cache into the app dir before its build (release/build-cache.ts). */
+async function cacheIn(ctx: Context, cwd: string, logFile: string, node: string): Promise<{ key: CacheKey; info: { key: string; warm: boolean } } | undefined> {
+  const { build } = ctx.config;
+  const key: CacheKey = {
+    framework: build.cacheFramework,
+    version: await frameworkVersion(cwd, build.cacheFramework),
+    node,
+    platform: `${process.platform}-${process.arch}`,
+    paths: build.cachePaths,
+  };
+  try {
+    const r = await new BuildCache(ctx.store.releasesDir).restore(cwd, key);
+    const note = r.warm
+      ? `build cache: restored ${r.entry} into ${build.cachePaths.join(', ')}`
+      : `build cache: none for ${key.framework} ${key.version} yet (cold build)${r.dropped.length ? `; dropped ${r.dropped.join(', ')}` : ''}`;
+    ctx.logger.info(note);
+    await fsp.appendFile(logFile, `${note}\n`);
+    return { key, info: { key: r.entry, warm: r.warm } };
+  } catch (err) {
+    // A cache is an optimisation: a build without it is correct, only slower.
+    warn(ctx, `build cache not used: ${(err as Error).message}`);
+    return undefined;
+  }
+}
+
+async function cacheOut(ctx: Context, cwd: string, logFile: string, key: CacheKey): Promise<{ bytes?: number; dropped?: string }> {
+  try {
+    const r = await new BuildCache(ctx.store.releasesDir).save(cwd, key, ctx.config.build.cacheMaxBytes);
+    const note = r.dropped ? `build cache: not kept: ${r.dropped}` : `build cache: kept ${r.entry} (${r.bytes} bytes) outside the release`;
+    ctx.logger.info(note);
+    await fsp.appendFile(logFile, `${note}\n`);
+    return { bytes: r.bytes, ...(r.dropped ? { dropped: r.dropped } : {}) };
+  } catch (err) {
+    warn(ctx, `build cache not kept: ${(err as Error).message}`);
+    return { dropped: (err as Error).message };
+  }
 }
 
 async function installScripts(cwd: string): Promise<string[]> {

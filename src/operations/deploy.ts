@@ -350,7 +350,9 @@ async function recoverRouted(ctx: Context): Promise<void> {
   const live = routedState?.live;
   if (!live) return;
   await endInterruptedSoak(ctx, routedState.canary ?? null, live);
-  const procs = await ctx.pm2.processes(name, { fresh: true });
+  // The list removeVerifyLeftovers just read (under a second old; its deletes invalidated it): another
+  // `pm2 jlist` would cost a deploy that finds nothing to do ~0.5 s of its 1 s.
+  const procs = await ctx.pm2.processes(name);
   const serving = procs.filter((p) => p.vars[ctx.config.app.portEnv] === String(live.port));
   if (serving.length === 0) return; // nothing serves the routed port: the generic recovery below starts the record
   for (const p of procs.filter((x) => !serving.includes(x))) {

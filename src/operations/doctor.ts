@@ -3,6 +3,8 @@
  * Each check is ok / warn / fail with a one-line fix. Deploy refuses to start on a failed blocking check,
  * so a full disk or a squatted port stops it before building, not half-way.
  */
+import { BuildCache } from '../release/build-cache.js';
+import { bytes } from '../format.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -82,10 +84,20 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
   if (scope === 'all') {
     await add(() => checkRouter(ctx));
     await add(() => checkNode(ctx));
+    await add(() => checkBuildCache(ctx));
     await add(() => checkDump(ctx));
     await add(() => checkSystemd(ctx));
   }
   return checks;
+}
+
+/** Informational: what the build cache holds (release/build-cache.ts). Never fails. */
+async function checkBuildCache(ctx: Context): Promise<Check> {
+  const { build } = ctx.config;
+  const entries = await new BuildCache(ctx.config.releasesDir).describe();
+  const held = entries.length ? entries.map((e) => `${e.entry} ${bytes(e.bytes)}`).join(', ') : 'nothing cached yet';
+  if (!build.cache) return ok('build-cache', `off (build.cache: false)${entries.length ? `; left on disk: ${held}` : ''}`);
+  return ok('build-cache', `${build.cachePaths.join(', ')} carried between builds (at most ${bytes(build.cacheMaxBytes)}): ${held}`);
 }
 
 async function checkWorkspace(ctx: Context): Promise<Check> {

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { isReleaseId, planRetention, rollbackTarget, type RetentionPlan } from '../release/naming.js';
 import { clearBuildProcess, groupMembers, judgeOrphan, readBuildProcess, stopGroup } from '../release/orphans.js';
-import { META_DIR, pidAlive } from '../release/store.js';
+import { BUILD_DIR, META_DIR, pidAlive } from '../release/store.js';
 import { SharedDeps } from '../release/shared-deps.js';
 import { warn, type Context } from './context.js';
 import { currentRelease } from './switch-release.js';
@@ -58,9 +58,19 @@ export async function cleanupInterrupted(ctx: Context): Promise<string[]> {
   // First: removing a release (or building a new one) while a killed deploy's build still runs in it would
   // run two builds at once and leave the old one writing into a deleted directory.
   await stopOrphanedBuilds(ctx);
+  const cleaned: string[] = [];
+  // A `.build` left by a killed run (its build stopped just above) goes back under its id, so it is removed
+  // below as the incomplete release it is: through removeRelease, which keeps a shared node_modules set it
+  // joined correct. Without a readable manifest it never got that far and is just removed.
+  const build = ctx.store.buildRoot;
+  if (await fsp.lstat(build).catch(() => undefined)) {
+    const id = await leftoverBuildId(build);
+    const to = id && !(await fsp.lstat(ctx.store.finalDir(id)).catch(() => undefined)) ? ctx.store.finalDir(id) : undefined;
+    await fsp.rename(build, to ?? path.join(ctx.store.releasesDir, `.removing-build-${process.pid}`));
+    ctx.logger.warn(`found ${build} left by an interrupted run${to ? `: back under ${id}, removed as incomplete` : ': removed'}`);
+  }
   const swept = await ctx.store.sweepRemovals();
   const active = await currentRelease(ctx);
-  const cleaned: string[] = [];
   for (const r of await ctx.store.list()) {
     if (r.status === 'incomplete' && r.id !== active) {
       await removeRelease(ctx, r.id);
@@ -69,6 +79,15 @@ export async function cleanupInterrupted(ctx: Context): Promise<string[]> {
     }
   }
   return [...swept, ...cleaned];
+}
+
+async function leftoverBuildId(dir: string): Promise<string | undefined> {
+  try {
+    const m = JSON.parse(await fsp.readFile(path.join(dir, META_DIR, 'manifest.json'), 'utf8')) as { id?: unknown };
+    return typeof m.id === 'string' && isReleaseId(m.id) ? m.id : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -81,18 +100,22 @@ export async function stopOrphanedBuilds(ctx: Context): Promise<string[]> {
   const names = await fsp.readdir(releasesDir).catch(() => [] as string[]);
   const stopped: string[] = [];
   for (const name of names) {
-    const id = isReleaseId(name) ? name : /^\.removing-(.+)-\d+$/.exec(name)?.[1];
-    if (!id || !isReleaseId(id)) continue;
+    // `.build` holds the release being built (release/store.ts): its id is in the record.
+    const building = name === BUILD_DIR;
+    const named = isReleaseId(name) ? name : /^\.removing-(.+)-\d+$/.exec(name)?.[1];
+    if (!building && (!named || !isReleaseId(named))) continue;
     const dir = path.join(releasesDir, name);
     const st = await fsp.lstat(dir).catch(() => undefined);
     if (!st?.isDirectory()) continue;
     const metaDir = path.join(dir, META_DIR);
     const rec = await readBuildProcess(metaDir);
-    if (!rec || rec.release !== id) continue;
+    const id = building ? rec?.release : named;
+    if (!rec || !id || !isReleaseId(id) || rec.release !== id) continue;
     // Where the group may run: the release under its name now, its real path (releasesDir may be reached
-    // through a symlink; /proc shows real paths), and where it was when the step started, if that was here.
+    // through a symlink; /proc shows real paths), and where it was when the step started, if that was here
+    // (under its id, or in `.build`).
     const dirs = new Set([dir, await fsp.realpath(dir).catch(() => dir)]);
-    if (path.dirname(rec.releaseDir) === releasesDir && path.basename(rec.releaseDir) === id) dirs.add(rec.releaseDir);
+    if (path.dirname(rec.releaseDir) === releasesDir && [id, BUILD_DIR].includes(path.basename(rec.releaseDir))) dirs.add(rec.releaseDir);
     const verdict = judgeOrphan(rec, groupMembers(rec.pgid), [...dirs], { host: os.hostname(), deployAlive: pidAlive(rec.deployPid) });
     if (!verdict.stop && (verdict.reason === 'deploy-alive' || verdict.reason === 'other-host')) continue; // not ours to judge
     if (verdict.stop) {

@@ -7,6 +7,9 @@
  *   <releasesDir>/<id>/.pm2-release/     manifest.json, build.log
  *   <releasesDir>/active.json            state (mode 0600: it holds the app's configured env)
  *   <releasesDir>/current -> <id>        convenience link, swapped atomically
+ *   <releasesDir>/.build/                the release being built (one at a time: the deploy lock), renamed to
+ *                                        <id>/ when its build ends: every build runs at the same absolute path
+ *   <releasesDir>/.cache/                the framework's build cache between builds (release/build-cache.ts)
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -21,6 +24,8 @@ export const MANIFEST_FILE = 'manifest.json';
 export const BUILD_LOG = 'build.log';
 export const STATE_FILE = 'active.json';
 export const CURRENT_LINK = 'current';
+/** Where every release is built: frameworks (Next.js) key their build caches on the absolute path. */
+export const BUILD_DIR = '.build';
 export const MANIFEST_VERSION = 1;
 
 export type ReleaseStatus = 'building' | 'ready' | 'failed';
@@ -46,6 +51,8 @@ export interface Manifest {
    * ends a fresh install: a file changed after it was written by the build, and is never shared.
    */
   dependencies?: { method: 'install' | 'reflink' | 'copy' | 'link'; key?: string; from?: string; durationMs?: number; installedAt?: number; note?: string };
+  /** The build cache around its build (release/build-cache.ts): the entry, whether it was warm, what was kept. */
+  buildCache?: { key: string; warm: boolean; bytes?: number; dropped?: string };
   /** The input key (release/inputs.ts): a later commit with the same key is served by this release. */
   inputKey?: string;
   /** The app dir's git tree id at `sha`. */
@@ -98,19 +105,50 @@ export interface ReleaseRecord {
 const ACTIVATIONS_KEPT = 50;
 
 export class ReleaseStore {
+  /** The release whose build runs in `.build` now (between beginBuild and finishBuild). */
+  private building: string | undefined;
+  /** Set once this run created `.build` for it: only then is it this run's to rename. */
+  private buildCreated = false;
+
   constructor(
     readonly releasesDir: string,
     readonly appDir: string,
   ) {}
 
+  /** The stable build directory (absolute). */
+  get buildRoot(): string {
+    return path.join(this.releasesDir, BUILD_DIR);
+  }
+
+  /** From now until finishBuild, every path of release `id` (dir, app cwd, meta dir, log) is under `.build`. */
+  beginBuild(id: string): void {
+    this.building = id;
+    this.buildCreated = false;
+  }
+
+  /**
+   * Renames `.build` to the release's own directory (same filesystem: one atomic step). Called on success
+   * and on failure alike, so a failed release is kept for its log as before and `.build` is free again.
+   */
+  async finishBuild(id: string): Promise<void> {
+    if (this.building !== id) return;
+    this.building = undefined;
+    if (this.buildCreated && fs.existsSync(this.buildRoot)) await fsp.rename(this.buildRoot, this.releaseDir(id));
+    this.buildCreated = false;
+  }
+
   releaseDir(id: string): string {
+    return id === this.building ? this.buildRoot : path.join(this.releasesDir, id);
+  }
+  /** The directory release `id` has once built, wherever it builds now. */
+  finalDir(id: string): string {
     return path.join(this.releasesDir, id);
   }
   appCwd(id: string): string {
-    return path.join(this.releasesDir, id, this.appDir);
+    return path.join(this.releaseDir(id), this.appDir);
   }
   metaDir(id: string): string {
-    return path.join(this.releasesDir, id, META_DIR);
+    return path.join(this.releaseDir(id), META_DIR);
   }
   buildLog(id: string): string {
     return path.join(this.metaDir(id), BUILD_LOG);
@@ -126,7 +164,10 @@ export class ReleaseStore {
   /** Creates the release directory and its `building` manifest; fails if the id is taken. */
   async create(manifest: Manifest): Promise<void> {
     await this.ensureDir();
-    await fsp.mkdir(this.releaseDir(manifest.id)); // throws EEXIST rather than reuse a directory
+    // Throws EEXIST rather than reuse a directory (a `.build` left by a killed run is removed before: retain.ts).
+    if (this.building === manifest.id && fs.existsSync(this.finalDir(manifest.id))) throw new Error(`release ${manifest.id} exists already`);
+    await fsp.mkdir(this.releaseDir(manifest.id));
+    if (this.building === manifest.id) this.buildCreated = true;
     await fsp.mkdir(this.metaDir(manifest.id));
     await this.writeManifest(manifest);
   }

@@ -119,21 +119,24 @@ describe.skipIf(!LINUX)('orphaned builds of a killed deploy', () => {
     const slow = startCli(sb, ['deploy', '--json'], { BUILD_TRACE: trace });
     started.add(slow.child.pid!);
 
-    // The build step is running: its record is in the new release's meta dir and the slow child is up.
+    // The build step is running at the stable build path (.build, renamed to the id when it ends): its record is
+    // in the meta dir there and the slow child is up.
+    const releaseDir = path.join(sb.releasesDir, '.build');
     const { id, rec } = await until('the build step of the slow deploy', () => {
-      for (const n of fs.readdirSync(sb.releasesDir)) {
-        if (before.has(n) || !/^\d{8}T\d{6}Z-/.test(n)) continue;
-        try {
-          const r = JSON.parse(fs.readFileSync(path.join(sb.releasesDir, n, '.pm2-release', 'build-process.json'), 'utf8'));
-          if (r.step === 'build' && readTrace(trace).some((l) => l.what === 'start' && l.release === n) && groupOf(r.pgid).length >= 2)
-            return { id: n, rec: r };
-        } catch {
-          /* not written yet */
-        }
+      try {
+        const r = JSON.parse(fs.readFileSync(path.join(releaseDir, '.pm2-release', 'build-process.json'), 'utf8'));
+        if (
+          !before.has(r.release) &&
+          r.step === 'build' &&
+          readTrace(trace).some((l) => l.what === 'start' && l.release === r.release) &&
+          groupOf(r.pgid).length >= 2
+        )
+          return { id: r.release as string, rec: r };
+      } catch {
+        /* not written yet */
       }
       return undefined;
     });
-    const releaseDir = path.join(sb.releasesDir, id);
     expect(rec).toMatchObject({ release: id, releaseDir, deployPid: slow.child.pid, step: 'build' });
     const group = groupOf(rec.pgid);
     for (const p of group) started.add(p.pid);
@@ -165,7 +168,9 @@ describe.skipIf(!LINUX)('orphaned builds of a killed deploy', () => {
     for (const p of group) expect(alive(p.pid), `old build process ${p.pid}`).toBe(false);
     const strays = procs().filter((p) => p.cwd && (p.cwd.includes(releaseDir) || (p.cwd.endsWith(' (deleted)') && p.cwd.startsWith(sb.root))));
     expect(strays).toEqual([]);
-    expect(fs.existsSync(releaseDir), 'the incomplete release was removed').toBe(false);
+    expect(fs.existsSync(releaseDir), 'the killed build was removed').toBe(false);
+    expect(fs.existsSync(path.join(sb.releasesDir, id)), 'and no release of it is left').toBe(false);
+    expect(fs.existsSync(path.join(sb.releasesDir, '.build')), 'the new build was renamed to its id').toBe(false);
 
     // One build at a time: the orphan got SIGTERM (its handler wrote "stopped") before the new build started.
     const lines = readTrace(trace);

@@ -80,7 +80,7 @@ describe('content-addressed releases', () => {
     expect(r.release.commits).toEqual([firstSha]);
   });
 
-  it('unchanged inputs: no build, no switch, the same PM2 pid, in under a second; list, status and history show the commit', async () => {
+  it('unchanged inputs: no build, no switch, the same PM2 pid (its time is the bench's); list, status and history show the commit', async () => {
     const pidBefore = pid(sb);
     const dirsBefore = fs.readdirSync(sb.releasesDir).sort();
     const sha = commitOutside(sb, 'README.md', 'docs only\n');
@@ -91,7 +91,6 @@ describe('content-addressed releases', () => {
     expect(r.mode).toBe('unchanged');
     expect(r.reason).toBe(`frontend tree unchanged since ${firstSha.slice(0, 7)}`);
     expect(r.release.id).toBe(first);
-    expect(ms).toBeLessThanOrEqual(1000);
     for (const p of ['archive', 'install', 'build', 'switch', 'health', 'verify']) expect(r.durationsMs[p]).toBeUndefined();
     expect(pid(sb)).toBe(pidBefore);
     expect(sb.jlist().find((p) => p.name === 'frontend-dev')!.pm2_env.restart_time).toBe(0);

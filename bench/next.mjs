@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CACHE_DIR } from './app.mjs';
+import { CACHE_DIR, pageSource } from './app.mjs';
 import { diskUsage, epoch, fmtMs, httpGet, log, median, now, ROOT, run, runPipe, sleep, state, waitAnswer } from './lib.mjs';
 import { cleanEnv, createSandbox } from './sandbox.mjs';
 import { NEXT_RESULTS, renderNextSection, spliceNextSection } from './next-report.mjs';
@@ -26,24 +26,8 @@ export const NEXT_APP = path.join(ROOT, 'bench/next-app');
 const APP = 'frontend-dev';
 const ENV_FILES = ['.env', '.env.local', '.env.production', '.env.production.local'];
 
-/** app/page.js for a version: the page a rebuild commit changes. */
-export function nextPageSource(version) {
-  return `// Rendered per request: shows the build's version and the release PM2 runs it from.
-// The bench rewrites this file for each commit (bench/next.mjs pageSource).
-export const dynamic = 'force-dynamic';
-
-const VERSION = ${JSON.stringify(version)};
-
-export default function Page() {
-  return (
-    <main>
-      <h1>{\`version=\${VERSION}\`}</h1>
-      <p>{\`release=\${process.env.RELEASE_ID ?? 'none'}\`}</p>
-    </main>
-  );
-}
-`;
-}
+/** app/page.js for a version: the page a rebuild commit changes (the same page as the main bench's app). */
+export const nextPageSource = pageSource;
 
 /** Copies the committed app into appDir (no node_modules, no build), plus an untracked env file. */
 export function writeNextApp(appDir) {

@@ -23,6 +23,7 @@ import { routerRunning } from '../pm2/routed-switch.js';
 import { routerProcessName } from '../router/protocol.js';
 import { removeVerifyLeftovers, verifyRelease } from './verify.js';
 import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from './soak.js';
+import type { ReleaseRecord } from '../release/store.js';
 
 export interface DeployOptions extends CommonOptions {
   /** Git ref to release (default HEAD of the workspace). */
@@ -128,21 +129,7 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
             ctx.logger.info(`${short} is retained as ${same.id}${reason ? ` (${reason})` : ''}: activating it without a build`);
             const switched = await switchToRelease(ctx, same, {
               soak: true,
-              onSoakStarted: (soakRec) =>
-                opts.onSoakStarted?.({
-                  ok: true,
-                  changed: true,
-                  action: 'deploy',
-                  mode: 'reactivated',
-                  ...(reason ? { reason } : {}),
-                  release: releaseInfo(same, same.id, ctx.store.buildLog(same.id)),
-                  previous: from,
-                  url,
-                  durationsMs: { ...ctx.durations },
-                  removed: [],
-                  soak: soakRec,
-                  warnings: ctx.warnings,
-                }),
+              onSoakStarted: (soakRec) => opts.onSoakStarted?.(soakStartedResult(ctx, 'reactivated', same, from, soakRec, reason)),
             });
             soak = switched.soak;
             if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${short} with --force: its bad mark is cleared`);
@@ -182,20 +169,7 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
         if (ctx.config.app.strategy !== 'router' && (opts.verify ?? ctx.config.app.verify.enabled)) await verifyRelease(ctx, release);
         switched = await switchToRelease(ctx, release, {
           soak: true,
-          onSoakStarted: (soakRec) =>
-            opts.onSoakStarted?.({
-              ok: true,
-              changed: true,
-              action: 'deploy',
-              mode: 'built',
-              release: releaseInfo(release, release.id, ctx.store.buildLog(release.id)),
-              previous: from,
-              url: healthUrl(ctx.config.app, appPort(ctx.config.app)),
-              durationsMs: { ...ctx.durations },
-              removed: [],
-              soak: soakRec,
-              warnings: ctx.warnings,
-            }),
+          onSoakStarted: (soakRec) => opts.onSoakStarted?.(soakStartedResult(ctx, 'built', release, from, soakRec)),
         });
       } catch (err) {
         const e = asReleaseError(err);
@@ -260,6 +234,31 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
         ctx.config.workspace,
       ).catch(() => false),
   );
+}
+
+/** The early answer of a deploy whose soak has just started (`waitSoak: false`, `--no-wait-soak`). */
+function soakStartedResult(
+  ctx: Context,
+  mode: 'built' | 'reactivated',
+  release: ReleaseRecord,
+  previous: string | null,
+  soak: SoakRecord,
+  reason?: string,
+): DeployResult {
+  return {
+    ok: true,
+    changed: true,
+    action: 'deploy',
+    mode,
+    ...(reason ? { reason } : {}),
+    release: releaseInfo(release, release.id, ctx.store.buildLog(release.id)),
+    previous,
+    url: healthUrl(ctx.config.app, appPort(ctx.config.app)),
+    durationsMs: { ...ctx.durations },
+    removed: [],
+    soak,
+    warnings: ctx.warnings,
+  };
 }
 
 /** A sha an operator rolled back from (or the health gate reverted) is not deployed again without --force. */

@@ -80,7 +80,7 @@ describe('content-addressed releases', () => {
     expect(r.release.commits).toEqual([firstSha]);
   });
 
-  it('unchanged inputs: no build, no switch, the same PM2 pid (its time is the bench's); list, status and history show the commit', async () => {
+  it('unchanged inputs: no build, no switch, the same PM2 pid (the bench times it); list, status and history show the commit', async () => {
     const pidBefore = pid(sb);
     const dirsBefore = fs.readdirSync(sb.releasesDir).sort();
     const sha = commitOutside(sb, 'README.md', 'docs only\n');

@@ -177,9 +177,15 @@ export class ReleaseStore {
   }
 
   async readManifest(id: string): Promise<Manifest | undefined> {
+    const m = await this.readManifestIn(this.releaseDir(id));
+    return m?.id === id ? m : undefined;
+  }
+
+  /** The manifest in a release directory, if it is readable and well-formed. */
+  private async readManifestIn(dir: string): Promise<Manifest | undefined> {
     try {
-      const m = JSON.parse(await fsp.readFile(path.join(this.metaDir(id), MANIFEST_FILE), 'utf8')) as Manifest;
-      if (m && m.id === id && typeof m.sha === 'string' && ['building', 'ready', 'failed'].includes(m.status)) return m;
+      const m = JSON.parse(await fsp.readFile(path.join(dir, META_DIR, MANIFEST_FILE), 'utf8')) as Manifest;
+      if (m && typeof m.id === 'string' && typeof m.sha === 'string' && ['building', 'ready', 'failed'].includes(m.status)) return m;
       return undefined;
     } catch {
       return undefined;
@@ -204,6 +210,13 @@ export class ReleaseStore {
       let status: RetentionStatus = manifest?.status ?? 'incomplete';
       if (status === 'building' && manifest && !builderAlive(manifest.builder)) status = 'incomplete';
       records.push({ id, dir: this.releaseDir(id), cwd: this.appCwd(id), status, manifest });
+    }
+    // The release being built (or left by a killed build) lives in `.build` until it is renamed: list it
+    // under its id, so `list` and `status` show it and the clean-up of interrupted runs finds it.
+    const built = await this.readManifestIn(this.buildRoot);
+    if (built && isReleaseId(built.id) && !records.some((r) => r.id === built.id)) {
+      const status: RetentionStatus = built.status === 'building' && !builderAlive(built.builder) ? 'incomplete' : built.status;
+      records.push({ id: built.id, dir: this.buildRoot, cwd: path.join(this.buildRoot, this.appDir), status, manifest: built });
     }
     return newestFirst(records);
   }

@@ -119,7 +119,8 @@ describe('library deploy: progress events, result shape, cancellation', () => {
 
     // The documented result shape.
     const dir = path.join(sb.releasesDir, r.release.id);
-    expect(Object.keys(r).sort()).toEqual(['action', 'changed', 'durationsMs', 'mode', 'ok', 'previous', 'release', 'removed', 'url', 'warnings']);
+    expect(Object.keys(r).sort()).toEqual(['action', 'changed', 'durationsMs', 'mode', 'ok', 'previous', 'release', 'removed', 'soak', 'url', 'warnings']);
+    expect(r.soak).toBeNull(); // the restart strategy has no soak
     expect(r).toMatchObject({
       ok: true,
       action: 'deploy',

@@ -13,12 +13,12 @@
  * waits for the port, and the old process is deleted so the router can bind it (one short gap).
  */
 import { SwitchError } from '../errors.js';
-import { portFree } from '../health.js';
+import { portFree, portHolder } from '../health.js';
 import type { Logger } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
 import type { RouterControl } from '../router-control.js';
 import type { Pm2, Pm2Process } from './client.js';
-import { deleteProcesses, type SwitchHandle, type SwitchInput, type SwitchStrategy } from './switch.js';
+import { deleteProcesses, stopOrphan, type SwitchHandle, type SwitchInput, type SwitchStrategy } from './switch.js';
 
 export interface RoutingInput {
   control: RouterControl;
@@ -100,6 +100,7 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
       revert: async () => {
         if (handle.committed) throw new Error('the route already changed: the new release serves');
         await deleteIds(await newIds());
+        await stopEscaped(port);
       },
       commit: async () => {
         routing.beforeRoute?.();
@@ -159,6 +160,16 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
         if (!d.drained) routing.warn(`a retired release still had ${d.abandoned} request(s) in flight after the drain timeout (${routing.drainTimeoutMs} ms)`);
       }
       await deleteIds(ids);
+      if (drainPort !== undefined) await stopEscaped(drainPort);
+    };
+    /**
+     * `npm start` killed by PM2 after its kill timeout leaves its server child running outside PM2, on the
+     * release's private port: stop such a holder by pid when it runs from inside the releases dir.
+     */
+    const stopEscaped = async (releasePort: number) => {
+      if (!input.ownedRoot) return;
+      const pid = await portHolder(releasePort);
+      if (pid !== undefined) await stopOrphan(pid, input.ownedRoot, logger);
     };
     try {
       input.beforeStart?.();

@@ -316,8 +316,12 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
         release,
         previous: before,
         newIds: handle.newIds,
-        recordActive: (r, port) =>
-          recordActive(ctx, r, { ...appDefinition(ctx, r), env: { ...appDefinition(ctx, r).env, [ctx.config.app.portEnv]: String(port) } }),
+        recordActive: (r, port) => {
+          // As it runs: on its private port.
+          const def = appDefinition(ctx, r);
+          def.env[ctx.config.app.portEnv] = String(port);
+          return recordActive(ctx, r, def);
+        },
         onStarted: opts.onSoakStarted,
       });
     } else {

@@ -332,7 +332,7 @@ function routerTargets(R, S, rows, reasons) {
     const lost = h.failed + h.ac.dropped + h.poller.failed;
     rows.push([
       'router hold: live release SIGKILLed under load (PM2 restarts it): 0 failed requests',
-      `${lost} lost (autocannon ${h.failed}, dropped ${h.ac.dropped}, poller ${h.poller.failed}); longest gap ${fmtMs(h.ac.maxGapMs)} (port answered again after ${fmtMs(h.backMs)}, PM2 restarts +${h.restarts})`,
+      `${lost} lost (autocannon ${h.failed}, dropped ${h.ac.dropped}, poller ${h.poller.failed}); longest gap ${fmtMs(h.ac.maxGapMs)} (port answered again after ${fmtMs(h.backMs)}, PM2 restarts +${h.restarts})${h.poller.slowestMs !== undefined ? `; slowest fresh-connection request ${fmtMs(h.poller.slowestMs)}` : ''}`,
       met(lost === 0),
     ]);
     if (lost > 0)
@@ -740,7 +740,7 @@ export function writeReport(R, outFile) {
       '- pm2-release through its library API (`deploy`, `rollback`, `activate`, `build`, `list` from dist/), config defaults except: `strategy: "restart"` (the default is now `router`; it has its own runs below), `keep: 3`, `app.prune: [".next/cache", ".turbo", "build/cache"]` (see the note below), and for the cluster runs `strategy: "cluster"`, `script: "node_modules/next/dist/bin/next"`, `args: ["start"]`, `portEnv: "PORT"`. Health check and verify use the defaults (1.5 s settle each); install and build run at low priority (default).',
       '- Cold deploys: `reuseDependencies: false`. Unchanged-lockfile deploys: a new commit (page text) with the same package-lock.json. Redeploy: `deploy --ref <sha>` of a retained release (mode `reactivated`). Rollback: `rollback`.',
       '- Crashing release: a commit whose next.config.js exits when the production server loads it. Built once with `build`, then deployed with `verify: false, force: true` (the health gate marks the sha bad each time), so each crash switch reactivates that release and the health gate must revert it.',
-      '- Load: autocannon (keep-alive) in a separate process, steady for 2 s before the switch and 2 s after; a second loop opens a fresh connection every 20 ms.',
+      "- Load: autocannon (keep-alive) in a separate process, steady for 2 s before the switch and 2 s after; a second loop opens a fresh connection every 20 ms. Both give up on a request after 10 s (Apache's ProxyTimeout defaults to 60 s), so a request the router holds is counted slow, not failed, unless it waits longer.",
       '- Router strategy (last, on the releases left by the runs above): `strategy: "router"`, `router.releasePorts: [23001, 23099]`, other router settings default (holdMs 15000, drainTimeoutMs 30000); `next start --port ${FRONT_PORT}` reads its private port. The first router switch takes the app port over from the cluster (not measured). Then (f): activates alternating between two releases, rollbacks, and deploys of the crash-at-boot sha with `force: true`, one after another with 1 s between them, under one load run on the router port. (g): under load, the pid holding the live release\'s private port (found through /proc/net/tcp and /proc/<pid>/fd, as src/health.ts `portHolder` does; checked to run inside the sandbox) gets SIGKILL and PM2 restarts the app. Router cost: autocannon straight to the live release\'s private port and through the router, at a fixed overall rate and unlimited. Then unchanged-lockfile deploys with the router strategy.',
     ].join('\n'),
   );

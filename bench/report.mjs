@@ -323,7 +323,10 @@ function routerTargets(R, S, rows, reasons) {
           (step
             ? `It opened during a ${step.kind} step, ${fmtMs(gapAt - step.startAt)} after the step began${phaseAt ? `, ${phaseAt}` : ''}. `
             : 'It opened outside any switch step. ') +
-          `No request failed in it (see the row above): responses were slow, not lost. On ${R.machine.cores} cores, autocannon, the fresh-connection poller, the router, the live Next server, the booting one and the PM2 CLI calls of the switch (each a new Node process) compete for the CPU; a new Next server compiles its routes on the first requests it gets after the route change.`,
+          `No request failed in it (see the row above): responses were slow, not lost. On ${R.machine.cores} cores, autocannon, the fresh-connection poller, the router, the live Next server, the booting one and the PM2 CLI calls of the switch (each a new Node process) compete for the CPU; a new Next server compiles its routes on the first requests it gets after the route change.` +
+          (R.routerQuiet
+            ? ` For scale, the same load with no switch at all (${R.routerQuiet.router.seconds} s each): longest gap ${fmtMs(R.routerQuiet.router.gapMs)} through the router and ${fmtMs(R.routerQuiet.direct.gapMs)} straight to the release's private port (fresh-connection poller ${fmtMs(R.routerQuiet.router.pollerGapMs)} / ${fmtMs(R.routerQuiet.direct.pollerGapMs)}; ${R.routerQuiet.router.failed + R.routerQuiet.direct.failed} failed).`
+            : ''),
       );
     }
   }
@@ -588,10 +591,16 @@ export function writeReport(R, outFile) {
   t.push(
     '\n"failed" counts what autocannon reports: while nothing listens, each of its connections retries at once in a tight loop, so a delete+start switch yields thousands of ECONNREFUSED per second of downtime; compare those rows by the gap. "dropped in flight": requests autocannon wrote that got neither a response nor an error (it reconnects silently when the server closes a keep-alive connection with a request in flight); one in-flight request per connection at stop time is not counted. "longest gap": the longest time between two successful autocannon responses during the run. "poller": a fresh connection every 20 ms, as a health check or a proxy without keep-alive would make.\n',
   );
+  if (R.routerQuiet) {
+    const q = R.routerQuiet;
+    t.push(
+      `No switch at all, for scale: the same load for ${q.router.seconds} s, with nothing else running, has a longest gap of ${fmtMs(q.router.gapMs)} through the router and ${fmtMs(q.direct.gapMs)} straight to the live release's private port (poller ${fmtMs(q.router.pollerGapMs)} / ${fmtMs(q.direct.pollerGapMs)}; failed ${q.router.failed} / ${q.direct.failed}).\n`,
+    );
+  }
   if (S.cost) {
     const C = R.routerCost;
     t.push(
-      `### Router cost on the Next page (autocannon, ${C.connections} keep-alive connections, ${C.seconds} s per run, medians of ${C.fixedDirect.length} run(s) each)\n`,
+      `### Router cost on the Next page (autocannon, ${C.seconds} s per run, medians of ${C.fixedDirect.length} run(s) each: the fixed rate on ${C.fixedConnections ?? C.connections} keep-alive connection(s), saturation on ${C.connections})\n`,
     );
     const c = S.cost;
     t.push(
@@ -741,7 +750,7 @@ export function writeReport(R, outFile) {
       '- Cold deploys: `reuseDependencies: false`. Unchanged-lockfile deploys: a new commit (page text) with the same package-lock.json. Redeploy: `deploy --ref <sha>` of a retained release (mode `reactivated`). Rollback: `rollback`.',
       '- Crashing release: a commit whose next.config.js exits when the production server loads it. Built once with `build`, then deployed with `verify: false, force: true` (the health gate marks the sha bad each time), so each crash switch reactivates that release and the health gate must revert it.',
       "- Load: autocannon (keep-alive) in a separate process, steady for 2 s before the switch and 2 s after; a second loop opens a fresh connection every 20 ms. Both give up on a request after 10 s (Apache's ProxyTimeout defaults to 60 s), so a request the router holds is counted slow, not failed, unless it waits longer.",
-      '- Router strategy (last, on the releases left by the runs above): `strategy: "router"`, `router.releasePorts: [23001, 23099]`, other router settings default (holdMs 15000, drainTimeoutMs 30000); `next start --port ${FRONT_PORT}` reads its private port. The first router switch takes the app port over from the cluster (not measured). Then (f): activates alternating between two releases, rollbacks, and deploys of the crash-at-boot sha with `force: true`, one after another with 1 s between them, under one load run on the router port. (g): under load, the pid holding the live release\'s private port (found through /proc/net/tcp and /proc/<pid>/fd, as src/health.ts `portHolder` does; checked to run inside the sandbox) gets SIGKILL and PM2 restarts the app. Router cost: autocannon straight to the live release\'s private port and through the router, at a fixed overall rate and unlimited. Then unchanged-lockfile deploys with the router strategy.',
+      "- Router strategy (last, on the releases left by the runs above): `strategy: \"router\"`, `router.releasePorts: [23001, 23099]`, other router settings default (holdMs 15000, drainTimeoutMs 30000); `next start --port ${FRONT_PORT}` reads its private port. The first router switch takes the app port over from the cluster (not measured). Then (f): activates alternating between two releases, rollbacks, and deploys of the crash-at-boot sha with `force: true`, one after another with 1 s between them, under one load run on the router port. (g): under load, the pid holding the live release's private port (found through /proc/net/tcp and /proc/<pid>/fd, as src/health.ts `portHolder` does; checked to run inside the sandbox) gets SIGKILL and PM2 restarts the app. Router cost: autocannon straight to the live release's private port and through the router, at a fixed rate on one keep-alive connection (autocannon sends each second's share of a fixed rate back to back on each connection: on ten connections the app would queue ten at once and the run would measure the queue) and unlimited on the usual connections. Then unchanged-lockfile deploys with the router strategy. The router config turns the soak off (`soak.durationMs: 0`; by default a routed deploy watches the new release for 60 s after the route change while it serves, see the soak section).",
     ].join('\n'),
   );
   lines.push('');

@@ -100,6 +100,10 @@ const APP_PORT_ENV = 'FRONT_PORT';
 // Router cost: a fixed request rate (latency), then saturation (throughput), each run this many seconds.
 const COST_RATE = 200;
 const COST_SECONDS = 10;
+// The fixed-rate (latency) runs use one keep-alive connection: see 5b.
+// The no-switch control runs (the longest gap the load makes by itself), each this many seconds.
+const QUIET_SECONDS = 20;
+const COST_FIXED_CONNECTIONS = 1;
 const ENV_FILES = ['.env', '.env.local', '.env.production', '.env.production.local'];
 
 // ---------- lifecycle: always clean up ----------
@@ -120,10 +124,24 @@ async function cleanup() {
   return cleaning;
 }
 let interrupted = false;
+// Set while the Next.js section runs: its child (own process group, own sandbox) cleans up after itself on
+// SIGTERM, so a signal here is passed on to it and waited for.
+let nextSection;
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(sig, () => {
     interrupted = true;
     log(`${sig}: stopping and cleaning up`);
+    if (nextSection) {
+      for (const c of children) {
+        try {
+          process.kill(-c.pid, 'SIGTERM');
+        } catch {
+          /* gone */
+        }
+      }
+      void Promise.race([nextSection, sleep(60_000)]).finally(() => process.exit(130));
+      return;
+    }
     cleanup().finally(() => process.exit(130));
   });
 }
@@ -212,7 +230,14 @@ async function main() {
     restart: writeConfig('restart', base),
     cold: writeConfig('cold', { ...base, app: { ...base.app, reuseDependencies: false } }),
     // Router: releases on private ports below the ephemeral range; next start reads FRONT_PORT (package.json).
-    router: writeConfig('router', { ...base, app: { ...base.app, strategy: 'router' }, router: { releasePorts: [23001, 23099] } }),
+    // Soak off: a routed deploy otherwise watches the new release for 60 s after the route change (it serves
+    // all the while); `npm run bench:soak` measures the soak.
+    router: writeConfig('router', {
+      ...base,
+      app: { ...base.app, strategy: 'router' },
+      router: { releasePorts: [23001, 23099] },
+      soak: { durationMs: 0 },
+    }),
     cluster: writeConfig('cluster', {
       ...base,
       app: {
@@ -633,6 +658,21 @@ async function main() {
       );
     }
 
+    // ---------- 5a'. the same load with no switch: the longest gap the load itself makes, router vs direct ----------
+    {
+      const st = await control.status(10_000);
+      const direct = `http://127.0.0.1:${st.live.port}/`;
+      const quiet = async (url) => {
+        const m = await underLoad(() => sleep(QUIET_SECONDS * 1_000), { url });
+        return { seconds: QUIET_SECONDS, gapMs: m.ac.maxGapMs, pollerGapMs: m.poller.maxGapMs, failed: m.failed + m.ac.dropped + m.poller.failed };
+      };
+      R.routerQuiet = { router: await quiet(sb.url), direct: await quiet(direct) };
+      log(
+        `no switch, ${QUIET_SECONDS} s of the same load: longest gap through the router ${fmtMs(R.routerQuiet.router.gapMs)} (poller ${fmtMs(R.routerQuiet.router.pollerGapMs)}), ` +
+          `direct ${fmtMs(R.routerQuiet.direct.gapMs)} (poller ${fmtMs(R.routerQuiet.direct.pollerGapMs)})`,
+      );
+    }
+
     // ---------- 5b. router cost on the Next page: direct to the private port vs through the router ----------
     {
       const st = await control.status(10_000);
@@ -647,14 +687,24 @@ async function main() {
       }
       // The latency comparison needs a rate the app sustains without queueing: COST_RATE, or half of the
       // direct saturation throughput when the app cannot do COST_RATE here (a queue would swamp the hop).
+      // On one connection: autocannon paces a rate per connection by sending each second's share back to
+      // back, so ten connections would queue ten requests at the app at once and measure the queue.
       const satD = median(runs.satDirect.map((x) => x.reqPerSec)) ?? 0;
       const rate = Math.max(5, Math.min(COST_RATE, Math.floor(satD / 2)));
       if (rate < COST_RATE) log(`router cost: direct saturation is ${satD.toFixed(0)} req/s: fixed rate ${rate} req/s instead of ${COST_RATE}`);
       for (let i = 0; i < reps; i++) {
-        runs.fixedDirect.push(await measureLoad(direct, COST_SECONDS, rate));
-        runs.fixedRouter.push(await measureLoad(sb.url, COST_SECONDS, rate));
+        runs.fixedDirect.push(await measureLoad(direct, COST_SECONDS, rate, COST_FIXED_CONNECTIONS));
+        runs.fixedRouter.push(await measureLoad(sb.url, COST_SECONDS, rate, COST_FIXED_CONNECTIONS));
       }
-      R.routerCost = { rate, rateWanted: COST_RATE, seconds: COST_SECONDS, connections: opts.connections, ...runs, hwmKbAfter: procMem(routerPid)?.hwmKb };
+      R.routerCost = {
+        rate,
+        rateWanted: COST_RATE,
+        seconds: COST_SECONDS,
+        connections: opts.connections,
+        fixedConnections: COST_FIXED_CONNECTIONS,
+        ...runs,
+        hwmKbAfter: procMem(routerPid)?.hwmKb,
+      };
       const p = (xs, f) => fmtMs(median(xs.map(f)));
       log(
         `router cost: fixed p50 direct ${median(runs.fixedDirect.map((x) => x.p50))?.toFixed(2)} ms, router ${median(runs.fixedRouter.map((x) => x.p50))?.toFixed(2)} ms; ` +
@@ -751,8 +801,8 @@ async function main() {
   }
 
   /** One autocannon run in a child (load.mjs --measure); rate 0 = as fast as it goes. */
-  async function measureLoad(url, seconds, rate) {
-    const child = fork(path.join(ROOT, 'bench/load.mjs'), ['--measure', url, String(opts.connections), String(seconds), String(rate)], {
+  async function measureLoad(url, seconds, rate, connections = opts.connections) {
+    const child = fork(path.join(ROOT, 'bench/load.mjs'), ['--measure', url, String(connections), String(seconds), String(rate)], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: cleanEnv(),
     });
@@ -889,8 +939,8 @@ async function main() {
   }
 
   /** Starts the load child, waits for steady 2xx, runs fn, keeps the load 2 s more, stops, collects. */
-  async function underLoad(fn, { maxSeconds = 180 } = {}) {
-    const child = fork(path.join(ROOT, 'bench/load.mjs'), [sb.url, String(opts.connections), String(maxSeconds), '20'], {
+  async function underLoad(fn, { maxSeconds = 180, url = sb.url } = {}) {
+    const child = fork(path.join(ROOT, 'bench/load.mjs'), [url, String(opts.connections), String(maxSeconds), '20'], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: cleanEnv(),
     });
@@ -1070,12 +1120,15 @@ try {
 if (exitCode === 0 && !opts.skipNext && !interrupted) {
   // Its own sandbox and time limit; it rewrites only its section of the report.
   log('the Next.js section (bench/next.mjs)');
-  const r = await run([process.execPath, path.join(ROOT, 'bench/next.mjs'), '--runs', String(opts.runs), '--out', opts.out], {
+  // The main sandbox is gone (cleanup refuses new children from then on); this section brings its own.
+  nextSection = run([process.execPath, path.join(ROOT, 'bench/next.mjs'), '--runs', String(opts.runs), '--out', opts.out], {
     cwd: ROOT,
     env: process.env,
     timeoutMs: (12 + opts.runs * 10) * 60_000,
     allowFail: true,
+    evenWhenStopping: true,
   });
+  const r = await nextSection;
   process.stderr.write(r.stderr.slice(-4000));
   if (r.code !== 0) exitCode = 1;
 }

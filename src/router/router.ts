@@ -76,6 +76,8 @@ export class Router {
   private readonly draining = new Map<number, Target>();
   /** Per request: the visitor's bucket and whether the response should set the visitor cookie. */
   private readonly visitors = new WeakMap<http.IncomingMessage, { bucket: number; setCookie: boolean }>();
+  /** Responses whose upstream died after they had begun: counted as failed (502), whatever status was sent. */
+  private readonly cutShort = new WeakSet<http.ServerResponse>();
   private readonly proxy = createProxyServer({ xfwd: false, ws: true });
   private listening = false;
   private readonly wsTargets = new WeakMap<Duplex, Target>();
@@ -100,8 +102,15 @@ export class Router {
         if (t?.websockets.has(socket)) t.websockets.set(socket, proxySocket);
       });
     });
-    this.proxy.on('proxyRes', (proxyRes: http.IncomingMessage, req: http.IncomingMessage) => {
+    this.proxy.on('proxyRes', (proxyRes: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
       for (const h of hopHeaders(proxyRes.headers)) if (h !== 'transfer-encoding') delete proxyRes.headers[h];
+      // The upstream died mid-response (it was killed): the answer cannot be retried, and http-proxy-3 would
+      // leave the client waiting for the rest forever. Reset the client's connection, as the upstream's was.
+      proxyRes.once('close', () => {
+        if (proxyRes.complete || res.writableEnded || res.destroyed) return;
+        this.cutShort.add(res);
+        res.destroy();
+      });
       const v = this.visitors.get(req);
       if (v?.setCookie) {
         // The visitor keeps its bucket for the soak and after: its next page and chunks come from one build.
@@ -253,7 +262,7 @@ export class Router {
     target.begin();
     res.once('close', () => {
       attempt.target.end();
-      this.metrics.record(attempt.target.release, res.statusCode, performance.now() - started);
+      this.metrics.record(attempt.target.release, this.cutShort.has(res) ? 502 : res.statusCode, performance.now() - started);
     });
     const retryable = RETRYABLE.has(req.method ?? '') && !hasBody(req);
     this.forward(req, res, attempt, target.agent, retryable ? MAX_RETRIES : 0);

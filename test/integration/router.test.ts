@@ -281,6 +281,44 @@ describe('router (in-process, real HTTP on 127.0.0.1)', () => {
     }
   });
 
+  it('an upstream that dies mid-response resets the client connection (no hang) and counts as a 5xx', async () => {
+    const cut = await upstream('C', undefined, (req, res) => {
+      if (!req.headers['x-cut']) return false;
+      // Headers and part of the body, then the process "dies": the rest never comes.
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '1000' });
+      res.write('partial');
+      setTimeout(() => req.socket.destroy(), 50);
+      return true;
+    });
+    try {
+      await router.route({ live: { port: cut.port, release: RELEASE_B } });
+      const before = router.status().stats.find((s) => s.release === RELEASE_B)?.errors5xx ?? 0;
+      // Without the reset the client would wait for the other 993 bytes until its own timeout.
+      const outcome = await new Promise<string>((resolve) => {
+        const req = http.get({ host: '127.0.0.1', port, headers: { 'x-cut': '1' }, agent: false, timeout: 10_000 }, (res) => {
+          res.on('data', () => undefined);
+          res.on('end', () => resolve('end'));
+          res.on('error', (e: NodeJS.ErrnoException) => resolve(`error ${e.code}`));
+          res.on('aborted', () => resolve('aborted'));
+        });
+        req.on('timeout', () => {
+          req.destroy();
+          resolve('timeout');
+        });
+        req.on('error', (e: NodeJS.ErrnoException) => resolve(`error ${e.code}`));
+      });
+      expect(outcome).toMatch(/^(aborted|error ECONNRESET)$/);
+      await sleep(50);
+      expect(router.status().stats.find((s) => s.release === RELEASE_B)!.errors5xx).toBe(before + 1);
+      // The router itself serves on: the next request answers.
+      expect((await request(port)).status).toBe(200);
+    } finally {
+      await router.route({ live: { port: a.port, release: RELEASE_A } });
+      await router.drain(cut.port, 1_000);
+      await cut.close();
+    }
+  });
+
   it('holds requests while the live upstream refuses connections, then answers; past the bound: 503 + Retry-After', async () => {
     const p = await freePort();
     await router.route({ live: { port: p, release: RELEASE_B } });

@@ -88,6 +88,7 @@ export function summarize(R) {
   S.marathon = R.marathon ? sw([R.marathon]) : undefined;
   S.router = R.routerMarathon ? sw([R.routerMarathon]) : undefined;
   S.hold = R.routerHold ? sw([R.routerHold]) : undefined;
+  S.takeover = R.routerTakeover ? sw([R.routerTakeover]) : undefined;
   S.routerWarm = R.routerWarm?.length
     ? {
         total: med(R.routerWarm, (r) => r.ms),
@@ -580,6 +581,15 @@ export function writeReport(R, outFile) {
           S.router,
           R.routerMarathon ? `${R.routerMarathon.loadSeconds} s of load` : '',
         ),
+        ...(S.takeover
+          ? [
+              swRow(
+                '(f0) router take-over: the app port passes from the cluster workers to the router (once per VM)',
+                S.takeover,
+                'the old workers are deleted, then the router binds the port',
+              ),
+            ]
+          : []),
         swRow(
           '(g) router hold: the live release server SIGKILLed, PM2 restarts it',
           S.hold,
@@ -750,7 +760,7 @@ export function writeReport(R, outFile) {
       '- Cold deploys: `reuseDependencies: false`. Unchanged-lockfile deploys: a new commit (page text) with the same package-lock.json. Redeploy: `deploy --ref <sha>` of a retained release (mode `reactivated`). Rollback: `rollback`.',
       '- Crashing release: a commit whose next.config.js exits when the production server loads it. Built once with `build`, then deployed with `verify: false, force: true` (the health gate marks the sha bad each time), so each crash switch reactivates that release and the health gate must revert it.',
       "- Load: autocannon (keep-alive) in a separate process, steady for 2 s before the switch and 2 s after; a second loop opens a fresh connection every 20 ms. Both give up on a request after 10 s (Apache's ProxyTimeout defaults to 60 s), so a request the router holds is counted slow, not failed, unless it waits longer.",
-      "- Router strategy (last, on the releases left by the runs above): `strategy: \"router\"`, `router.releasePorts: [23001, 23099]`, other router settings default (holdMs 15000, drainTimeoutMs 30000); `next start --port ${FRONT_PORT}` reads its private port. The first router switch takes the app port over from the cluster (not measured). Then (f): activates alternating between two releases, rollbacks, and deploys of the crash-at-boot sha with `force: true`, one after another with 1 s between them, under one load run on the router port. (g): under load, the pid holding the live release's private port (found through /proc/net/tcp and /proc/<pid>/fd, as src/health.ts `portHolder` does; checked to run inside the sandbox) gets SIGKILL and PM2 restarts the app. Router cost: autocannon straight to the live release's private port and through the router, at a fixed rate on one keep-alive connection (autocannon sends each second's share of a fixed rate back to back on each connection: on ten connections the app would queue ten at once and the run would measure the queue) and unlimited on the usual connections. Then unchanged-lockfile deploys with the router strategy. The router config turns the soak off (`soak.durationMs: 0`; by default a routed deploy watches the new release for 60 s after the route change while it serves, see the soak section).",
+      "- Router strategy (last, on the releases left by the runs above): `strategy: \"router\"`, `router.releasePorts: [23001, 23099]`, other router settings default (holdMs 15000, drainTimeoutMs 30000); `next start --port ${FRONT_PORT}` reads its private port. The first router switch takes the app port over from the cluster, under the same load (f0). Then (f): activates alternating between two releases, rollbacks, and deploys of the crash-at-boot sha with `force: true`, one after another with 1 s between them, under one load run on the router port. (g): under load, the pid holding the live release's private port (found through /proc/net/tcp and /proc/<pid>/fd, as src/health.ts `portHolder` does; checked to run inside the sandbox) gets SIGKILL and PM2 restarts the app. Router cost: autocannon straight to the live release's private port and through the router, at a fixed rate on one keep-alive connection (autocannon sends each second's share of a fixed rate back to back on each connection: on ten connections the app would queue ten at once and the run would measure the queue) and unlimited on the usual connections. Then unchanged-lockfile deploys with the router strategy. The router config turns the soak off (`soak.durationMs: 0`; by default a routed deploy watches the new release for 60 s after the route change while it serves, see the soak section).",
     ].join('\n'),
   );
   lines.push('');

@@ -599,9 +599,17 @@ async function main() {
     const otherR = (id) => (id === pair[0].id ? pair[1] : pair[0]);
     {
       const target = otherR(active);
-      log(`router: take-over from the cluster strategy (not measured) → ${target.id}`);
-      await activateTimed(cfg.router, 'router take-over', target);
+      // Under the same load: the one gap the router strategy has, once per VM (the port changes hands).
+      log(`router: take-over of the app port from the cluster strategy, under load → ${target.id}`);
+      const m = await underLoad(() => activateTimed(cfg.router, 'router take-over', target));
+      delete m.buckets;
+      delete m.failTimes;
+      R.routerTakeover = m;
       active = target.id;
+      log(
+        `router take-over: failed ${m.failed} (errors ${m.ac.errors} ${JSON.stringify(m.ac.errorCodes)}, non-2xx ${m.ac.non2xx}), dropped ${m.ac.dropped}, ` +
+          `poller failed ${m.poller.failed} ${JSON.stringify(m.poller.codes)}, longest gap ${fmtMs(m.ac.maxGapMs)} (poller ${fmtMs(m.poller.maxGapMs)})`,
+      );
     }
     const st0 = await control.status(15_000);
     const routerPid = st0.pid;

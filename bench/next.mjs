@@ -202,6 +202,9 @@ export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
       // measure the neighbours, not pm2-release. The full bench measures the default.
       app: { env: { FRONT_PORT: String(sb.port) }, prune: ['.next/cache', '.turbo', 'build/cache'], buildLowPriority: false },
       router: { releasePorts: [first, first + 99] },
+      // Soak off: by default a routed deploy watches the new release for 60 s after the route change (it
+      // serves all the while); that is `npm run bench:soak`'s subject, not a deploy's cost.
+      soak: { durationMs: 0 },
       // The build cache is off by default (it did not pay on this app): on here, off in the `nocache` runs.
       build: { cache: true },
     };

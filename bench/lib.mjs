@@ -30,13 +30,14 @@ export const children = new Set();
 /** Set once cleanup begins: no new child process may start (it could bring a PM2 daemon back). */
 export const state = { stopping: false };
 
-export function killTracked() {
+/** Signals every tracked child's process group (SIGKILL unless told), and forgets them. */
+export function killTracked(signal = 'SIGKILL') {
   for (const c of children) {
     try {
-      process.kill(-c.pid, 'SIGKILL');
+      process.kill(-c.pid, signal);
     } catch {
       try {
-        c.kill('SIGKILL');
+        c.kill(signal);
       } catch {
         /* gone */
       }

@@ -24,7 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CACHE_DIR, CRASH_CONFIG, ensureTemplate, lockedVersions, pageSource, writeApp } from './app.mjs';
-import { children, CLI, epoch, fmtMs, httpGet, log, median, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, state, waitAnswer } from './lib.mjs';
+import { children, CLI, epoch, killTracked, fmtMs, httpGet, log, median, now, PM2_BIN, procMem, ROOT, run, runPipe, sleep, state, waitAnswer } from './lib.mjs';
 import { writeReport } from './report.mjs';
 import { cleanEnv, createSandbox } from './sandbox.mjs';
 
@@ -132,13 +132,7 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
     interrupted = true;
     log(`${sig}: stopping and cleaning up`);
     if (nextSection) {
-      for (const c of children) {
-        try {
-          process.kill(-c.pid, 'SIGTERM');
-        } catch {
-          /* gone */
-        }
-      }
+      killTracked('SIGTERM');
       void Promise.race([nextSection, sleep(60_000)]).finally(() => process.exit(130));
       return;
     }

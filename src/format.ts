@@ -5,6 +5,7 @@ import type { InitResult } from './operations/init.js';
 import { renderConfig } from './operations/proposal.js';
 import type { HistoryResult } from './operations/results.js';
 import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
+import { sharePercent } from './router/protocol.js';
 
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -14,6 +15,11 @@ export function table(headers: string[], rows: string[][]): string {
       .join('  ')
       .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
+}
+
+/** A share of requests (0.0123) with one decimal: "1.2 %". */
+export function ratePercent(rate: number): string {
+  return `${(rate * 100).toFixed(1)} %`;
 }
 
 export function bytes(n: number | null): string {
@@ -55,7 +61,7 @@ export function formatDeploy(r: DeployResult): string {
 function soakLine(r: DeployResult): string {
   const s = r.soak;
   if (!s) return '';
-  const share = s.share < 1 ? `${Math.round(s.share * 1000) / 10} % of visitors` : 'every visitor';
+  const share = s.share < 1 ? `${sharePercent(s.share)} of visitors` : 'every visitor';
   if (s.state === 'running')
     return `soaking: ${share} on it until ${shortTime(s.endsAt)}; \`pm2-release status\` shows the numbers, \`pm2-release rollback\` reverts at once\n`;
   return `soak ${s.state}: ${s.reason ?? ''}\n`;
@@ -64,7 +70,7 @@ function soakLine(r: DeployResult): string {
 /** One release's soak numbers: "212 req, 5xx 0.5 %, p99 12 ms". */
 function trafficText(n: { requests: number; rate5xx: number; p99Ms: number | null } | null): string {
   if (!n) return 'no requests';
-  return `${n.requests} req, 5xx ${(n.rate5xx * 100).toFixed(1)} %, p99 ${n.p99Ms ?? '-'} ms`;
+  return `${n.requests} req, 5xx ${ratePercent(n.rate5xx)}, p99 ${n.p99Ms ?? '-'} ms`;
 }
 
 export function formatBuild(r: BuildResult): string {
@@ -128,7 +134,7 @@ function soakRows(r: StatusResult): string[][] {
   const s = r.soak;
   if (!s) return [];
   if (!s.running) return [['last soak', `${s.state}: ${s.release} (${s.reason ?? '-'}) at ${shortTime(s.endedAt ?? s.startedAt)}`]];
-  const share = s.share < 1 ? `${Math.round(s.share * 1000) / 10} % canary` : 'all visitors';
+  const share = s.share < 1 ? `${sharePercent(s.share)} canary` : 'all visitors';
   return [
     ['soak', `${s.release} on trial (${share}), ${Math.ceil(s.timeLeftMs / 1000)} s left; \`pm2-release rollback\` reverts at once`],
     ['  new', `${s.release}: ${trafficText(s.candidate)}${s.judged ? '' : ` (judged from ${s.thresholds.minRequests} requests)`}`],
@@ -147,8 +153,7 @@ function routerRows(r: StatusResult): string[][] {
       `${ro.listening ? 'listening' : 'WAITING for the port'} on :${ro.port} → ${ro.live ? `${ro.live.release} on :${ro.live.port}` : 'no release yet'}`,
     ],
   ];
-  if (ro.canary)
-    rows.push(['canary', `${Math.round(ro.canary.share * 1000) / 10} % of visitors → ${ro.canary.upstream.release} on :${ro.canary.upstream.port}`]);
+  if (ro.canary) rows.push(['canary', `${sharePercent(ro.canary.share)} of visitors → ${ro.canary.upstream.release} on :${ro.canary.upstream.port}`]);
   for (const u of ro.upstreams.filter((x) => x.role === 'standby')) rows.push(['standby', `${u.release} on :${u.port} (warm, for an instant revert)`]);
   for (const u of ro.upstreams.filter((x) => x.role === 'draining')) rows.push(['draining', `${u.release} on :${u.port} (${u.inflight} in flight)`]);
   if (ro.held > 0) rows.push(['held', `${ro.held} request(s) waiting for the release to answer`]);
@@ -157,7 +162,7 @@ function routerRows(r: StatusResult): string[][] {
   rows.push([
     'last minute',
     live
-      ? `${live.rps} req/s, 5xx ${(live.rate5xx * 100).toFixed(1)} %, p50 ${ms(live.p50Ms)} ms, p99 ${ms(live.p99Ms)} ms (${live.requests} requests)`
+      ? `${live.rps} req/s, 5xx ${ratePercent(live.rate5xx)}, p50 ${ms(live.p50Ms)} ms, p99 ${ms(live.p99Ms)} ms (${live.requests} requests)`
       : 'no requests',
   ]);
   return rows;

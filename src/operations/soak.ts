@@ -21,7 +21,8 @@ import { judge, numbers, type GateThresholds, type TrafficNumbers } from '../rel
 import { markBad, whoAmI } from '../release/history.js';
 import type { ReleaseRecord } from '../release/store.js';
 import { pidAlive } from '../release/store.js';
-import { routerPaths } from '../router/protocol.js';
+import { routerPaths, sharePercent } from '../router/protocol.js';
+import { ratePercent } from '../format.js';
 import type { SoakHandle } from '../pm2/switch.js';
 import { record } from './audit.js';
 import { phase, warn, type Context } from './context.js';
@@ -121,7 +122,7 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
     thresholds: { minRequests: cfg.minRequests, max5xxRate: cfg.max5xxRate, p99Factor: cfg.p99Factor, minP99Ms: cfg.minP99Ms },
   };
   await save(rec);
-  const share = handle.share < 1 ? `${Math.round(handle.share * 1000) / 10} % of visitors` : 'every visitor';
+  const share = handle.share < 1 ? `${sharePercent(handle.share)} of visitors` : 'every visitor';
   ctx.logger.info(`soak: ${share} on ${release.id} for ${Math.round(cfg.durationMs / 1000)} s; ${previous.id} stays warm for an instant revert`);
   input.onStarted?.({ ...rec });
 
@@ -208,7 +209,7 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
   await Promise.all([reading, probing]);
   if (!outcome) {
     rec.reason = rec.judged
-      ? `passed on ${rec.candidate?.requests ?? 0} requests (5xx ${pct(rec.candidate?.rate5xx ?? 0)}, p99 ${rec.candidate?.p99Ms ?? '-'} ms)`
+      ? `passed on ${rec.candidate?.requests ?? 0} requests (5xx ${ratePercent(rec.candidate?.rate5xx ?? 0)}, p99 ${rec.candidate?.p99Ms ?? '-'} ms)`
       : `passed on its health checks alone (${rec.candidate?.requests ?? 0} requests, below the minimum of ${cfg.minRequests})`;
     try {
       await handle.promote();
@@ -283,8 +284,4 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
       releaseId: release.id,
     },
   );
-}
-
-function pct(rate: number): string {
-  return `${(rate * 100).toFixed(1)} %`;
 }

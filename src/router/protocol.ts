@@ -128,6 +128,11 @@ export function inCanary(bucket: number, share: number): boolean {
   return bucket < Math.round(share * BUCKETS);
 }
 
+/** A canary share as people read it: 0.1 → "10 %", 0.125 → "12.5 %". */
+export function sharePercent(share: number): string {
+  return `${Math.round(share * 1000) / 10} %`;
+}
+
 /** Requests on the control socket (one JSON object per HTTP POST to /control). */
 export type ControlRequest =
   | { op: 'status' }

@@ -18,7 +18,7 @@ import http from 'node:http';
 import type { Duplex } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
 import { Metrics } from './metrics.js';
-import { bucketFromAddress, bucketFromCookie, CANARY_COOKIE, inCanary, type Route, type RouterStatus, type Upstream } from './protocol.js';
+import { bucketFromAddress, bucketFromCookie, CANARY_COOKIE, inCanary, sharePercent, type Route, type RouterStatus, type Upstream } from './protocol.js';
 import { Target } from './target.js';
 
 export interface RouterOptions {
@@ -191,7 +191,7 @@ export class Router {
       }
     }
     const canaryText = route.canary
-      ? `, ${Math.round(route.canary.share * 1000) / 10} % of visitors to ${route.canary.upstream.release} on :${route.canary.upstream.port}`
+      ? `, ${sharePercent(route.canary.share)} of visitors to ${route.canary.upstream.release} on :${route.canary.upstream.port}`
       : '';
     this.opts.log(
       'info',

@@ -1,7 +1,8 @@
 /** list, status and prune. */
 import { appPort, healthUrl } from '../config.js';
 import { probe } from '../health.js';
-import { createContext, phase, type CommonOptions, type Context } from './context.js';
+import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
+import { checkReleaseHost } from './doctor.js';
 import { routerProcessName } from '../router/protocol.js';
 import { audited } from './audit.js';
 import { withLock } from './deploy.js';
@@ -59,6 +60,10 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
   else if (procs.some((p) => p.cwd !== proc?.cwd)) reason = `PM2 runs ${name} from several directories`;
   else if (router && !router.running) reason = `the router ${routerProcessName(name)} is not running: ${router.error ?? 'no answer'}`;
   else if (router?.live && served && router.live.release !== served.id) reason = `the router routes to ${router.live.release}, PM2 serves ${served.id}`;
+
+  // A release reachable around the router is worth a line on every status (doctor says the same).
+  const exposure = await checkReleaseHost(ctx).catch(() => undefined);
+  if (exposure?.status === 'warn') warn(ctx, `${exposure.message}; fix: ${exposure.fix}`);
 
   return {
     ok: true,

@@ -136,6 +136,15 @@ const buildSchema = z.strictObject({
     .string()
     .regex(/^(@[a-z0-9][a-z0-9._-]*\/)?[a-z0-9][a-z0-9._-]*$/, 'must be an npm package name')
     .optional(),
+  /**
+   * Watch install and build and stop them when their process tree holds more than the memory budget, before
+   * the kernel's OOM killer acts inside the PM2 unit (release/memory-guard.ts). On by default.
+   */
+  memoryGuard: z.boolean().optional(),
+  /** A fixed budget for install and build (MiB), instead of the one derived from the memory left. */
+  memoryBudgetMB: z.number().int().min(64).max(1_048_576).optional(),
+  /** Memory kept for the live apps when the budget is derived (MiB); default max(512, 15 % of the total), at most half. */
+  memoryReserveMB: z.number().int().min(0).max(1_048_576).optional(),
 });
 
 const hookArgv = z.array(z.string().min(1)).min(1, 'must name a command');
@@ -239,6 +248,9 @@ export interface BuildConfig {
   cacheMaxBytes: number;
   cachePaths: string[];
   cacheFramework: string;
+  memoryGuard: boolean;
+  memoryBudgetMB?: number;
+  memoryReserveMB?: number;
 }
 
 export interface SoakConfig {
@@ -302,7 +314,7 @@ export const DEFAULTS = {
   // A Next.js release with node_modules is ~400 MB and ~30k files: refuse to start one without room for it.
   preflight: { minFreeDiskMB: 1024, minFreeInodes: 50_000, minFreeMemoryMB: 256 },
   // Off by default: on the bench's Next.js app a warm cache did not make the rebuild faster (performance.md).
-  build: { cache: false, cacheMaxBytes: 512 * 1024 * 1024, cachePaths: ['.next/cache'], cacheFramework: 'next' },
+  build: { cache: false, cacheMaxBytes: 512 * 1024 * 1024, cachePaths: ['.next/cache'], cacheFramework: 'next', memoryGuard: true },
 } as const;
 
 export interface LoadConfigOptions {
@@ -433,6 +445,9 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       cacheMaxBytes: file.build?.cacheMaxBytes ?? DEFAULTS.build.cacheMaxBytes,
       cachePaths: file.build?.cachePaths ?? [...DEFAULTS.build.cachePaths],
       cacheFramework: file.build?.cacheFramework ?? DEFAULTS.build.cacheFramework,
+      memoryGuard: file.build?.memoryGuard ?? DEFAULTS.build.memoryGuard,
+      memoryBudgetMB: file.build?.memoryBudgetMB,
+      memoryReserveMB: file.build?.memoryReserveMB,
     },
     preflight: {
       minFreeDiskMB: file.preflight?.minFreeDiskMB ?? DEFAULTS.preflight.minFreeDiskMB,

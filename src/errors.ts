@@ -148,3 +148,21 @@ export function firstLine(text: string): string {
   const line = text.split('\n').find((l) => l.trim() !== '') ?? text;
   return line.trim();
 }
+
+/**
+ * An install or build stopped by the memory guard (release/memory-guard.ts) for crossing its budget, or not
+ * started for want of one. `memory` is what the step used (the manifest's record), shown with --json.
+ */
+export class BuildMemoryError extends BuildError {
+  constructor(
+    message: string,
+    readonly memory: object,
+    opts: ReleaseErrorOptions,
+  ) {
+    super('BUILD_MEMORY', message, opts);
+  }
+
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), memory: this.memory };
+  }
+}

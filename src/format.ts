@@ -6,6 +6,7 @@ import { renderConfig } from './operations/proposal.js';
 import type { HistoryResult } from './operations/results.js';
 import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
 import { sharePercent } from './router/protocol.js';
+import { closestToBudget, peakText, type StepMemory } from './release/memory-budget.js';
 
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -85,7 +86,7 @@ export function formatActivate(r: ActivateResult): string {
 export function formatList(r: ListResult): string {
   if (r.releases.length === 0) return 'no releases yet (run `pm2-release deploy`)\n';
   return table(
-    ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'NOTE'],
+    ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'PEAK', 'NOTE'],
     r.releases.map((x: ReleaseInfo) => [
       x.active ? '*' : '',
       x.id,
@@ -93,9 +94,26 @@ export function formatList(r: ListResult): string {
       x.status,
       shortTime(x.createdAt),
       bytes(x.sizeBytes),
+      memoryCell(x.memory ?? undefined),
       [x.bad ? `BAD: ${x.bad.reason}` : x.error ? `${x.error.code} in ${x.error.phase}` : '', alsoServes(x)].filter(Boolean).join('; '),
     ]),
   );
+}
+
+/** The step closest to its memory budget: "build 312.0 MiB 26 %" ("-" before the guard). */
+export function memoryCell(m: Partial<Record<'install' | 'build', StepMemory | null>> | undefined): string {
+  const c = closestToBudget({ install: m?.install ?? undefined, build: m?.build ?? undefined });
+  if (!c) return '-';
+  return `${c.step} ${bytes(c.m.peakBytes)} ${Math.round(((c.m.peakBytes ?? 0) / c.m.budgetBytes) * 100)} %${c.m.stopped ? ' STOPPED' : ''}`;
+}
+
+/** "install 80.0 MiB (20 % of 400.0 MiB), build 312.0 MiB (26 % of 1.2 GiB)". */
+export function memoryLine(m: Partial<Record<'install' | 'build', StepMemory | null>> | undefined): string {
+  const parts = (['install', 'build'] as const).flatMap((s) => {
+    const x = m?.[s];
+    return x ? [`${s} ${peakText(x)}${x.stopped ? ' STOPPED by the guard' : ''}`] : [];
+  });
+  return parts.length ? parts.join(', ') : '-';
 }
 
 /** "also serves 1a2b3c4, 5d6e7f8": the later commits whose inputs this release was already the build of. */
@@ -121,6 +139,7 @@ export function formatStatus(r: StatusResult): string {
     ['cwd', r.pm2?.cwd ?? '-'],
     ['active', r.active ? `${r.active.id} (${r.active.shortSha})${alsoServes(r.active) ? `, ${alsoServes(r.active)}` : ''}` : '-'],
     ['recorded', r.recorded ?? '-'],
+    ['memory', r.active?.memory ? `peak ${memoryLine(r.active.memory)}` : '-'],
     ['health', `${r.health.ok ? 'ok' : 'FAILING'} ${r.health.url} → ${r.health.status ?? r.health.error ?? '-'}`],
     ['drift', r.drift.detected ? `YES: ${r.drift.reason}` : 'none'],
     ...routerRows(r),
@@ -206,7 +225,7 @@ export function formatDoctor(r: DoctorResult): string {
 export function formatHistory(r: HistoryResult): string {
   if (r.entries.length === 0) return 'no history yet\n';
   return table(
-    ['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'DETAIL'],
+    ['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'PEAK', 'DETAIL'],
     r.entries.map((e) => [
       shortTime(e.time),
       e.action,
@@ -217,6 +236,7 @@ export function formatHistory(r: HistoryResult): string {
       e.trigger,
       `${e.user}@${e.host}`,
       seconds(total(e.durationsMs)),
+      memoryCell(e.memory),
       // An error is its code and phase; otherwise a note ("frontend tree unchanged since 3f2a9c1", "soak passed: …").
       e.error
         ? `error ${e.error.code} in ${e.error.phase}`

@@ -30,6 +30,7 @@ export async function record(
       durationsMs: { ...ctx.durations },
       ...(e.detail ? { detail: ctx.redactor.redact(e.detail) } : {}),
       ...(e.soak ? { soak: soakVerdict(e.soak) } : {}),
+      ...(Object.keys(ctx.memory).length ? { memory: { ...ctx.memory } } : {}),
     });
   } catch (err) {
     ctx.logger.warn({ err: (err as Error).message }, 'could not append to the history file');

@@ -17,6 +17,7 @@ import {
   installEnv,
   copyEnvFiles,
   diskFullError,
+  giveBackSpace,
   isNoSpace,
   lockfileHash,
   pruneCaches,
@@ -163,7 +164,16 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     const shares = new SharedDeps(store.releasesDir, (rid) => path.join(store.appCwd(rid), 'node_modules'));
     const freshInstall = async (note?: string) => {
       const started = performance.now();
-      await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha), track);
+      await runStep(
+        ctx,
+        'install',
+        config.app.install,
+        cwd,
+        logFile,
+        installEnv(ctx, id, sha),
+        track,
+        (m) => (manifest.memory = { ...manifest.memory, install: m }),
+      );
       // The install's end: a node_modules file changed after it was written by the build and is never shared.
       manifest.dependencies = {
         method: 'install',
@@ -185,7 +195,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
         await phase(ctx, 'build', async () => {
           const cache = config.build.cache ? await cacheIn(ctx, cwd, logFile, versions.node) : undefined;
           try {
-            await runStep(ctx, 'build', config.app.build, cwd, logFile, env, track);
+            await runStep(ctx, 'build', config.app.build, cwd, logFile, env, track, (m) => (manifest.memory = { ...manifest.memory, build: m }));
           } finally {
             // Out again whether the build passed or not: the release is pruned, the cache kept for the next build.
             if (cache) manifest.buildCache = { ...cache.info, ...(await cacheOut(ctx, cwd, logFile, cache.key)) };
@@ -253,6 +263,8 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     let e = asReleaseError(err);
     // A full disk is told as such (not as a random failed write), and the half-built release gives its space back.
     if (isNoSpace(e) && existsSync(store.releaseDir(id))) e = await diskFullError(ctx, id, e);
+    // A build stopped for memory gives its space back too: it is not going to be activated.
+    else if (e.code === 'BUILD_MEMORY' && existsSync(store.releaseDir(id))) await giveBackSpace(store.releaseDir(id)).catch(() => undefined);
     e.releaseId ??= id;
     await markFailed(ctx, manifest, e, ownDurations()).catch(() => undefined);
     // The failed release keeps its manifest and log under its own id, as before; `.build` is free again.

@@ -8,6 +8,7 @@ import { asReleaseError, ExitCode, ReleaseError, type Phase } from '../errors.js
 import { Redactor, silentLogger, type Logger } from '../log.js';
 import { Pm2 } from '../pm2/client.js';
 import { ReleaseStore } from '../release/store.js';
+import type { StepMemory } from '../release/memory-budget.js';
 
 export type Trigger = 'cli' | 'api' | 'webhook' | 'schedule';
 
@@ -46,6 +47,8 @@ export interface Context {
   pm2: Pm2;
   store: ReleaseStore;
   durations: Record<string, number>;
+  /** What this operation's install and build used (release/memory-guard.ts), for the history line. */
+  memory: Partial<Record<'install' | 'build', StepMemory>>;
   emit(event: ReleaseEvent): void;
   now(): Date;
 }
@@ -79,6 +82,7 @@ export function createContext(opts: CommonOptions, overrides?: ConfigOverrides):
     pm2: new Pm2({ env: childEnv(env), logger, redactor, exposeEnv: [config.app.portEnv] }),
     store: new ReleaseStore(config.releasesDir, config.app.dir),
     durations: {},
+    memory: {},
     emit(event) {
       try {
         opts.onEvent?.(event);

@@ -5,6 +5,7 @@
  */
 import { ExitCode, type Phase, type ReleaseError } from '../errors.js';
 import type { ReleaseRecord } from '../release/store.js';
+import type { StepMemory } from '../release/memory-budget.js';
 import type { BadMark, HistoryEntry } from '../release/history.js';
 import type { RetentionStatus } from '../release/naming.js';
 import type { SoakRecord } from './soak.js';
@@ -31,6 +32,8 @@ export interface ReleaseInfo {
   bad: { reason: string; markedAt: string } | null;
   /** The commits this release serves: its own sha, then later commits whose inputs were the same. */
   commits: string[];
+  /** What its install and build used against their memory budget (null for a release built before the guard). */
+  memory: { install: StepMemory | null; build: StepMemory | null } | null;
 }
 
 export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string, marks: Record<string, BadMark> = {}): ReleaseInfo {
@@ -54,6 +57,7 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
     error: m?.error ?? null,
     bad: mark ? { reason: mark.reason, markedAt: mark.markedAt } : null,
     commits: m?.commits ?? (m?.sha ? [m.sha] : []),
+    memory: m?.memory ? { install: m.memory.install ?? null, build: m.memory.build ?? null } : null,
   };
 }
 

@@ -14,6 +14,8 @@ import { bytes } from '../format.js';
 import { clearBuildProcess, writeBuildProcess } from './orphans.js';
 import { META_DIR } from './store.js';
 import { SharedDeps } from './shared-deps.js';
+import { memoryStoppedError, prepareStepGuard } from './memory-guard.js';
+import type { StepMemory } from './memory-budget.js';
 
 export interface EnvFile {
   name: string;
@@ -132,13 +134,18 @@ export function buildEnv(ctx: Context, releaseId: string, sha: string): Record<s
  * Install and build run at lower CPU and IO priority (nice, ionice when present) and with an optional heap
  * cap, so on a 4 GiB VM the kernel's OOM killer and the scheduler pick the build, not the live app or PM2.
  */
-export function lean(ctx: Context, argv: string[], env: Record<string, string | undefined>): { argv: string[]; env: Record<string, string | undefined> } {
+export function lean(
+  ctx: Context,
+  argv: string[],
+  env: Record<string, string | undefined>,
+  /** The heap cap: the user's, else the one the memory guard derived from the budget. */
+  cap = ctx.config.app.buildMaxOldSpaceMB,
+): { argv: string[]; env: Record<string, string | undefined> } {
   let out = argv;
   if (ctx.config.app.buildLowPriority) {
     if (onPath('ionice', env.PATH)) out = ['ionice', '-c2', '-n7', ...out];
     if (onPath('nice', env.PATH)) out = ['nice', '-n', '10', ...out];
   }
-  const cap = ctx.config.app.buildMaxOldSpaceMB;
   if (!cap) return { argv: out, env };
   return { argv: out, env: { ...env, NODE_OPTIONS: [env.NODE_OPTIONS, `--max-old-space-size=${cap}`].filter(Boolean).join(' ') } };
 }
@@ -156,38 +163,84 @@ export async function runStep(
   baseEnv: Record<string, string | undefined>,
   /** The release the step builds: its process group is recorded there while it runs (release/orphans.ts). */
   release?: { id: string; dir: string },
+  /** Gets what the step used (the memory guard's record), whether it passed or not. */
+  onMemory?: (m: StepMemory) => void,
 ): Promise<void> {
-  const { argv, env } = lean(ctx, command, baseEnv);
+  // Install and build only (hooks run through here too, unguarded): release/memory-guard.ts.
+  const guarded = step === 'install' || step === 'build' ? step : undefined;
+  const sg = guarded
+    ? await prepareStepGuard({
+        step: guarded,
+        settings: ctx.config.build,
+        userHeapMB: ctx.config.app.buildMaxOldSpaceMB,
+        env: baseEnv,
+        logger: ctx.logger,
+        redact: (t) => ctx.redactor.redact(t),
+        logFile,
+      })
+    : undefined;
+  if (sg) {
+    ctx.logger.info(sg.note);
+    await fsp.appendFile(logFile, `${sg.note}\n`);
+  }
+  const leaned = lean(ctx, command, baseEnv, ctx.config.app.buildMaxOldSpaceMB ?? sg?.heapCapMB);
+  const argv = [...(sg?.prefix ?? []), ...leaned.argv];
   const metaDir = release ? path.join(release.dir, META_DIR) : undefined;
+  let failure: unknown;
   try {
     await run(argv, {
       cwd,
       logger: ctx.logger,
-      baseEnv: env,
+      baseEnv: leaned.env,
       logFile,
       redactor: ctx.redactor,
       signal: ctx.signal,
       captureStdout: false,
       onLine: (line, stream) => ctx.emit({ type: 'output', phase: step, stream, line }),
-      onStart:
-        release && metaDir
-          ? (pid) => writeBuildProcess(metaDir, { release: release.id, releaseDir: release.dir, step, pgid: pid, deployPid: process.pid })
-          : undefined,
+      onStart: async (pid) => {
+        sg?.guard.watch(pid);
+        if (release && metaDir) await writeBuildProcess(metaDir, { release: release.id, releaseDir: release.dir, step, pgid: pid, deployPid: process.pid });
+      },
     });
   } catch (err) {
-    if (err instanceof CommandFailure)
-      throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${formatCommand(command)} ${err.reason}`, {
-        phase: step,
-        hint: `read the build log; the live app was not touched`,
-        logFile,
-        outputTail: ctx.redactor.redact(err.tail),
-        cause: err,
-      });
-    throw err;
+    failure = err;
   } finally {
     // The group has exited (run() waits for it): nothing of this step is left to stop.
     if (metaDir) await clearBuildProcess(metaDir).catch(() => undefined);
   }
+  if (sg && guarded) {
+    const memory = await sg.guard.finish({ scope: sg.scope, heapCapMB: sg.heapCapMB });
+    ctx.memory[guarded] = memory;
+    onMemory?.(memory);
+    if (sg.guard.tripped) {
+      const tail = failure instanceof CommandFailure ? ctx.redactor.redact(failure.tail) : undefined;
+      const e = memoryStoppedError(guarded, memory, sg.budget, { logFile, outputTail: tail, cause: failure });
+      await fsp.appendFile(logFile, `${e.message}\n`).catch(() => undefined);
+      throw e;
+    }
+  }
+  if (failure === undefined) return;
+  if (failure instanceof CommandFailure)
+    throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${formatCommand(command)} ${failure.reason}`, {
+      phase: step,
+      hint:
+        failure.reason === 'killed by SIGKILL'
+          ? "killed by SIGKILL, likely by the kernel's OOM killer (`dmesg | grep -i oom`): see build.memoryGuard; the live app was not touched"
+          : `read the build log; the live app was not touched`,
+      logFile,
+      outputTail: ctx.redactor.redact(failure.tail),
+      cause: failure,
+    });
+  throw asError(failure);
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(typeof err === 'string' ? err : JSON.stringify(err));
+}
+
+/** Gives a failed release's space back: everything but its meta dir (manifest, build log). */
+export async function giveBackSpace(releaseDir: string): Promise<void> {
+  await freeRelease(releaseDir);
 }
 
 const NO_SPACE = /\bENOSPC\b|no space left on device/i;

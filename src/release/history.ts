@@ -8,6 +8,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
+import type { StepMemory } from './memory-budget.js';
 
 export const HISTORY_FILE = 'history.jsonl';
 export const BAD_SHAS_FILE = 'bad-shas.json';
@@ -30,6 +31,8 @@ export interface HistoryEntry {
   durationsMs: Record<string, number>;
   /** Free detail: removed release ids for prune, the reason for a revert. */
   detail?: string;
+  /** What the operation's install and build used against their memory budget. */
+  memory?: Partial<Record<'install' | 'build', StepMemory>>;
   /** A deploy's soak: the verdict and the numbers it was based on. */
   soak?: SoakVerdict;
 }

@@ -39,6 +39,8 @@ export interface ProcStat {
   state: string;
   ppid: number;
   pgid: number;
+  /** Field 6: the session id. */
+  session: number;
   /** Field 22: start time in clock ticks after boot. */
   startTime: number;
 }
@@ -58,11 +60,11 @@ export function parseProcStat(text: string): ProcStat | undefined {
     .trim()
     .split(/\s+/);
   if (rest.length < 20) return undefined;
-  const [state, ppid, pgid] = [rest[0], Number(rest[1]), Number(rest[2])];
+  const [state, ppid, pgid, session] = [rest[0], Number(rest[1]), Number(rest[2]), Number(rest[3])];
   const startTime = Number(rest[19]);
   if (!Number.isInteger(pid) || pid <= 0 || !/^[A-Za-z]$/.test(state) || !Number.isInteger(ppid) || !Number.isInteger(pgid) || !Number.isInteger(startTime))
     return undefined;
-  return { pid, state, ppid, pgid, startTime };
+  return { pid, state, ppid, pgid, session, startTime };
 }
 
 /** The directory a /proc/PID/cwd link names: the kernel appends " (deleted)" once that directory is removed. */

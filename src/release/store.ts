@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
 import { UsageError } from '../errors.js';
+import type { StepMemory } from './memory-budget.js';
 import { isReleaseId, newestFirst, parseReleaseId, type RetentionStatus } from './naming.js';
 
 export const META_DIR = '.pm2-release';
@@ -60,6 +61,8 @@ export interface Manifest {
   /** Every commit this release serves: its own sha first, then later commits with the same inputs (bounded). */
   commits?: string[];
   sizeBytes?: number;
+  /** What install and build used against their memory budget (release/memory-guard.ts). */
+  memory?: { install?: StepMemory; build?: StepMemory };
   envFiles: string[];
   error?: { code: string; phase: string; message: string };
 }

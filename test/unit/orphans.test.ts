@@ -26,8 +26,8 @@ function stat(pid: number, comm: string, state: string, ppid: number, pgid: numb
 }
 
 describe('parseProcStat', () => {
-  it('reads pid, state, ppid, pgid and start time', () => {
-    expect(parseProcStat(stat(4321, 'node', 'S', 1, 1234, 777))).toEqual({ pid: 4321, state: 'S', ppid: 1, pgid: 1234, startTime: 777 });
+  it('reads pid, state, ppid, pgid, session and start time', () => {
+    expect(parseProcStat(stat(4321, 'node', 'S', 1, 1234, 777))).toEqual({ pid: 4321, state: 'S', ppid: 1, pgid: 1234, session: 1234, startTime: 777 });
   });
 
   it('counts fields from the last ")" so a command name with spaces and parentheses cannot shift them', () => {

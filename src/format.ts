@@ -139,9 +139,10 @@ export function formatStatus(r: StatusResult): string {
     ['cwd', r.pm2?.cwd ?? '-'],
     ['active', r.active ? `${r.active.id} (${r.active.shortSha})${alsoServes(r.active) ? `, ${alsoServes(r.active)}` : ''}` : '-'],
     ['recorded', r.recorded ?? '-'],
-    ['memory', r.active?.memory ? `peak ${memoryLine(r.active.memory)}` : '-'],
     ['health', `${r.health.ok ? 'ok' : 'FAILING'} ${r.health.url} → ${r.health.status ?? r.health.error ?? '-'}`],
     ['drift', r.drift.detected ? `YES: ${r.drift.reason}` : 'none'],
+    // What the live release's install and build used against their budget (releases from before the guard: none).
+    ...(r.active?.memory ? [['memory', `peak ${memoryLine(r.active.memory)}`]] : []),
     ...routerRows(r),
     ...soakRows(r),
   ];

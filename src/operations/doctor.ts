@@ -17,6 +17,8 @@ import { isLoopbackAddress, listenAddresses, portHolder } from '../health.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { routerProcessName } from '../router/protocol.js';
 import { routerControl } from './switch-release.js';
+import { deriveBudget, guardVerdict, oomPolicyVerdict, parseSystemctlShow } from '../release/memory-budget.js';
+import { readMemoryFacts, systemdScope } from '../release/memory-guard.js';
 
 /** `skip`: the check does not apply on this host (e.g. no systemd); it never blocks a deploy. */
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -89,6 +91,8 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
     await add(() => checkBuildCache(ctx));
     await add(() => checkDump(ctx));
     await add(() => checkSystemd(ctx));
+    await add(() => checkMemoryGuard(ctx));
+    await add(() => checkOomPolicy(ctx));
   }
   return checks;
 }
@@ -346,4 +350,43 @@ async function checkSystemd(ctx: Context): Promise<Check> {
       'run `pm2 startup` and the command it prints, then `pm2 save`',
     );
   }
+}
+
+/** The memory guard (release/memory-guard.ts): on, a budget to build in, and the last build not close to it. */
+async function checkMemoryGuard(ctx: Context): Promise<Check> {
+  const { build } = ctx.config;
+  const budgetNow = deriveBudget(readMemoryFacts(), { budgetMB: build.memoryBudgetMB, reserveMB: build.memoryReserveMB });
+  const last = (await ctx.store.list()).find((r) => r.manifest?.memory && (r.manifest.memory.build || r.manifest.memory.install));
+  const v = guardVerdict({ enabled: build.memoryGuard, budgetNow, last: last?.manifest?.memory ? { id: last.id, memory: last.manifest.memory } : undefined });
+  return { name: 'memory-guard', ...v };
+}
+
+/**
+ * Whether a kernel OOM kill of a build can stop the PM2 unit: not when install and build run in a transient
+ * scope of their own; otherwise the unit's OOMPolicy says (systemd's default, stop, is the runbook's incident).
+ */
+async function checkOomPolicy(ctx: Context): Promise<Check> {
+  const scope = await systemdScope(ctx.env, ctx.logger);
+  if ('prefix' in scope)
+    return ok(
+      'oom-policy',
+      'install and build run in a transient systemd scope (MemoryMax=budget, OOMPolicy=continue): an OOM kill there cannot stop the PM2 unit',
+    );
+  const unit = `pm2-${os.userInfo().username}`;
+  let out: string;
+  try {
+    out = (
+      await run(['systemctl', 'show', unit, '-p', 'LoadState', '-p', 'OOMPolicy', '-p', 'FragmentPath'], {
+        cwd: os.tmpdir(),
+        logger: ctx.logger,
+        baseEnv: ctx.env,
+        timeoutMs: 5_000,
+      })
+    ).stdout;
+  } catch (err) {
+    const why = (err as Error).message.includes('could not start') ? 'no systemctl' : 'systemctl cannot answer (systemd is not running)';
+    return { name: 'oom-policy', status: 'skip', message: `${why}: no PM2 unit for an OOM kill to stop; no transient scope either: ${scope.skip}`, fix: null };
+  }
+  const v = oomPolicyVerdict(unit, parseSystemctlShow(out), process.getuid?.() === 0);
+  return { name: 'oom-policy', ...v, message: v.status === 'skip' ? `${v.message}; no transient scope: ${scope.skip}` : v.message };
 }

@@ -362,3 +362,47 @@ export function oomPolicyFix(unit: string, fragmentPath: string | undefined, roo
     `${sudo}systemctl daemon-reload`
   );
 }
+
+/** Doctor's verdict on the guard: off, a budget too small to build in, or a last build that came close to its budget. */
+export function guardVerdict(o: { enabled: boolean; budgetNow: Budget; last?: { id: string; memory: { install?: StepMemory; build?: StepMemory } } }): {
+  status: 'ok' | 'warn';
+  message: string;
+  fix: string | null;
+} {
+  const fix = 'raise build.memoryBudgetMB (or lower build.memoryReserveMB), add swap, or stop other memory-heavy jobs while deploying';
+  if (!o.enabled)
+    return {
+      status: 'warn',
+      message: 'off (build.memoryGuard: false): a build that outgrows the host is left to the kernel, whose OOM kill can stop the PM2 unit',
+      fix: 'set build.memoryGuard to true (the default)',
+    };
+  if (o.budgetNow.bytes < MIN_BUDGET)
+    return { status: 'warn', message: `the budget now is ${describeBudget(o.budgetNow)}: install and build would not start`, fix };
+  const c = o.last ? closestToBudget(o.last.memory) : undefined;
+  const lastText = c && o.last ? `; last ${c.step} (${o.last.id}) peaked at ${peakText(c.m)}` : '';
+  if (c && o.last && c.m.peakBytes !== null && c.m.peakBytes > WARN_SHARE * c.m.budgetBytes)
+    return {
+      status: 'warn',
+      message: `the last ${c.step} (${o.last.id}) ${c.m.stopped ? 'was stopped at' : 'peaked at'} ${peakText(c.m)}, past ${Math.round(WARN_SHARE * 100)} %: the next one may be stopped`,
+      fix,
+    };
+  return { status: 'ok', message: `on: budget now ${describeBudget(o.budgetNow)}${lastText}`, fix: null };
+}
+
+/** Doctor's verdict on the PM2 unit's OOMPolicy, from `systemctl show`: undefined values mean systemctl could not tell. */
+export function oomPolicyVerdict(
+  unit: string,
+  show: Record<string, string>,
+  root: boolean,
+): { status: 'ok' | 'warn' | 'skip'; message: string; fix: string | null } {
+  if (show.LoadState !== 'loaded') return { status: 'skip', message: `no systemd unit ${unit} (LoadState ${show.LoadState || 'unknown'})`, fix: null };
+  const policy = show.OOMPolicy || 'stop';
+  if (policy === 'continue') return { status: 'ok', message: `${unit} has OOMPolicy=continue: an OOM kill of one process does not stop the unit`, fix: null };
+  return {
+    status: 'warn',
+    message:
+      `${unit} has OOMPolicy=${policy}: one kernel OOM kill inside it (a build, say) makes systemd stop the whole unit and every app PM2 runs ` +
+      `(the runbook's incident: "failed with Result: oom-kill", Apache answering 503)`,
+    fix: oomPolicyFix(unit, show.FragmentPath, root),
+  };
+}

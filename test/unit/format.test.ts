@@ -28,6 +28,7 @@ function release(id: string, over: Partial<ReleaseInfo> = {}): ReleaseInfo {
     createdAt: `${id.slice(0, 4)}-${id.slice(4, 6)}-${id.slice(6, 8)}T${id.slice(9, 11)}:${id.slice(11, 13)}:${id.slice(13, 15)}.123Z`,
     finishedAt: null,
     commits: sha ? [sha] : [],
+    memory: null,
     dir: `${ROOT}/${id}`,
     cwd: `${ROOT}/${id}/frontend`,
     sizeBytes: 48_234_496,
@@ -187,12 +188,12 @@ describe('formatList', () => {
 
   it('prints one aligned row per release, newest first, active starred, BAD and errors in NOTE', () => {
     expect(out).toMatchInlineSnapshot(`
-      "   ID                        SHA      STATUS      CREATED               SIZE      NOTE
-         20261121T210000Z-0badc0d  0badc0d  failed      2026-11-21 21:00:00Z  2.0 KiB   BAD: health gate reverted it: is not healthy: process exited
-      *  20261121T204233Z-3f2a9c1  3f2a9c1  ready       2026-11-21 20:42:33Z  46.0 MiB
-         20261121T193000Z-9e8d7c6  9e8d7c6  ready       2026-11-21 19:30:00Z  46.0 MiB  BAD: rolled back from by deploy
-         20261121T180000Z-1234567  1234567  failed      2026-11-21 18:00:00Z  512 B     BUILD_FAILED in build
-         20261120T090000Z-abcdef0  -        incomplete  -                     -
+      "   ID                        SHA      STATUS      CREATED               SIZE      PEAK  NOTE
+         20261121T210000Z-0badc0d  0badc0d  failed      2026-11-21 21:00:00Z  2.0 KiB   -     BAD: health gate reverted it: is not healthy: process exited
+      *  20261121T204233Z-3f2a9c1  3f2a9c1  ready       2026-11-21 20:42:33Z  46.0 MiB  -
+         20261121T193000Z-9e8d7c6  9e8d7c6  ready       2026-11-21 19:30:00Z  46.0 MiB  -     BAD: rolled back from by deploy
+         20261121T180000Z-1234567  1234567  failed      2026-11-21 18:00:00Z  512 B     -     BUILD_FAILED in build
+         20261120T090000Z-abcdef0  -        incomplete  -                     -         -
       "
     `);
   });
@@ -200,7 +201,7 @@ describe('formatList', () => {
   it('aligns every column; the ID column starts at the same offset on every line', () => {
     const [header, ...rows] = out.trimEnd().split('\n');
     const starts = columnStarts(header);
-    expect(header.trim().split(/\s+/)).toEqual(['ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'NOTE']);
+    expect(header.trim().split(/\s+/)).toEqual(['ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'PEAK', 'NOTE']);
     expectAligned(out, starts);
     const idAt = starts[0];
     expect(rows.map((r) => r.indexOf('2026'))).toEqual(rows.map(() => idAt));
@@ -295,19 +296,19 @@ describe('formatHistory', () => {
 
   it('prints one aligned row per entry, newest first', () => {
     expect(out).toMatchInlineSnapshot(`
-      "TIME                  ACTION    RESULT  FROM                      TO                        SHA      TRIGGER  BY                 TOOK   DETAIL
-      2026-11-21 21:05:00Z  prune     ok      -                         -                         -        api      deploy@vm-front-1  0.0s
-      2026-11-21 21:00:41Z  deploy    failed  20261121T204233Z-3f2a9c1  20261121T210000Z-0badc0d  0badc0d  cli      deploy@vm-front-1  16.3s  error HEALTH_FAILED in health
-      2026-11-21 21:00:40Z  revert    ok      20261121T210000Z-0badc0d  20261121T204233Z-3f2a9c1  0badc0d  cli      deploy@vm-front-1  0.8s
-      2026-11-21 20:50:00Z  rollback  ok      20261121T204233Z-3f2a9c1  20261121T193000Z-9e8d7c6  9e8d7c6  webhook  root@h             2.8s
-      2026-11-21 20:42:33Z  deploy    ok      20261121T193000Z-9e8d7c6  20261121T204233Z-3f2a9c1  3f2a9c1  cli      deploy@vm-front-1  3.9s
+      "TIME                  ACTION    RESULT  FROM                      TO                        SHA      TRIGGER  BY                 TOOK   PEAK  DETAIL
+      2026-11-21 21:05:00Z  prune     ok      -                         -                         -        api      deploy@vm-front-1  0.0s   -
+      2026-11-21 21:00:41Z  deploy    failed  20261121T204233Z-3f2a9c1  20261121T210000Z-0badc0d  0badc0d  cli      deploy@vm-front-1  16.3s  -     error HEALTH_FAILED in health
+      2026-11-21 21:00:40Z  revert    ok      20261121T210000Z-0badc0d  20261121T204233Z-3f2a9c1  0badc0d  cli      deploy@vm-front-1  0.8s   -
+      2026-11-21 20:50:00Z  rollback  ok      20261121T204233Z-3f2a9c1  20261121T193000Z-9e8d7c6  9e8d7c6  webhook  root@h             2.8s   -
+      2026-11-21 20:42:33Z  deploy    ok      20261121T193000Z-9e8d7c6  20261121T204233Z-3f2a9c1  3f2a9c1  cli      deploy@vm-front-1  3.9s   -
       "
     `);
   });
 
   it('aligns every column; ACTION starts at the same offset on every line', () => {
     const [header, ...rows] = out.trimEnd().split('\n');
-    expect(header.split(/\s+/)).toEqual(['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'DETAIL']);
+    expect(header.split(/\s+/)).toEqual(['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'PEAK', 'DETAIL']);
     const starts = columnStarts(header);
     expectAligned(out, starts);
     const actionAt = starts[1];

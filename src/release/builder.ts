@@ -224,7 +224,8 @@ export async function runStep(
     throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${formatCommand(command)} ${failure.reason}`, {
       phase: step,
       hint:
-        failure.reason === 'killed by SIGKILL'
+        // 137: npm's own exit when a script it ran was SIGKILLed.
+        failure.reason === 'killed by SIGKILL' || failure.exitCode === 137
           ? "killed by SIGKILL, likely by the kernel's OOM killer (`dmesg | grep -i oom`): see build.memoryGuard; the live app was not touched"
           : `read the build log; the live app was not touched`,
       logFile,

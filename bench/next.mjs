@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { CACHE_DIR, pageSource } from './app.mjs';
-import { diskUsage, epoch, fmtMs, httpGet, log, median, now, ROOT, run, runPipe, sleep, state, waitAnswer } from './lib.mjs';
+import { diskUsage, epoch, fmtBytes, fmtMs, httpGet, log, median, now, ROOT, run, runPipe, sleep, state, waitAnswer } from './lib.mjs';
 import { cleanEnv, createSandbox } from './sandbox.mjs';
 import { NEXT_RESULTS, renderNextSection, spliceNextSection } from './next-report.mjs';
 
@@ -247,6 +247,8 @@ export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
         dep: m.dependencies,
         buildCache: m.buildCache,
         sizeBytes: m.sizeBytes,
+        // The memory guard's record (issue 18): the install's and the build's peak beside their times.
+        memory: m.memory,
         served: serves,
       };
     };
@@ -258,7 +260,10 @@ export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
       log(`next: cold deploy ${i}/${runs}`);
       const r = await deployTimed(cfg.cold, `cold ${i}`, `cold-${i}`);
       R.cold.push(r);
-      log(`next: cold ${i}: ${fmtMs(r.ms)} (install ${fmtMs(r.durations.install)}, build ${fmtMs(r.durations.build)})`);
+      log(
+        `next: cold ${i}: ${fmtMs(r.ms)} (install ${fmtMs(r.durations.install)}, peak ${fmtBytes(r.memory?.install?.peakBytes ?? 0)}; ` +
+          `build ${fmtMs(r.durations.build)}, peak ${fmtBytes(r.memory?.build?.peakBytes ?? 0)} of a ${fmtBytes(r.memory?.build?.budgetBytes ?? 0)} budget)`,
+      );
     }
     // The build really ran at the stable path and the release was renamed: what .next recorded of it.
     {

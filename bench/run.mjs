@@ -8,6 +8,7 @@
 //            --report-only   re-render the report from the last run's results (no measuring)
 //            --skip-next     leave out the Next.js section (bench/next.mjs; it runs last, in its own sandbox)
 //   npm run bench -- --only next [--runs N]   # only the Next.js section (build cache, issue 10 targets)
+//   npm run bench -- --only memory [--runs N] # the memory guard's cost and stop time (bench/memory.mjs)
 //
 // Measures the seed flow by hand (baseline) against pm2-release deploy (cold, unchanged lockfile),
 // redeploy of a retained sha, rollback, switches under autocannon load (seed delete+start, restart,
@@ -32,8 +33,19 @@ import { cleanEnv, createSandbox } from './sandbox.mjs';
 {
   const at = process.argv.indexOf('--only');
   if (at > 0) {
+    if (process.argv[at + 1] === 'memory') {
+      // The memory guard's cost and stop time (bench/memory.mjs), no registry needed.
+      const { main: memoryMain } = await import('./memory.mjs');
+      await memoryMain(process.argv.slice(2)).then(
+        () => process.exit(0),
+        (err) => {
+          process.stderr.write(`memory: FAILED: ${err?.stack ?? err}\n`);
+          process.exit(1);
+        },
+      );
+    }
     if (process.argv[at + 1] !== 'next') {
-      process.stderr.write('--only: the one section that runs on its own is `next`\n');
+      process.stderr.write('--only: the sections that run on their own are `next` and `memory`\n');
       process.exit(2);
     }
     const { main: nextMain } = await import('./next.mjs');

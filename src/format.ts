@@ -124,6 +124,7 @@ export function formatStatus(r: StatusResult): string {
     ['health', `${r.health.ok ? 'ok' : 'FAILING'} ${r.health.url} → ${r.health.status ?? r.health.error ?? '-'}`],
     ['drift', r.drift.detected ? `YES: ${r.drift.reason}` : 'none'],
     ...routerRows(r),
+    ...routerConfigRows(r),
     ...soakRows(r),
   ];
   const w = Math.max(...rows.map((x) => x[0].length));
@@ -140,6 +141,18 @@ function soakRows(r: StatusResult): string[][] {
     ['  new', `${s.release}: ${trafficText(s.candidate)}${s.judged ? '' : ` (judged from ${s.thresholds.minRequests} requests)`}`],
     ['  before', `${s.previous}: ${trafficText(s.baseline)}`],
   ];
+}
+
+/** The router's definition in PM2 next to the config's, only when they differ. */
+function routerConfigRows(r: StatusResult): string[][] {
+  const c = r.routerConfig;
+  if (!c?.differences.length) return [];
+  const rows = c.differences.map((d) => [`  ${d.key}`, `running ${d.running} | config ${d.config}`]);
+  const next =
+    c.next === 'replace'
+      ? 'the next deploy, activate or rollback replaces the router (routing state carried over)'
+      : `a deploy refuses it; apply with: ${c.command ?? '-'}`;
+  return [['router config', `the router PM2 runs (${c.running?.name ?? '-'}) differs from the config: ${next}`], ...rows];
 }
 
 function routerRows(r: StatusResult): string[][] {

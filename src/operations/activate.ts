@@ -13,10 +13,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import writeFileAtomic from 'write-file-atomic';
 import { appPort, healthUrl } from '../config.js';
 import { readSoak, soakPaths, soakRunning, type SoakRecord } from './soak.js';
+import { applyRouterChange, refuseRouterChange } from './router-config.js';
 
 export interface ActivateOptions extends CommonOptions {
   id: string;
   waitMs?: number;
+  /** Apply a router change that costs a short gap (a fork-mode router, a new host): the operator's choice. */
+  replaceRouter?: boolean;
 }
 
 export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
@@ -24,6 +27,8 @@ export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
   // Validate before taking the lock: a bad id changes nothing, not even the lock file.
   const target = await ctx.store.resolveId(opts.id);
   let from: string | null = null;
+  const routerOpts = { allowGap: !!opts.replaceRouter };
+  await refuseRouterChange(ctx, routerOpts);
   return audited(
     ctx,
     'activate',
@@ -31,6 +36,7 @@ export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
     () =>
       withLock(ctx, 'activate', opts.waitMs, async (lock) => {
         await lock.setRelease(target.id);
+        await applyRouterChange(ctx, routerOpts);
         from = await currentRelease(ctx);
         const fresh = await ctx.store.resolveId(target.id);
         const result = await switchTo(ctx, fresh, 'activate', from);
@@ -49,6 +55,8 @@ export interface RollbackOptions extends CommonOptions {
    * nothing and say why. A fleet rollback of one bad sha can then run on every host, and run again.
    */
   ifCurrent?: string;
+  /** Apply a router change that costs a short gap (a fork-mode router, a new host): the operator's choice. */
+  replaceRouter?: boolean;
 }
 
 export async function rollback(opts?: RollbackOptions & { ifCurrent?: undefined }): Promise<ActivateResult>;
@@ -66,8 +74,11 @@ export async function rollback(opts: RollbackOptions = {}): Promise<RollbackResu
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
+  const routerOpts = { allowGap: !!opts.replaceRouter };
+  await refuseRouterChange(ctx, routerOpts);
   const run = () =>
     withLock(ctx, 'rollback', opts.waitMs, async (lock): Promise<RollbackResult> => {
+      await applyRouterChange(ctx, routerOpts);
       const state = await ctx.store.readState();
       const active = await currentRelease(ctx);
       const releases = await ctx.store.list();

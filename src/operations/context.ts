@@ -46,6 +46,8 @@ export interface Context {
   pm2: Pm2;
   store: ReleaseStore;
   durations: Record<string, number>;
+  /** Names the app had before a rename this operation applied to the router (the routed switch retires their processes). */
+  formerApps?: string[];
   emit(event: ReleaseEvent): void;
   now(): Date;
 }

@@ -17,6 +17,7 @@ import { portHolder } from '../health.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { routerProcessName } from '../router/protocol.js';
 import { routerControl } from './switch-release.js';
+import { checkRouterConfig } from './router-config.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 
@@ -83,6 +84,7 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
   await add(() => checkPort(ctx));
   if (scope === 'all') {
     await add(() => checkRouter(ctx));
+    await add(() => checkRouterDefinition(ctx));
     await add(() => checkNode(ctx));
     await add(() => checkBuildCache(ctx));
     await add(() => checkDump(ctx));
@@ -250,6 +252,27 @@ async function checkRouter(ctx: Context): Promise<Check> {
   } catch (err) {
     return bad('router', 'fail', `${name} runs but its control socket does not answer (${(err as Error).message})`, `pm2 restart ${name}; pm2 logs ${name}`);
   }
+}
+
+/** The router PM2 runs against the config's definition (a moved releases dir, a new port, a renamed app, another hold). */
+async function checkRouterDefinition(ctx: Context): Promise<Check> {
+  const c = await checkRouterConfig(ctx);
+  if (!c?.running) return ok('router-config', c ? 'no router runs yet' : 'no router');
+  if (c.differences.length === 0) return ok('router-config', `${c.running.name} runs with the config's definition`);
+  const each = c.differences.map((d) => `${d.key}: running ${d.running}, config ${d.config}`).join('; ');
+  return c.plan.action === 'replace'
+    ? bad(
+        'router-config',
+        'warn',
+        `${c.running.name} differs from the config (${each})`,
+        'the next deploy, activate or rollback replaces it, routing state carried over',
+      )
+    : bad(
+        'router-config',
+        'fail',
+        `${c.running.name} differs from the config (${each}); ${c.plan.action === 'refuse' ? c.plan.reason : ''}`,
+        `apply it with: ${c.command}`,
+      );
 }
 
 async function checkNode(ctx: Context): Promise<Check> {

@@ -10,6 +10,7 @@ import { readBadShas, readHistory } from '../release/history.js';
 import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type RouterInfo, type StatusResult } from './results.js';
 import { readSoak, soakRunning } from './soak.js';
 import { currentRelease, routerControl, samePath } from './switch-release.js';
+import { checkRouterConfig, routerConfigView, routerDriftText } from './router-config.js';
 
 export type ListOptions = CommonOptions;
 
@@ -59,6 +60,9 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
   else if (procs.some((p) => p.cwd !== proc?.cwd)) reason = `PM2 runs ${name} from several directories`;
   else if (router && !router.running) reason = `the router ${routerProcessName(name)} is not running: ${router.error ?? 'no answer'}`;
   else if (router?.live && served && router.live.release !== served.id) reason = `the router routes to ${router.live.release}, PM2 serves ${served.id}`;
+  // The config changed under the running router: that explains the rest, so it comes first.
+  const routerCheck = await checkRouterConfig(ctx).catch(() => null);
+  if (routerCheck?.differences.length) reason = `${routerDriftText(routerCheck)}${reason ? `; ${reason}` : ''}`;
 
   return {
     ok: true,
@@ -83,6 +87,7 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
     drift: { detected: reason !== null, reason },
     router,
     soak: await soakInfo(ctx),
+    routerConfig: routerCheck ? routerConfigView(routerCheck) : null,
     warnings: ctx.warnings,
   };
 }

@@ -172,7 +172,31 @@ export interface StatusResult {
   router: RouterInfo | null;
   /** The running soak (with the time left), else the last one's verdict; null when there was none. */
   soak: (SoakRecord & { running: boolean; timeLeftMs: number }) | null;
+  /**
+   * Behind the router: its definition in PM2 (`running`) next to the config's, what differs, and for a change
+   * a deploy would not apply, the command that does. Null without a router strategy or a PM2 daemon.
+   */
+  routerConfig?: RouterConfigView | null;
   warnings: string[];
+}
+
+export interface RouterDefinitionView {
+  name: string;
+  releasesDir: string | null;
+  port: number | null;
+  host: string | null;
+  holdMs: number | null;
+  script: string;
+  execMode: string | null;
+}
+
+export interface RouterConfigView {
+  running: RouterDefinitionView | null;
+  config: RouterDefinitionView;
+  differences: { key: string; running: string; config: string }[];
+  /** What the next deploy, activate or rollback does: nothing, replace the router, or refuse (exit 2). */
+  next: 'none' | 'replace' | 'refuse';
+  command: string | null;
 }
 
 export interface PruneResult {

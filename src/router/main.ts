@@ -97,6 +97,16 @@ async function main(): Promise<void> {
   logger.info(state?.live ? `routing to ${state.live.release} on 127.0.0.1:${state.live.port} (from ${paths.state})` : 'no route recorded yet');
 
   const control = await startControl(router, paths.socket, (m) => logger.warn(m));
+  // A replacement router for the same app and releases dir takes this socket path over (it removes the file
+  // and binds its own). Closing our server would unlink the path, and with it the new router's socket.
+  const socketIno = fs.statSync(paths.socket).ino;
+  const socketStillOurs = () => {
+    try {
+      return fs.statSync(paths.socket).ino === socketIno;
+    } catch {
+      return false;
+    }
+  };
   const stop = new AbortController();
   let stopping = false;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -105,7 +115,8 @@ async function main(): Promise<void> {
       stopping = true;
       logger.info(`${sig}: closing (requests in flight finish first)`);
       stop.abort();
-      control.close();
+      if (socketStillOurs()) control.close();
+      else logger.info('another router serves the control socket now: leaving it');
       void router.close(8_000).finally(() => process.exit(0));
     });
   }

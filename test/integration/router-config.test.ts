@@ -67,6 +67,11 @@ describe('config changes under a running router (real PM2)', () => {
     await waitServing(v1.release.id);
   });
   afterAll(async () => {
+    if (process.env.ROUTER_CONFIG_DEBUG) {
+      const dir = path.join(sb.pm2Home, 'logs');
+      for (const f of fs.readdirSync(dir).filter((x) => x.includes('router')))
+        console.log(`== ${f}\n${fs.readFileSync(path.join(dir, f), 'utf8').slice(-3000)}`);
+    }
     await sb?.close();
     if (tmpfs) {
       spawnSync('umount', [tmpfs]);
@@ -190,6 +195,8 @@ describe('config changes under a running router (real PM2)', () => {
       }
       if (agent) agent.destroy();
     };
+    // The last rollback marked HEAD bad: a new commit.
+    sb.commit('v5', { 'version.txt': 'v5\n' });
     const clients = [client(true), client(true), client(true), client(true), client(false)];
     await sleep(300);
     await deploy(opts());

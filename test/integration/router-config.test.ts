@@ -27,6 +27,7 @@ describe('config changes under a running router (real PM2)', () => {
   let tmpfs: string | undefined;
   const opts = () => ({ configPath: sb.configPath, env: sb.env, cwd: sb.root });
   const cfg = () => JSON.parse(fs.readFileSync(sb.configPath, 'utf8'));
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the config file as JSON, edited per scenario
   const setCfg = (edit: (c: any) => void) => {
     const c = cfg();
     edit(c);
@@ -154,7 +155,7 @@ describe('config changes under a running router (real PM2)', () => {
 
   it('releasesDir moved to another directory: the next deploy succeeds with 0 failed; rollback afterwards works', async () => {
     await moveReleasesDir(path.join(sb.root, 'releases-b'));
-  });
+  }, 300_000);
 
   it('releasesDir moved to another filesystem (a tmpfs mount): the same', async (t) => {
     if (process.getuid?.() !== 0) return t.skip('mounting a tmpfs needs root');
@@ -163,7 +164,7 @@ describe('config changes under a running router (real PM2)', () => {
     const to = path.join(tmpfs, 'releases');
     expect(fs.statSync(tmpfs).dev).not.toBe(fs.statSync(sb.root).dev);
     await moveReleasesDir(to);
-  });
+  }, 300_000);
 
   it('the public port changed: a client following to the new port fails at most once; the old port is freed', async () => {
     const oldPort = port;
@@ -186,8 +187,10 @@ describe('config changes under a running router (real PM2)', () => {
           req.on('timeout', () => req.destroy(new Error('ETIMEDOUT')));
           req.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }));
         });
-        if (r.status === 200) p === oldPort ? okOld++ : okNew++;
-        else {
+        if (r.status === 200) {
+          if (p === oldPort) okOld++;
+          else okNew++;
+        } else {
           failures.push(`:${p} ${r.status ?? r.error}`);
           if (p === oldPort) p = newPort;
           else await sleep(20);

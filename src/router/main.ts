@@ -117,7 +117,13 @@ async function main(): Promise<void> {
       stop.abort();
       if (socketStillOurs()) control.close();
       else logger.info('another router serves the control socket now: leaving it');
-      void router.close(8_000).finally(() => process.exit(0));
+      // Under PM2 cluster mode the primary may have sent this worker a connection just before our close
+      // reached it: stay a moment so that it is answered "not accepted" and handed to the other router,
+      // rather than dying with it unacknowledged (the primary would then hold it open, unanswered).
+      void router
+        .close(8_000)
+        .then(() => new Promise((r) => setTimeout(r, 500)))
+        .finally(() => process.exit(0));
     });
   }
   await router.listen(stop.signal);

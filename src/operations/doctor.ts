@@ -269,9 +269,10 @@ export async function checkReleaseHost(ctx: Context): Promise<Check> {
     const port = Number(p.vars[ctx.config.app.portEnv]);
     if (!Number.isInteger(port) || port <= 0) continue;
     const addrs = await listenAddresses(port);
-    seen.push(`${p.releaseId ?? p.name} on ${addrs.length ? addrs.map((a) => (a.includes(':') ? `[${a}]` : a)).join(', ') : '(not listening)'}:${port}`);
+    const shown = (list: string[]) => list.map((a) => (a.includes(':') ? `[${a}]` : a)).join(', ');
+    seen.push(`${p.releaseId ?? p.name} on ${addrs.length ? shown(addrs) : '(not listening)'}:${port}`);
     const open = addrs.filter((a) => !isLoopbackAddress(a));
-    if (open.length) exposed.push(`${p.releaseId ?? p.name} listens on ${open.map((a) => (a.includes(':') ? `[${a}]` : a)).join(', ')}:${port}`);
+    if (open.length) exposed.push(`${p.releaseId ?? p.name} listens on ${shown(open)}:${port}`);
   }
   if (exposed.length)
     return bad(

@@ -40,6 +40,13 @@ export interface RoutingInput {
   warn: (message: string) => void;
 }
 
+/** The package.json script a runner invocation runs: `npm run start`, `npm start`, `yarn start`, `pnpm start`. */
+export function runScriptName(args: string[]): string | undefined {
+  if (args[0] === 'run' || args[0] === 'run-script') return args[1];
+  if (args[0] === 'start') return 'start';
+  return undefined;
+}
+
 /** The address each release is bound to behind the router: only the router (on this host) needs to reach it. */
 export const RELEASE_HOST = '127.0.0.1';
 
@@ -56,7 +63,7 @@ export function loopbackArgs(script: string, args: string[], scripts: Record<str
   const base = path.basename(script);
   if ((base === 'next' || script.endsWith('next/dist/bin/next')) && args[0] === 'start') return [...args, '-H', RELEASE_HOST];
   if (base !== 'npm' && base !== 'npm-cli.js') return undefined;
-  const name = args[0] === 'run' || args[0] === 'run-script' ? args[1] : args[0] === 'start' ? 'start' : undefined;
+  const name = runScriptName(args);
   const command = name ? scripts[name] : undefined;
   if (command === undefined || !/^\s*next\s+start(\s[^;&|<>`()\n]*)?$/.test(command) || names.test(command)) return undefined;
   const extra = args.slice(args[0] === 'start' ? 1 : 2);

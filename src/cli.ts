@@ -379,7 +379,10 @@ export async function main(argv: string[], io: Io): Promise<number> {
   // Human mode shows phases through the progress renderer, so info logs would only repeat them.
   const level = g.verbose ? 'debug' : inv.command === 'serve' ? 'info' : g.quiet || !g.json ? 'warn' : 'info';
   // init's --config names the file to write, not one to read: no log file from it.
-  const logger = io.logger ?? createLogger({ level, pretty: io.stderrIsTTY && !g.json, file: inv.command === 'init' ? undefined : logFileFor(g, io) });
+  // Human output is text on a terminal and off it (a cron mail, a CI log): a JSON line there reads as noise.
+  // serve is a long-running listener whose stderr is a log stream: JSON unless on a terminal.
+  const pretty = !g.json && (io.stderrIsTTY || inv.command !== 'serve');
+  const logger = io.logger ?? createLogger({ level, pretty, colorize: io.stderrIsTTY, file: inv.command === 'init' ? undefined : logFileFor(g, io) });
   const progress = g.json ? undefined : createProgress({ write: io.stderr, tty: io.stderrIsTTY, quiet: g.quiet, columns: io.columns });
   const common = { configPath: g.config, cwd: io.cwd, env: io.env, logger, signal: io.signal, trigger: 'cli' as const, onEvent: progress };
 

@@ -488,6 +488,30 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
     if (url.includes('{port}') && port === undefined && where !== 'app.healthcheck.url')
       problems.push(`${where}: uses {port} but app.env.${config.app.portEnv} is not set`);
   }
+  // A health URL that names the app's public port on this host (the runbook's `curl -I http://127.0.0.1:3001`)
+  // means "the app": it is aimed at each new release's own port, or behind the router it would probe the
+  // router, i.e. the release that serves now, and a broken release would pass its gate.
+  if (port !== undefined && isPort(port)) {
+    const aim = (url: string) => aimHealthUrl(url, Number(port), config.router.host);
+    const main = aim(config.app.healthcheck.url);
+    if (main.rewritten) {
+      warnings.push(
+        `app.healthcheck.url: ${config.app.healthcheck.url} names the app's public port ${port}: each new release is probed on its own port (${main.url})`,
+      );
+      config.app.healthcheck.url = main.url;
+    } else if (main.foreign && config.app.strategy === 'router')
+      problems.push(
+        `app.healthcheck.url: ${main.foreign}; behind the router the health gate must reach the new release itself: use "http://127.0.0.1:{port}/…" ({port} is the release's private port)`,
+      );
+    config.app.healthcheck.checks.forEach((c, i) => {
+      const r = aim(c.url);
+      if (r.rewritten) {
+        warnings.push(`app.healthcheck.checks.${i}.url: ${c.url} names the app's public port ${port}: each new release is probed on its own port (${r.url})`);
+        c.url = r.url;
+      } else if (r.foreign && config.app.strategy === 'router' && r.publicPort)
+        problems.push(`app.healthcheck.checks.${i}.url: ${r.foreign}; use "http://127.0.0.1:{port}/…" to check the new release on its private port`);
+    });
+  }
   if (config.app.envFiles.length !== new Set(config.app.envFiles).size) problems.push('app.envFiles: lists a file twice');
   if (config.workspace === config.releasesDir || isInside(config.releasesDir, config.workspace))
     problems.push('releasesDir: must not be the workspace or inside it (releases would be archived into releases)');
@@ -566,6 +590,52 @@ export function isPort(s: string): boolean {
 export function isInside(child: string, parent: string): boolean {
   const rel = path.relative(parent, child);
   return rel !== '' && rel !== '..' && !rel.startsWith('..' + path.sep) && !path.isAbsolute(rel);
+}
+
+const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]', '0.0.0.0', '[::]']);
+
+/** True for a URL host that is this machine by name alone (loopback, the any-address). */
+function isLocalHost(hostname: string, routerHost: string | undefined): boolean {
+  const h = hostname.toLowerCase();
+  return (
+    LOOPBACK_HOSTS.has(h) || /^127\.\d+\.\d+\.\d+$/.test(h) || (routerHost !== undefined && h === routerHost.toLowerCase().replace(/^([^[].*:.*)$/, '[$1]'))
+  );
+}
+
+/**
+ * Where a health URL points, for the gate. Pure.
+ * - `{port}` in it: already the release's own port.
+ * - this host (loopback, the any-address, router.host) on the app's public port: rewritten to
+ *   `http://127.0.0.1:{port}…` (`rewritten`); a release bound to loopback answers there.
+ * - any other URL that the gate cannot tell is the new release (another host, no explicit port): `foreign`
+ *   says why; `publicPort` when it names the public port on a host not known to be this one.
+ */
+export function aimHealthUrl(
+  url: string,
+  publicPort: number,
+  routerHost?: string,
+): { url: string; rewritten: boolean; foreign?: string; publicPort?: boolean } {
+  if (url.includes('{port}')) return { url, rewritten: false };
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return { url, rewritten: false };
+  }
+  const port = u.port === '' ? (u.protocol === 'https:' ? 443 : 80) : Number(u.port);
+  if (port === publicPort && isLocalHost(u.hostname, routerHost) && u.protocol === 'http:') {
+    const rest = url.slice(url.indexOf(u.host) + u.host.length);
+    return { url: `http://127.0.0.1:{port}${rest === '' ? '/' : rest}`, rewritten: true };
+  }
+  if (port === publicPort)
+    return { url, rewritten: false, foreign: `${url} names the app's public port on ${u.hostname}, which is not known to be this host`, publicPort: true };
+  return {
+    url,
+    rewritten: false,
+    foreign: isLocalHost(u.hostname, routerHost)
+      ? `${url} is port ${port} of this host, not the app's port ${publicPort} (a front such as Apache reaches the release that serves now, not the new one)`
+      : `${url} is another host (${u.hostname}), not the new release`,
+  };
 }
 
 /** The app's port from its configured env. */

@@ -219,7 +219,7 @@ export function formatDoctor(r: DoctorResult): string {
 export function formatHistory(r: HistoryResult): string {
   if (r.entries.length === 0) return 'no history yet\n';
   return table(
-    ['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'ERROR'],
+    ['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'DETAIL'],
     r.entries.map((e) => [
       shortTime(e.time),
       e.action,
@@ -230,8 +230,12 @@ export function formatHistory(r: HistoryResult): string {
       e.trigger,
       `${e.user}@${e.host}`,
       seconds(total(e.durationsMs)),
-      // A deploy that reused a release says why ("frontend tree unchanged since 3f2a9c1"): SHA is the commit, TO its release.
-      e.error ? `${e.error.code} in ${e.error.phase}` : (e.action === 'deploy' || e.action === 'revert' || e.action === 'rollback') && e.detail ? e.detail : '',
+      // An error is its code and phase; otherwise a note ("frontend tree unchanged since 3f2a9c1", "soak passed: …").
+      e.error
+        ? `error ${e.error.code} in ${e.error.phase}`
+        : (e.action === 'deploy' || e.action === 'revert' || e.action === 'rollback') && e.detail
+          ? e.detail
+          : '',
     ]),
   );
 }

@@ -31,6 +31,8 @@ export const REDACT_PATHS = [
 export interface LoggerOptions {
   level?: string;
   pretty?: boolean;
+  /** With `pretty`: colours (a terminal); plain text otherwise. Default true. */
+  colorize?: boolean;
   /** File descriptor or path; default 2 (stderr). */
   destination?: number | string;
   /** Also write JSON lines (level info and up) to this file, rotated at 5 MiB (one old copy kept). */
@@ -44,7 +46,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   const redact = { paths: REDACT_PATHS, censor: '[redacted]' };
   if (opts.file) {
     rotate(opts.file);
-    const main = opts.pretty ? prettyStream(opts.destination ?? 2) : pino.destination({ dest: opts.destination ?? 2, sync: true });
+    const main = opts.pretty ? prettyStream(opts.destination ?? 2, opts.colorize ?? true) : pino.destination({ dest: opts.destination ?? 2, sync: true });
     const file = pino.destination({ dest: opts.file, sync: true, mkdir: true, mode: 0o640 });
     const fileLevel = level === 'debug' || level === 'trace' ? level : 'info';
     const minLevel = pino.levels.values[level] < pino.levels.values[fileLevel] ? level : fileLevel;
@@ -59,13 +61,13 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   if (opts.pretty) {
     // pino-pretty as a synchronous stream, not a transport: no worker thread, so nothing is lost when the
     // process exits right after a failure.
-    return pino({ level, redact, base: undefined }, prettyStream(opts.destination ?? 2));
+    return pino({ level, redact, base: undefined }, prettyStream(opts.destination ?? 2, opts.colorize ?? true));
   }
   return pino({ level, redact, base: undefined }, pino.destination({ dest: opts.destination ?? 2, sync: true }));
 }
 
-function prettyStream(dest: number | string) {
-  return pinoPretty({ destination: dest, sync: true, colorize: true, translateTime: 'HH:MM:ss', ignore: 'pid,hostname' });
+function prettyStream(dest: number | string, colorize: boolean) {
+  return pinoPretty({ destination: dest, sync: true, colorize, translateTime: 'HH:MM:ss', ignore: 'pid,hostname' });
 }
 
 function rotate(file: string): void {

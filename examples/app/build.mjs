@@ -5,6 +5,8 @@
 //   FAIL_BUILD   the build fails.
 //   SLOW_BUILD   the build starts a long-lived child (like next build's workers) and waits ~60 s for it.
 //   BIG_BUILD    the build writes as many MiB of output as the file says (to fill a small disk).
+//   NEXT_DEFAULT_DIST   the build also writes its output to .next/ with a BUILD_ID, as a Next app without distDir does
+//                       (the server then reads it from there).
 //   WRITE_NODE_MODULES  the build rewrites node_modules/greeting/index.js in place (as `prisma generate` regenerates its client).
 // Like Next.js, it keeps a build cache in .next/cache keyed on the build's absolute path: a cache written by a
 // build at the same path is "warm" (build/build.json says so, and where it was built), any other is ignored.
@@ -73,5 +75,9 @@ fs.writeFileSync(
   'build/build.json',
   JSON.stringify({ version, builtAt: new Date().toISOString(), release, buildId, chunks, builtIn, warmCache, cachedBuilds: builds }) + '\n',
 );
+if (fs.existsSync('NEXT_DEFAULT_DIST')) {
+  fs.writeFileSync('.next/BUILD_ID', `${buildId}\n`);
+  fs.copyFileSync('build/build.json', '.next/build.json');
+}
 console.log(`built ${version} in ${builtIn} (${warmCache ? `warm cache, build ${builds} on it` : 'cold cache'})`);
 trace('end');

@@ -20,13 +20,17 @@ if (fs.existsSync('CRASH_AFTER_MS')) {
     process.exit(1);
   }, ms);
 }
+// NEXT_DEFAULT_DIST: like a Next app without distDir, the production build is read from .next/.
+const distDir = fs.existsSync('NEXT_DEFAULT_DIST') ? '.next' : 'build';
 let build;
 try {
-  build = JSON.parse(fs.readFileSync('build/build.json', 'utf8'));
+  build = JSON.parse(fs.readFileSync(`${distDir}/build.json`, 'utf8'));
 } catch {
-  console.error('no production build found in build/: run `npm run build` first');
+  console.error(`no production build found in ${distDir}/: run \`npm run build\` first`);
   process.exit(1);
 }
+// ANSWER_500: boots and listens, then answers 500 to every request (a release broken at run time).
+const answer500 = fs.existsSync('ANSWER_500');
 // next start lists <distDir>/static once, at start: a file added later is not served.
 const staticFiles = new Set();
 const listStatic = (dir) => {
@@ -41,6 +45,10 @@ const port = Number(process.env.FRONT_PORT ?? process.env.PORT ?? 3001);
 const host = process.env.HOST ?? '127.0.0.1';
 
 const server = http.createServer((req, res) => {
+  if (answer500) {
+    res.writeHead(500, { 'content-type': 'text/plain' });
+    return res.end(`500 from ${process.env.RELEASE_ID ?? 'none'}\n`);
+  }
   if (req.url === '/api/protected') {
     res.writeHead(401, { 'content-type': 'application/json' });
     return res.end('{"error":"unauthorized"}\n');

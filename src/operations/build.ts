@@ -193,7 +193,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
           failpoint(ctx.env, 'build');
         });
       await phase(ctx, 'prune', async () => {
-        await pruneCaches(ctx, cwd);
+        await pruneCaches(ctx, cwd, logFile);
         failpoint(ctx.env, 'prune');
       });
     };

@@ -11,15 +11,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { appPort } from '../config.js';
 import { EnvironmentError } from '../errors.js';
-import { run } from '../exec.js';
+import { formatCommand, run } from '../exec.js';
 import { ensureRepository } from '../git.js';
-import { portHolder } from '../health.js';
+import { isLoopbackAddress, listenAddresses, portHolder } from '../health.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { routerProcessName } from '../router/protocol.js';
 import { routerControl } from './switch-release.js';
 import { checkRouterConfig } from './router-config.js';
 
-export type CheckStatus = 'ok' | 'warn' | 'fail';
+/** `skip`: the check does not apply on this host (e.g. no systemd); it never blocks a deploy. */
+export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
 
 export interface Check {
   name: string;
@@ -85,6 +86,7 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
   if (scope === 'all') {
     await add(() => checkRouter(ctx));
     await add(() => checkRouterDefinition(ctx));
+    await add(() => checkReleaseHost(ctx));
     await add(() => checkNode(ctx));
     await add(() => checkBuildCache(ctx));
     await add(() => checkDump(ctx));
@@ -275,6 +277,36 @@ async function checkRouterDefinition(ctx: Context): Promise<Check> {
       );
 }
 
+/**
+ * Behind the router a release must be reachable on loopback only: one listening on every interface lets
+ * visitors reach it around the router (its gate, its numbers). pm2-release binds `next start` itself; any
+ * other server must take its host from its own option. Also shown by `status`.
+ */
+export async function checkReleaseHost(ctx: Context): Promise<Check> {
+  if (ctx.config.app.strategy !== 'router')
+    return { name: 'release-host', status: 'skip', message: `strategy ${ctx.config.app.strategy}: the app itself holds the public port`, fix: null };
+  if (!ctx.pm2.daemonRunning()) return { name: 'release-host', status: 'skip', message: 'no PM2 daemon: no release runs', fix: null };
+  const exposed: string[] = [];
+  const seen: string[] = [];
+  for (const p of await ctx.pm2.processes(ctx.config.app.name)) {
+    const port = Number(p.vars[ctx.config.app.portEnv]);
+    if (!Number.isInteger(port) || port <= 0) continue;
+    const addrs = await listenAddresses(port);
+    const shown = (list: string[]) => list.map((a) => (a.includes(':') ? `[${a}]` : a)).join(', ');
+    seen.push(`${p.releaseId ?? p.name} on ${addrs.length ? shown(addrs) : '(not listening)'}:${port}`);
+    const open = addrs.filter((a) => !isLoopbackAddress(a));
+    if (open.length) exposed.push(`${p.releaseId ?? p.name} listens on ${shown(open)}:${port}`);
+  }
+  if (exposed.length)
+    return bad(
+      'release-host',
+      'warn',
+      `${exposed.join('; ')}: not loopback only, so visitors can reach it around the router (no gate, no numbers)`,
+      'bind the release to 127.0.0.1: pm2-release adds `-H 127.0.0.1` to a plain `next start`; any other server needs its own host option (e.g. HOST=127.0.0.1 in app.env)',
+    );
+  return ok('release-host', seen.length ? `loopback only: ${seen.join('; ')}` : 'no release runs');
+}
+
 async function checkNode(ctx: Context): Promise<Check> {
   const version = async (bin: string) => (await run([bin, '--version'], { cwd: os.tmpdir(), logger: ctx.logger, baseEnv: ctx.env })).stdout.trim();
   const build = await version('node').catch(() => undefined);
@@ -293,12 +325,23 @@ async function checkNode(ctx: Context): Promise<Check> {
   return ok('node', runtime ? `builds and PM2 both use node ${major(build)} (${build}, ${runtime})` : `builds use node ${build}`);
 }
 
+/**
+ * The chmod that makes PM2's dump private, naming only the files there are: `chmod` exits 1 on a missing
+ * file (there is no `dump.pm2.bak` before the second `pm2 save`), which breaks `&&` and `set -e` chains.
+ */
+export function dumpChmod(dump: string, bakExists: boolean): string {
+  return `chmod 600 ${formatCommand([dump])}${bakExists ? ` ${formatCommand([`${dump}.bak`])}` : ''}`;
+}
+
 async function checkDump(ctx: Context): Promise<Check> {
   const dump = ctx.pm2.dumpPath;
   const st = await fsp.stat(dump).catch(() => undefined);
   if (!st) return bad('pm2-dump', 'warn', `${dump} does not exist: a reboot brings no app back`, 'run `pm2 save` (pm2-release does after every switch)');
-  if (st.mode & 0o004) return bad('pm2-dump', 'fail', `${dump} is world-readable and holds the apps' env (tokens, passwords)`, `chmod 600 ${dump} ${dump}.bak`);
-  if (st.mode & 0o040) return bad('pm2-dump', 'warn', `${dump} is group-readable and holds the apps' env`, `chmod 600 ${dump} ${dump}.bak`);
+  const bak = await fsp.stat(`${dump}.bak`).catch(() => undefined);
+  const fix = dumpChmod(dump, bak !== undefined);
+  if (st.mode & 0o004) return bad('pm2-dump', 'fail', `${dump} is world-readable and holds the apps' env (tokens, passwords)`, fix);
+  if (st.mode & 0o040) return bad('pm2-dump', 'warn', `${dump} is group-readable and holds the apps' env`, fix);
+  if (bak && bak.mode & 0o044) return bad('pm2-dump', 'warn', `${dump}.bak is readable by others and holds the apps' env`, fix);
   return ok('pm2-dump', `${dump} exists, mode ${(st.mode & 0o777).toString(8)}`);
 }
 
@@ -313,7 +356,8 @@ async function unitEnabled(ctx: Context, unit: string): Promise<boolean> {
 }
 
 async function checkSystemd(ctx: Context): Promise<Check> {
-  if (!fs.existsSync('/run/systemd/system')) return ok('systemd', 'systemd is not running here: skipped');
+  if (!fs.existsSync('/run/systemd/system'))
+    return { name: 'systemd', status: 'skip', message: 'systemd is not running here: nothing brings PM2 back on boot but you', fix: null };
   const unit = `pm2-${os.userInfo().username}`;
   try {
     const { stdout } = await run(['systemctl', 'is-enabled', unit], { cwd: os.tmpdir(), logger: ctx.logger, baseEnv: ctx.env });

@@ -15,11 +15,11 @@ import { formatCommand } from '../exec.js';
 import { workTreeRoot } from '../git.js';
 import { Redactor, SECRET_NAME, silentLogger, type Logger } from '../log.js';
 import { Pm2, type RawProcess } from '../pm2/client.js';
-import { choosePort } from '../pm2/routed-switch.js';
+import { choosePort, runScriptName } from '../pm2/routed-switch.js';
 import { diskUsage, MANIFEST_FILE, META_DIR, STATE_FILE } from '../release/store.js';
 import { childEnv } from './context.js';
-import { doctor, type DoctorResult } from './doctor.js';
-import { PORT_VARS, proposeConfig, renderConfig, runScriptName, type AppFacts, type InitFacts } from './proposal.js';
+import { doctor, dumpChmod, type DoctorResult } from './doctor.js';
+import { PORT_VARS, proposeConfig, renderConfig, type AppFacts, type InitFacts } from './proposal.js';
 
 export interface InitOptions {
   /** The PM2 app to take over (default: frontend-dev). */
@@ -174,7 +174,7 @@ export async function init(opts: InitOptions = {}): Promise<InitResult> {
       secretNames: app.envNames.filter((n) => SECRET_NAME.test(n)),
       pm2Version,
       pm2Home: pm2.home,
-      systemd: systemd ? `${systemd.status}: ${systemd.message}` : 'not checked',
+      systemd: systemd ? (systemd.status === 'skip' ? systemd.message : `${systemd.status}: ${systemd.message}`) : 'not checked',
     },
     config: proposal.config,
     comments: proposal.comments,
@@ -194,22 +194,41 @@ export async function init(opts: InitOptions = {}): Promise<InitResult> {
       diskFreeBytes: await freeBytes(releasesDir),
     },
     next: {
+      // Before --write there is no config file for `doctor` to read: init itself checks its proposal again.
       command: problems.length
         ? `fix the problems above, then: pm2-release init ${flags} --config ${formatCommand([configPath])}`
-        : !written
-          ? `pm2-release init ${flags} --config ${formatCommand([configPath])} --write`
-          : checks.ok
-            ? `${withConfig} deploy`
-            : `fix the FAIL lines, then: ${withConfig} doctor`,
+        : !checks.ok
+          ? written
+            ? `fix the FAIL lines, then: ${withConfig} doctor`
+            : `fix the FAIL lines, then: pm2-release init ${flags} --config ${formatCommand([configPath])}`
+          : !written
+            ? `pm2-release init ${flags} --config ${formatCommand([configPath])} --write`
+            : `${withConfig} deploy`,
       reboot: [
         `cd ${formatCommand([PACKAGE_ROOT])}`,
         `PM2_RELEASE_CONFIG=${formatCommand([configPath])} pm2 start ecosystem.config.cjs`,
         'pm2 save',
-        `chmod 600 ${formatCommand([pm2.dumpPath])} ${formatCommand([`${pm2.dumpPath}.bak`])}`,
+        // `pm2 save` copies an existing dump to dump.pm2.bak first: name the .bak only when there will be one.
+        dumpChmod(pm2.dumpPath, fs.existsSync(pm2.dumpPath) || fs.existsSync(`${pm2.dumpPath}.bak`)),
       ],
-      executor: `import { deploy } from "pm2-release"; const result = await deploy({ configPath: ${JSON.stringify(configPath)}, trigger: "api" });`,
+      executor: executorCall(configPath),
     },
   };
+}
+
+/** The environment an executor hands to pm2-release: what a build and the app need, none of the bridge's own tokens. */
+export const EXECUTOR_ENV_VARS = ['PATH', 'HOME', 'USER', 'LANG', 'PM2_HOME', 'NODE_EXTRA_CA_CERTS', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY'];
+
+/**
+ * The library call init prints for the executor bridge, with an explicit `env` (integration.md): the default,
+ * process.env, would put every token the bridge holds into the app's PM2 env and ~/.pm2/dump.pm2.
+ */
+export function executorCall(configPath: string): string {
+  return [
+    'import { deploy } from "pm2-release";',
+    `const env = Object.fromEntries(${JSON.stringify(EXECUTOR_ENV_VARS)}.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));`,
+    `const result = await deploy({ configPath: ${JSON.stringify(configPath)}, env, trigger: "api" });`,
+  ].join(' ');
 }
 
 /** The app's jlist entry, read without starting a daemon. */
@@ -259,7 +278,20 @@ async function readAppDir(app: AppFacts, workspace: string, releasesDir: string 
     const text = await fsp.readFile(path.join(app.cwd, f), 'utf8').catch(() => '');
     nextDistDir ??= /distDir\s*:\s*['"`]([^'"`]+)['"`]/.exec(text)?.[1];
   }
-  return { app, workspace, files, scripts, envFileNames, nextDistDir, releasesDir };
+  return { app, workspace, files, scripts, envFileNames, nextDistDir, releasesDir, front: await localFront() };
+}
+
+/** Process names of the web fronts an operator puts before a Node app. */
+const FRONTS = new Set(['apache2', 'httpd', 'nginx', 'caddy', 'haproxy', 'traefik']);
+
+/** The first web front running on this host (any user), by the process name in /proc; undefined off Linux. */
+async function localFront(): Promise<{ name: string; pid: number } | undefined> {
+  const pids = (await fsp.readdir('/proc').catch(() => [] as string[])).filter((p) => /^\d+$/.test(p)).sort((a, b) => Number(a) - Number(b));
+  for (const pid of pids) {
+    const comm = (await fsp.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
+    if (FRONTS.has(comm)) return { name: comm, pid: Number(pid) };
+  }
+  return undefined;
 }
 
 /** The variable names an env file defines. Its values are never kept: they are the app's secrets. */

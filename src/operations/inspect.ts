@@ -1,7 +1,8 @@
 /** list, status and prune. */
 import { appPort, healthUrl } from '../config.js';
 import { probe } from '../health.js';
-import { createContext, phase, type CommonOptions, type Context } from './context.js';
+import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
+import { checkReleaseHost } from './doctor.js';
 import { routerProcessName } from '../router/protocol.js';
 import { audited } from './audit.js';
 import { withLock } from './deploy.js';
@@ -63,6 +64,10 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
   // The config changed under the running router: that explains the rest, so it comes first.
   const routerCheck = await checkRouterConfig(ctx).catch(() => null);
   if (routerCheck?.differences.length) reason = `${routerDriftText(routerCheck)}${reason ? `; ${reason}` : ''}`;
+
+  // A release reachable around the router is worth a line on every status (doctor says the same).
+  const exposure = await checkReleaseHost(ctx).catch(() => undefined);
+  if (exposure?.status === 'warn') warn(ctx, `${exposure.message}; fix: ${exposure.fix}`);
 
   return {
     ok: true,

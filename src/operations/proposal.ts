@@ -6,6 +6,7 @@
 import path from 'node:path';
 import { DEFAULTS, type ConfigFile } from '../config.js';
 import { SECRET_NAME } from '../log.js';
+import { runScriptName } from '../pm2/routed-switch.js';
 
 /** What `pm2 jlist` says about the app, with the only env value we keep: the port's. */
 export interface AppFacts {
@@ -38,6 +39,8 @@ export interface InitFacts {
   nextDistDir?: string;
   /** `--releases-dir`, as the operator wrote it. */
   releasesDir?: string;
+  /** A web front (Apache, nginx, …) running on this host, found by process name. */
+  front?: { name: string; pid: number };
 }
 
 export interface Proposal {
@@ -82,13 +85,6 @@ const RUNNERS: Record<string, 'npm' | 'yarn' | 'pnpm'> = {
 function extraEnvFiles(files: string[]): string[] {
   const defaults: readonly string[] = DEFAULTS.app.envFiles;
   return files.filter((f) => /^\.env(\..+)?$/.test(f) && !defaults.includes(f) && !/\.(example|sample|template|dist|defaults)$/.test(f)).sort();
-}
-
-/** The package.json script a runner invocation runs: `npm run start`, `npm start`, `yarn start`, `pnpm start`. */
-export function runScriptName(args: string[]): string | undefined {
-  if (args[0] === 'run' || args[0] === 'run-script') return args[1];
-  if (args[0] === 'start') return 'start';
-  return undefined;
 }
 
 /** The port a start command hard-codes (`-p 3001`, `--port 3001`, `--port=3001`), when it is `value`. */
@@ -151,7 +147,7 @@ export function proposeConfig(facts: InitFacts): Proposal {
   const next = startCommand !== undefined && /\bnext\s+start\b/.test(startCommand);
   say(
     'app.args',
-    `PM2's args${scriptName ? `: package.json scripts.${scriptName}${startCommand === undefined ? ' (not found in package.json)' : next ? ' runs next start' : ''}` : ''}`,
+    `PM2's args${scriptName ? `: package.json scripts.${scriptName}${startCommand === undefined ? ' (not found in package.json)' : next ? ' runs next start (each release is started with -H 127.0.0.1: behind the router only loopback is needed)' : ''}` : ''}`,
   );
   if (scriptName && startCommand === undefined)
     problems.push(`package.json in ${app.cwd} has no "${scriptName}" script, which PM2 runs (${base} ${args.join(' ')})`);
@@ -171,9 +167,9 @@ export function proposeConfig(facts: InitFacts): Proposal {
       problems.push(
         `package.json scripts.${scriptName} hard-codes the port ${port.value}: read it from $${port.name} (e.g. next start -p \${${port.name}:-${port.value}}) or drop it (next start reads PORT); behind the router each release listens on a private port`,
       );
-    if (next && !/(^|\s)(-H|--hostname)(\s|=)/.test(startCommand))
+    if (!next && !(startCommand !== undefined && /(^|\s)(-H|--hostname|--host)(\s|=)/.test(startCommand)))
       warnings.push(
-        `next start listens on all interfaces: the release's private port is reachable from the network; add -H 127.0.0.1 (documentation/router.md, Known limits)`,
+        `${scriptName ? `package.json scripts.${scriptName}` : app.script} is not a plain next start: pm2-release cannot bind each release to 127.0.0.1 itself; make the server listen on loopback only (doctor's release-host check shows where each release listens)`,
       );
   }
   say('app.env', port ? `${port.name} from ${app.name}'s PM2 env: the router listens on it; no other variable is copied` : 'no port variable found');
@@ -211,6 +207,18 @@ export function proposeConfig(facts: InitFacts): Proposal {
     publicPort === undefined ? undefined : publicPort + 10_099 < 32_768 ? [publicPort + 10_000, publicPort + 10_099] : [20_000, 20_099];
   if (releasePorts) say('router.releasePorts', `private loopback ports for releases: app port + 10000…+10099, below the ephemeral range`);
 
+  // The router's address: with the front on this host, loopback is all it needs, and visitors cannot go around the front.
+  const routerHost = facts.front ? '127.0.0.1' : undefined;
+  if (facts.front)
+    say(
+      'router.host',
+      `${facts.front.name} (pid ${facts.front.pid}) runs on this host and reaches the router on loopback: listening there only, visitors cannot go around ${facts.front.name} (proxy to http://127.0.0.1:<port>, not localhost, which may resolve to ::1)`,
+    );
+  else
+    warnings.push(
+      `no web front (apache2, httpd, nginx, caddy, haproxy) runs on this host: the router will listen on all interfaces, as next start does; if the front is on this host, set router.host to "127.0.0.1"`,
+    );
+
   say('app.name', 'the PM2 app to take over');
   say('app.dir', `${app.name}'s cwd relative to the workspace`);
   const config: ConfigFile = {
@@ -218,7 +226,7 @@ export function proposeConfig(facts: InitFacts): Proposal {
     releasesDir,
     keep: DEFAULTS.keep,
     app: { name: app.name, dir, envFiles, install, build, prune, script, args, env, portEnv, strategy: 'router' },
-    ...(releasePorts ? { router: { releasePorts } } : {}),
+    ...(releasePorts || routerHost ? { router: { ...(routerHost ? { host: routerHost } : {}), ...(releasePorts ? { releasePorts } : {}) } } : {}),
   };
   return { config, comments, warnings, problems };
 }

@@ -11,7 +11,7 @@ import { failpoint } from '../failpoint.js';
 import { EnvironmentError, ReleaseError, SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor, type SwitchStrategy } from '../pm2/switch.js';
-import { routedStrategy } from '../pm2/routed-switch.js';
+import { loopbackArgs, routedStrategy } from '../pm2/routed-switch.js';
 import { RouterControl } from '../router-control.js';
 import { routerProcessName } from '../router/protocol.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
@@ -44,14 +44,29 @@ export function appDefinition(ctx: Context, release: ReleaseRecord): AppDefiniti
   const script = ctx.config.app.script;
   const local = path.resolve(release.cwd, script);
   const resolvedScript = !path.isAbsolute(script) && (script.includes('/') || fs.existsSync(local)) && isInside(local, release.cwd) ? local : script;
+  // Behind the router a release needs no other address than loopback: bind it there where the start
+  // command takes a host, so visitors cannot bypass the router (its gate, its numbers) on a private port.
+  const args = (ctx.config.app.strategy === 'router' ? loopbackArgs(resolvedScript, ctx.config.app.args, releaseScripts(release.cwd)) : undefined) ?? [
+    ...ctx.config.app.args,
+  ];
   return {
     name: ctx.config.app.name,
     script: resolvedScript,
-    args: [...ctx.config.app.args],
+    args,
     cwd: release.cwd,
     env: { ...ctx.config.app.env, RELEASE_ID: release.id, RELEASE_SHA: sha },
     ...(ctx.config.app.strategy === 'cluster' ? { execMode: 'cluster' as const, instances: ctx.config.app.instances } : { execMode: 'fork' as const }),
   };
+}
+
+/** The release's package.json scripts (empty when it has none or it does not parse). */
+function releaseScripts(cwd: string): Record<string, string> {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(cwd, 'package.json'), 'utf8')) as { scripts?: Record<string, unknown> };
+    return Object.fromEntries(Object.entries(pkg.scripts ?? {}).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  } catch {
+    return {};
+  }
 }
 
 /** The compiled router entry (dist/router/main.js), from src/ (tests) or dist/ alike. */

@@ -12,6 +12,7 @@
  * restart strategy) is the take-over: the router starts with its state file already naming the new release,
  * waits for the port, and the old process is deleted so the router can bind it (one short gap).
  */
+import path from 'node:path';
 import { SwitchError } from '../errors.js';
 import { portFree, portHolder } from '../health.js';
 import type { Logger } from '../log.js';
@@ -40,6 +41,36 @@ export interface RoutingInput {
   warn: (message: string) => void;
   /** Former names of the app (renamed in the config): their release processes are the old release too. */
   formerApps?: string[];
+}
+
+/** The package.json script a runner invocation runs: `npm run start`, `npm start`, `yarn start`, `pnpm start`. */
+export function runScriptName(args: string[]): string | undefined {
+  if (args[0] === 'run' || args[0] === 'run-script') return args[1];
+  if (args[0] === 'start') return 'start';
+  return undefined;
+}
+
+/** The address each release is bound to behind the router: only the router (on this host) needs to reach it. */
+export const RELEASE_HOST = '127.0.0.1';
+
+/**
+ * The start arguments that bind a release to loopback, when the start command is one we know takes a host:
+ * `next start` run directly (`node_modules/next/dist/bin/next start`) or through `npm run <script>` whose
+ * package.json script is a plain `next start …` (npm appends what follows `--`). Undefined when the command
+ * cannot be told (another server, a script with `&&`): then status and doctor report the listening address.
+ * Pure: `scripts` is the release's package.json scripts.
+ */
+export function loopbackArgs(script: string, args: string[], scripts: Record<string, string>): string[] | undefined {
+  const names = /(^|\s)(-H|--hostname)(\s|=|$)/;
+  if (args.some((a) => /^(-H|--hostname)(=|$)/.test(a))) return undefined;
+  const base = path.basename(script);
+  if ((base === 'next' || script.endsWith('next/dist/bin/next')) && args[0] === 'start') return [...args, '-H', RELEASE_HOST];
+  if (base !== 'npm' && base !== 'npm-cli.js') return undefined;
+  const name = runScriptName(args);
+  const command = name ? scripts[name] : undefined;
+  if (command === undefined || !/^\s*next\s+start(\s[^;&|<>`()\n]*)?$/.test(command) || names.test(command)) return undefined;
+  const extra = args.slice(args[0] === 'start' ? 1 : 2);
+  return extra.includes('--') ? [...args, '-H', RELEASE_HOST] : [...args, '--', '-H', RELEASE_HOST];
 }
 
 /** PM2 ids and private ports of the app's release processes now. */
@@ -97,7 +128,8 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
 
     const handle: SwitchHandle = {
       before: undefined,
-      keepsOld: true,
+      // A first deploy on a VM (no release process yet) has nothing to put back.
+      keepsOld: old.length > 0,
       app,
       probePort: port,
       newIds,

@@ -251,16 +251,37 @@ async function freeRelease(releaseDir: string): Promise<void> {
   }
 }
 
-/** Removes non-runtime caches; each path is relative to the app dir and must stay inside it. */
-export async function pruneCaches(ctx: Context, appCwd: string): Promise<string[]> {
+/**
+ * What pruning one configured path does: a directory that holds a Next.js production build (its `BUILD_ID`)
+ * is the release itself, so only its `cache/` goes (`.next` is both the default prune entry and the build dir
+ * of every Next app without `distDir`). Pure.
+ */
+export function prunePlan(rel: string, exists: (p: string) => boolean): { remove: string | undefined; note?: string } {
+  if (!exists(rel)) return { remove: undefined };
+  if (!exists(path.join(rel, 'BUILD_ID'))) return { remove: rel };
+  const cache = path.join(rel, 'cache');
+  return {
+    remove: exists(cache) ? cache : undefined,
+    note: `prune: kept ${rel}: it holds the Next.js build (${rel}/BUILD_ID)${exists(cache) ? `; pruned ${cache} instead` : ''}`,
+  };
+}
+
+/**
+ * Removes non-runtime caches; each path is relative to the app dir and must stay inside it. A directory that
+ * holds a Next.js build is kept and only its `cache/` removed, said in the build log.
+ */
+export async function pruneCaches(ctx: Context, appCwd: string, logFile?: string): Promise<string[]> {
   const removed: string[] = [];
   for (const rel of ctx.config.app.prune) {
-    const target = path.resolve(appCwd, rel);
-    if (!isInside(target, appCwd)) continue;
-    if (fs.existsSync(target)) {
-      await fsp.rm(target, { recursive: true, force: true });
-      removed.push(rel);
+    if (!isInside(path.resolve(appCwd, rel), appCwd)) continue;
+    const plan = prunePlan(path.normalize(rel), (p) => fs.existsSync(path.join(appCwd, p)));
+    if (plan.note) {
+      ctx.logger.info(plan.note);
+      if (logFile) await fsp.appendFile(logFile, `${plan.note}\n`);
     }
+    if (plan.remove === undefined) continue;
+    await fsp.rm(path.join(appCwd, plan.remove), { recursive: true, force: true });
+    removed.push(plan.remove);
   }
   return removed;
 }

@@ -397,7 +397,7 @@ describe('history and bad-sha marks', () => {
     expect(h.code, h.stderr).toBe(0);
     expect(h.stdout + h.stderr).not.toContain(ANSI);
     const [hh, ...hrows] = h.stdout.trimEnd().split('\n');
-    expect(hh).toMatch(/^TIME\s+ACTION\s+RESULT\s+FROM\s+TO\s+SHA\s+TRIGGER\s+BY\s+TOOK\s+ERROR$/);
+    expect(hh).toMatch(/^TIME\s+ACTION\s+RESULT\s+FROM\s+TO\s+SHA\s+TRIGGER\s+BY\s+TOOK\s+DETAIL$/);
     expect(hrows).toHaveLength(hj.entries.length);
     const hc = columnStarts(hh);
     hj.entries.forEach((e, i) => {
@@ -411,7 +411,7 @@ describe('history and bad-sha marks', () => {
       expectCell(row, hc.TRIGGER, e.trigger);
       expectCell(row, hc.BY, `${e.user}@${e.host}`);
       expect(row.slice(hc.TOOK)).toMatch(/^\d+\.\ds/);
-      if (e.error) expectCell(row, hc.ERROR, `${e.error.code} in ${e.error.phase}`);
+      if (e.error) expectCell(row, hc.DETAIL, `error ${e.error.code} in ${e.error.phase}`);
     });
     expect(hrows.map((r) => r.slice(hc.ACTION).split(' ')[0])).toEqual(expect.arrayContaining(['deploy', 'activate', 'rollback', 'revert', 'prune']));
 

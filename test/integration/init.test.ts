@@ -69,6 +69,46 @@ describe('init (real PM2)', () => {
     await sb?.close();
   });
 
+  it("the runbook's VM after its hand `pm2 save` (dump 0644, no .bak): init exits 6, and every line it prints runs as printed, in order", () => {
+    const dump = path.join(sb.pm2Home, 'dump.pm2');
+    execFileSync(sb.env.PM2_RELEASE_PM2!, ['save'], { env: sb.env, stdio: 'ignore' });
+    fs.chmodSync(dump, 0o644);
+    fs.rmSync(`${dump}.bak`, { force: true });
+    const sh = (line: string) => spawnSync('sh', ['-ec', line], { cwd: sb.root, env: sb.env, encoding: 'utf8' });
+
+    const r = run(['init', '--json', '--releases-dir', sb.releasesDir, '--config', written()]);
+    expect(r.code, r.stdout).toBe(6);
+    const j = JSON.parse(r.stdout);
+    const fail = j.doctor.checks.find((c: { name: string }) => c.name === 'pm2-dump');
+    expect(fail.status).toBe('fail');
+    // No .bak yet: the fix names only the dump (chmod exits 1 on a missing file, breaking `&&` and set -e).
+    expect(fail.fix).toBe(`chmod 600 ${dump}`);
+    // init checks its own proposal again: not `doctor`, which has no config file to read before --write.
+    expect(j.next.command).toBe(`fix the FAIL lines, then: pm2-release init --app ${APP} --releases-dir ${sb.releasesDir} --config ${written()}`);
+    const human = run(['init', '--releases-dir', sb.releasesDir, '--config', written()]);
+    expect(human.code).toBe(6);
+    expect(human.stdout).not.toMatch(/systemd ok: .*skipped/);
+
+    expect(sh(fail.fix).status).toBe(0);
+    const again = run([
+      ...j.next.command
+        .replace(/^fix the FAIL lines, then: /, '')
+        .split(' ')
+        .slice(1),
+      '--json',
+    ]);
+    expect(again.code, again.stdout).toBe(0);
+    // A dump exists, so the reboot path's `pm2 save` leaves a .bak: its chmod names both, and runs after that save.
+    const reboot: string[] = JSON.parse(again.stdout).next.reboot;
+    expect(reboot[3]).toBe(`chmod 600 ${dump} ${dump}.bak`);
+    execFileSync(sb.env.PM2_RELEASE_PM2!, ['save'], { env: sb.env, stdio: 'ignore' });
+    expect(sh(`set -e; ${reboot[3]}`).status).toBe(0);
+    expect(fs.statSync(`${dump}.bak`).mode & 0o777).toBe(0o600);
+    // doctor's systemd line says skipped as a SKIP, not "ok … skipped".
+    const doc = spawnSync(process.execPath, [CLI, 'doctor'], { env: { ...sb.env }, encoding: 'utf8', cwd: sb.root });
+    expect(doc.stdout).not.toMatch(/OK\s+systemd/);
+  });
+
   it('proposes a config for the hand-started app, writes it 0600 with --write, changes nothing in PM2, and the config deploys behind the router', async () => {
     const before = pm2State();
     const dry = run(['init', '--json', '--releases-dir', sb.releasesDir, '--config', written()]);

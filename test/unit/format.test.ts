@@ -295,9 +295,9 @@ describe('formatHistory', () => {
 
   it('prints one aligned row per entry, newest first', () => {
     expect(out).toMatchInlineSnapshot(`
-      "TIME                  ACTION    RESULT  FROM                      TO                        SHA      TRIGGER  BY                 TOOK   ERROR
+      "TIME                  ACTION    RESULT  FROM                      TO                        SHA      TRIGGER  BY                 TOOK   DETAIL
       2026-11-21 21:05:00Z  prune     ok      -                         -                         -        api      deploy@vm-front-1  0.0s
-      2026-11-21 21:00:41Z  deploy    failed  20261121T204233Z-3f2a9c1  20261121T210000Z-0badc0d  0badc0d  cli      deploy@vm-front-1  16.3s  HEALTH_FAILED in health
+      2026-11-21 21:00:41Z  deploy    failed  20261121T204233Z-3f2a9c1  20261121T210000Z-0badc0d  0badc0d  cli      deploy@vm-front-1  16.3s  error HEALTH_FAILED in health
       2026-11-21 21:00:40Z  revert    ok      20261121T210000Z-0badc0d  20261121T204233Z-3f2a9c1  0badc0d  cli      deploy@vm-front-1  0.8s
       2026-11-21 20:50:00Z  rollback  ok      20261121T204233Z-3f2a9c1  20261121T193000Z-9e8d7c6  9e8d7c6  webhook  root@h             2.8s
       2026-11-21 20:42:33Z  deploy    ok      20261121T193000Z-9e8d7c6  20261121T204233Z-3f2a9c1  3f2a9c1  cli      deploy@vm-front-1  3.9s
@@ -307,7 +307,7 @@ describe('formatHistory', () => {
 
   it('aligns every column; ACTION starts at the same offset on every line', () => {
     const [header, ...rows] = out.trimEnd().split('\n');
-    expect(header.split(/\s+/)).toEqual(['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'ERROR']);
+    expect(header.split(/\s+/)).toEqual(['TIME', 'ACTION', 'RESULT', 'FROM', 'TO', 'SHA', 'TRIGGER', 'BY', 'TOOK', 'DETAIL']);
     const starts = columnStarts(header);
     expectAligned(out, starts);
     const actionAt = starts[1];

@@ -22,6 +22,8 @@ function runbookFacts(over: Partial<InitFacts> = {}, app: Partial<InitFacts['app
     scripts: { build: 'next build', start: 'next start -p ${FRONT_PORT:-3001} -H 127.0.0.1' },
     envFileNames: { '.env.local': ['API_TOKEN', 'NEXT_PUBLIC_API'] },
     nextDistDir: 'build',
+    // The runbook's VM: Apache in front, on the same host.
+    front: { name: 'apache2', pid: 812 },
     ...over,
   };
 }
@@ -50,8 +52,9 @@ describe('proposeConfig', () => {
         portEnv: 'FRONT_PORT',
         strategy: 'router',
       },
-      router: { releasePorts: [13001, 13100] },
+      router: { host: '127.0.0.1', releasePorts: [13001, 13100] },
     });
+    expect(p.comments['router.host']).toContain('apache2 (pid 812) runs on this host');
     // The loader takes it as is, and gives it the same private ports it would compute.
     expect(load(p.config).config.router.releasePorts).toEqual([13001, 13100]);
   });
@@ -91,12 +94,12 @@ describe('proposeConfig', () => {
   it('an app at the repository root is dir "."; PORT is taken when that is what the app reads', () => {
     const p = proposeConfig(runbookFacts({ workspace: '/srv/site' }, { cwd: '/srv/site', port: { name: 'PORT', value: '8080' }, envNames: ['PORT'] }));
     expect(p.config.app).toMatchObject({ dir: '.', env: { PORT: '8080' }, portEnv: 'PORT' });
-    expect(p.config.router).toEqual({ releasePorts: [18080, 18179] });
+    expect(p.config.router).toEqual({ host: '127.0.0.1', releasePorts: [18080, 18179] });
   });
 
   it('a high app port gets the fixed private range below the ephemeral ports', () => {
     const p = proposeConfig(runbookFacts({}, { port: { name: 'FRONT_PORT', value: '30001' } }));
-    expect(p.config.router).toEqual({ releasePorts: [20000, 20099] });
+    expect(p.config.router).toEqual({ host: '127.0.0.1', releasePorts: [20000, 20099] });
   });
 
   it.each([
@@ -121,10 +124,22 @@ describe('proposeConfig', () => {
     expect(p.config.app?.prune).toEqual(['.next/cache', '.turbo']);
   });
 
-  it('next start without -H: a warning that the private port is open to the network', () => {
+  it('next start without -H: no warning, each release is started with -H 127.0.0.1 (said on app.args)', () => {
     const p = proposeConfig(runbookFacts({ scripts: { build: 'next build', start: 'next start' } }));
     expect(p.problems).toEqual([]);
-    expect(p.warnings.join('\n')).toContain('-H 127.0.0.1');
+    expect(p.warnings).toEqual([]);
+    expect(p.comments['app.args']).toContain('-H 127.0.0.1');
+  });
+
+  it('a start command pm2-release cannot bind to loopback: a warning naming it', () => {
+    const p = proposeConfig(runbookFacts({ scripts: { build: 'next build', start: 'node server.js' } }));
+    expect(p.warnings.join('\n')).toContain('package.json scripts.start is not a plain next start');
+  });
+
+  it('no web front on this host: router.host is not proposed, and a warning says when to set it', () => {
+    const p = proposeConfig(runbookFacts({ front: undefined }));
+    expect(p.config.router).toEqual({ releasePorts: [13001, 13100] });
+    expect(p.warnings.join('\n')).toContain('set router.host to "127.0.0.1"');
   });
 
   it('a start script that hard-codes the port is a problem: each release listens on a private port', () => {
@@ -137,7 +152,7 @@ describe('proposeConfig', () => {
     expect(proposeConfig(runbookFacts({ scripts: {} })).problems.join()).toContain('no "start" script');
     const noPort = proposeConfig(runbookFacts({}, { port: undefined }));
     expect(noPort.problems.join()).toContain('has no FRONT_PORT or PORT');
-    expect(noPort.config.router).toBeUndefined();
+    expect(noPort.config.router).toEqual({ host: '127.0.0.1' });
   });
 
   it('a cluster-mode app: still the router, with a warning naming the cluster strategy', () => {

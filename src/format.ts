@@ -83,7 +83,20 @@ export function formatActivate(r: ActivateResult): string {
 }
 
 export function formatList(r: ListResult): string {
-  if (r.releases.length === 0) return 'no releases yet (run `pm2-release deploy`)\n';
+  const here = r.releases.length === 0 ? 'no releases yet (run `pm2-release deploy`)\n' : releasesTable(r);
+  const elsewhere = r.elsewhere ?? [];
+  if (elsewhere.length === 0) return here;
+  return (
+    here +
+    '\nelsewhere (built before releasesDir moved: listed only, not rollback targets; the runbook says how to go back to one):\n' +
+    table(
+      ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'DIR'],
+      elsewhere.map((x) => [x.active ? '*' : '', x.id, x.shortSha ?? '-', x.status, shortTime(x.createdAt), x.elsewhere ?? '-']),
+    )
+  );
+}
+
+function releasesTable(r: ListResult): string {
   return table(
     ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'NOTE'],
     r.releases.map((x: ReleaseInfo) => [

@@ -1,5 +1,7 @@
 /** list, status and prune. */
+import path from 'node:path';
 import { appPort, healthUrl } from '../config.js';
+import { BUILD_LOG, META_DIR } from '../release/store.js';
 import { probe } from '../health.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { checkReleaseHost } from './doctor.js';
@@ -25,6 +27,7 @@ export async function list(opts: ListOptions = {}): Promise<ListResult> {
     changed: false,
     active,
     releases: releases.map((r) => releaseInfo(r, active, ctx.store.buildLog(r.id), marks)),
+    elsewhere: (await ctx.store.listElsewhere()).map((r) => releaseInfo(r, active, path.join(r.dir, META_DIR, BUILD_LOG), marks)),
   };
 }
 

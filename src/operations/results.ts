@@ -31,6 +31,8 @@ export interface ReleaseInfo {
   bad: { reason: string; markedAt: string } | null;
   /** The commits this release serves: its own sha, then later commits whose inputs were the same. */
   commits: string[];
+  /** The former releases dir that holds it (built before a `releasesDir` move), null for this dir's own. */
+  elsewhere: string | null;
 }
 
 export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string, marks: Record<string, BadMark> = {}): ReleaseInfo {
@@ -54,6 +56,7 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
     error: m?.error ?? null,
     bad: mark ? { reason: mark.reason, markedAt: mark.markedAt } : null,
     commits: m?.commits ?? (m?.sha ? [m.sha] : []),
+    elsewhere: r.elsewhere ?? null,
   };
 }
 
@@ -126,6 +129,8 @@ export interface ListResult {
   changed: false;
   active: string | null;
   releases: ReleaseInfo[];
+  /** Releases left in former releases dirs (a `releasesDir` move): listed only, not rollback targets. */
+  elsewhere: ReleaseInfo[];
 }
 
 export interface Pm2State {

@@ -61,10 +61,15 @@ async function inspect(ctx: Context, opts: { allowGap?: boolean }): Promise<{ ch
 
 /** `pm2-release activate <live id> --replace-router [--config FILE]`, or a deploy when the live release is not retained here. */
 async function applyCommand(ctx: Context): Promise<string> {
-  const config = ctx.configSource !== 'defaults' && ctx.configSource !== 'options' ? ` --config ${shellWord(ctx.configSource)}` : '';
+  const config = configFlag(ctx);
   const live = await currentRelease(ctx).catch(() => null);
   const retained = live ? await ctx.store.get(live) : undefined;
   return retained?.status === 'ready' ? `pm2-release activate ${live} --replace-router${config}` : `pm2-release deploy --replace-router${config}`;
+}
+
+/** ` --config FILE` when the config came from a file, so a printed command runs as printed. */
+export function configFlag(ctx: Context): string {
+  return ctx.configSource !== 'defaults' && ctx.configSource !== 'options' ? ` --config ${shellWord(ctx.configSource)}` : '';
 }
 
 function shellWord(s: string): string {
@@ -116,6 +121,11 @@ export async function applyRouterChange(ctx: Context, opts: { allowGap?: boolean
     await ctx.pm2.save();
   });
   if (plan.rename && old.app) ctx.formerApps = [old.app];
-  if (old.releasesDir && old.releasesDir !== ctx.config.releasesDir)
-    warn(ctx, `releases built in ${old.releasesDir} stay there (listed nowhere, not rollback targets); the live one serves from there until the next switch`);
+  if (old.releasesDir && old.releasesDir !== ctx.config.releasesDir) {
+    await ctx.store.recordFormerDir(old.releasesDir);
+    warn(
+      ctx,
+      `releases built in ${old.releasesDir} stay there: \`pm2-release list\` shows them under elsewhere (not rollback targets); the live one serves from there until the next switch`,
+    );
+  }
 }

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deploy, rollback, status } from '../../src/index.js';
 import { portHolder } from '../../src/health.js';
-import { CLI, cli, createSandbox, freePort, get, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
+import { CLI, cli, createSandbox, startCli, freePort, get, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
 import { startTraffic } from '../helpers/traffic.js';
 
 /** The runbook's stated gap for a new port: at most one failed request per client that follows to it. */
@@ -125,7 +125,10 @@ describe('config changes under a running router (real PM2)', () => {
     expect(fs.existsSync(path.join(sb.releasesDir, '.router', 'web.state.json'))).toBe(true);
   });
 
-  const moveReleasesDir = async (to: string) => {
+  const moveReleasesDir = async (to: string, thenBack = false) => {
+    const from = cfg().releasesDir as string;
+    const liveBefore = (await status(opts())).active?.id;
+    expect(liveBefore).toBeTruthy();
     setCfg((c) => (c.releasesDir = to));
     const st = await status(opts());
     expect(st.routerConfig?.differences.map((d) => d.key)).toEqual(['releasesDir']);
@@ -138,10 +141,31 @@ describe('config changes under a running router (real PM2)', () => {
     expect(argOf(routers()[0], 'releases-dir')).toBe(to);
     expect(fs.existsSync(path.join(to, '.router', `${app}.sock`))).toBe(true);
     expect(sb.jlist().filter((p) => p.name === app)[0].pm2_env.pm_cwd).toBe(first.release.cwd);
-    // Releases of the old dir are no rollback targets: refused at once, nothing changed.
+    // Releases of the old dir are listed as elsewhere, with their dir.
+    const listed = JSON.parse(cli(sb, ['list', '--json']).stdout) as { releases: { id: string }[]; elsewhere: { id: string; elsewhere: string }[] };
+    expect(listed.releases.map((r) => r.id)).toEqual([first.release.id]);
+    expect(listed.elsewhere.find((r) => r.id === liveBefore)?.elsewhere).toBe(from);
+    expect(cli(sb, ['list']).stdout).toContain(`elsewhere (built before releasesDir moved`);
+    // They are no rollback targets: refused at once, nothing changed, and the hint says how to go back.
     const none = cli(sb, ['rollback', '--json']);
     expect(none.code).toBe(2);
-    expect(JSON.parse(none.stdout).error.code).toBe('NO_ROLLBACK_TARGET');
+    const refusal = JSON.parse(none.stdout).error as { code: string; hint: string };
+    expect(refusal.code).toBe('NO_ROLLBACK_TARGET');
+    expect(refusal.hint).toContain(`set "releasesDir" back to ${from}`);
+    if (thenBack) {
+      // Followed as printed, under load: config back to the old dir, then the printed command.
+      const printed = /`(pm2-release activate [^`]+)`/.exec(refusal.hint)![1].split(' ');
+      expect(printed.slice(0, 3)).toEqual(['pm2-release', 'activate', liveBefore]);
+      setCfg((c) => (c.releasesDir = from));
+      const { r: back, t: tb } = await underLoad(() => startCli(sb, [...printed.slice(1), '--json']).done);
+      expect(back.code, back.stderr).toBe(0);
+      expect(tb.failures).toEqual([]);
+      await waitServing(liveBefore!);
+      expect(argOf(routers()[0], 'releases-dir')).toBe(from);
+      // The release built in the new dir is the one listed elsewhere now; then move forward again.
+      expect((JSON.parse(cli(sb, ['list', '--json']).stdout) as { elsewhere: { id: string }[] }).elsewhere.map((r) => r.id)).toContain(first.release.id);
+      setCfg((c) => (c.releasesDir = to));
+    }
     // A second deploy in the new dir, then a rollback to the first: 0 failed through both.
     sb.commit(`again in ${path.basename(to)}`, { 'where.txt': `${to} again\n` });
     const { r: back, t: t2 } = await underLoad(async () => {
@@ -154,7 +178,7 @@ describe('config changes under a running router (real PM2)', () => {
   };
 
   it('releasesDir moved to another directory: the next deploy succeeds with 0 failed; rollback afterwards works', async () => {
-    await moveReleasesDir(path.join(sb.root, 'releases-b'));
+    await moveReleasesDir(path.join(sb.root, 'releases-b'), true);
   }, 300_000);
 
   it('releasesDir moved to another filesystem (a tmpfs mount): the same', async (t) => {

@@ -85,6 +85,8 @@ function activeApp(dir) {
       cwd: router.cwd,
       env: router.env || {},
       kill_timeout: router.killTimeoutMs || 10000,
+      // Cluster mode (as pm2-release starts it): PM2's daemon holds the port, so a replacement router shares it.
+      ...(router.execMode === 'cluster' ? { exec_mode: 'cluster', instances: 1 } : {}),
       ...(Array.isArray(router.nodeArgs) ? { node_args: router.nodeArgs.join(' ') } : {}),
     },
   ];

@@ -5,12 +5,16 @@
 //
 //   node load.mjs --measure URL CONNECTIONS SECONDS RATE   (RATE 0 = no limit): one autocannon run, no
 //   poller; sends {type:'result', measure:{p50, p99, mean, reqPerSec, ...}} with latencies from each response.
+//   node load.mjs --measure-fresh URL CONNECTIONS SECONDS: the same measure at saturation, but every request
+//   on a new connection (`Connection: close`), CONNECTIONS of them in flight at once.
 import http from 'node:http';
+import net from 'node:net';
 import autocannon from 'autocannon';
 
 const epoch = () => performance.timeOrigin + performance.now();
 const send = (m) => process.send?.(m);
 if (process.argv[2] === '--measure') await measure(process.argv.slice(3));
+if (process.argv[2] === '--measure-fresh') await measureFresh(process.argv.slice(3));
 
 const [url, connectionsArg, maxSecondsArg, pollMsArg] = process.argv.slice(2);
 const connections = Number(connectionsArg ?? 10);
@@ -200,6 +204,104 @@ async function measure([mUrl, connArg, secondsArg, rateArg]) {
       p99: q(0.99),
       mean: n ? total / n : undefined,
       reqPerSec: res.duration ? (res['2xx'] ?? n) / res.duration : undefined,
+    },
+  });
+  setTimeout(() => process.exit(0), 100);
+  await new Promise(() => {});
+}
+
+/**
+ * --measure-fresh: saturation with a new TCP connection per request (a client or proxy without keep-alive):
+ * CONNECTIONS loops, each connect → `GET … Connection: close` → read until the server closes. Not autocannon:
+ * its reconnectRate drops the response of every request that triggers a reconnect (none would be counted
+ * at reconnectRate 1), and a `connection: close` header leaves a stale request in its pipeline queue.
+ * Latency runs from connect() to the server's close, so it includes the handshake and the accept (behind a
+ * PM2 cluster primary: its accept and the handoff of the connection to a worker).
+ */
+async function measureFresh([mUrl, connArg, secondsArg]) {
+  if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(mUrl ?? '')) {
+    console.error('load.mjs: loopback URLs only');
+    process.exit(2);
+  }
+  const seconds = Number(secondsArg ?? 10);
+  const connections = Number(connArg ?? 10);
+  setTimeout(() => process.exit(3), (seconds + 30) * 1000).unref();
+  process.on('disconnect', () => process.exit(0));
+  const u = new URL(mUrl);
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(u.port || 80);
+  const request = Buffer.from(`GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\n\r\n`, 'latin1');
+  const MAX = 500_000;
+  const lat = new Float64Array(MAX);
+  let n = 0;
+  let ok = 0;
+  let non2xx = 0;
+  let errors = 0;
+  const errorCodes = {};
+  const TIMEOUT_MS = 10_000;
+  const one = () =>
+    new Promise((resolve) => {
+      const t0 = performance.now();
+      let head = '';
+      let settled = false;
+      const sock = net.connect({ host, port });
+      const done = (result) => {
+        if (settled) return;
+        settled = true;
+        sock.destroy();
+        resolve({ result, ms: performance.now() - t0 });
+      };
+      sock.setNoDelay(true);
+      sock.setTimeout(TIMEOUT_MS, () => done('ETIMEDOUT'));
+      sock.on('connect', () => sock.write(request));
+      sock.on('data', (d) => {
+        if (head.length < 12) head += d.toString('latin1', 0, 12 - head.length);
+      });
+      sock.on('end', () => {
+        const m = /^HTTP\/1\.[01] (\d{3})/.exec(head);
+        done(m ? Number(m[1]) : 'EBADRESPONSE');
+      });
+      sock.on('error', (e) => done(e.code ?? 'error'));
+    });
+  const started = performance.now();
+  const deadline = started + seconds * 1000;
+  let last = started;
+  const loop = async () => {
+    while (performance.now() < deadline) {
+      const { result, ms } = await one();
+      last = performance.now();
+      if (typeof result === 'number' && result >= 200 && result < 300) {
+        ok++;
+        if (n < MAX) lat[n++] = ms;
+      } else if (typeof result === 'number') non2xx++;
+      else {
+        errors++;
+        errorCodes[result] = (errorCodes[result] ?? 0) + 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: connections }, loop));
+  const elapsedS = (last - started) / 1000;
+  const v = lat.subarray(0, n).sort();
+  const q = (p) => (n ? v[Math.min(n - 1, Math.floor(p * n))] : undefined);
+  let total = 0;
+  for (let i = 0; i < n; i++) total += v[i];
+  send({
+    type: 'result',
+    measure: {
+      rate: 0,
+      fresh: true,
+      seconds: elapsedS,
+      connections,
+      ok,
+      non2xx,
+      errors,
+      errorCodes,
+      p50: q(0.5),
+      p90: q(0.9),
+      p99: q(0.99),
+      mean: n ? total / n : undefined,
+      reqPerSec: elapsedS > 0 ? ok / elapsedS : undefined,
     },
   });
   setTimeout(() => process.exit(0), 100);

@@ -77,10 +77,11 @@ export type Invocation =
       soakMs?: number;
       canaryShare?: number;
       waitSoak: boolean;
+      replaceRouter?: true;
     }
   | { command: 'build'; ref?: string; waitMs?: number }
-  | { command: 'activate'; id: string; waitMs?: number }
-  | { command: 'rollback'; waitMs?: number; ifCurrent?: string }
+  | { command: 'activate'; id: string; waitMs?: number; replaceRouter?: true }
+  | { command: 'rollback'; waitMs?: number; ifCurrent?: string; replaceRouter?: true }
   | { command: 'list' }
   | { command: 'status' }
   | { command: 'doctor' }
@@ -132,6 +133,7 @@ interface CommandOpts {
   canary?: number;
   waitSoak?: boolean;
   ifCurrent?: string;
+  replaceRouter?: boolean;
 }
 
 /** "10%", "10" or "0.1" is not accepted: a share is given in percent, above 0 and up to 100. */
@@ -205,6 +207,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .option('--soak <seconds>', 'keep the previous release warm this long and revert on live errors (router strategy; 0: no soak)', seconds('--soak'))
     .option('--canary <percent>', 'during the soak, send only this share of visitors to the new release (e.g. 10%)', parsePercent)
     .option('--no-wait-soak', 'return once the soak started; `status` and `history` give its verdict')
+    .option('--replace-router', 'apply a router config change that costs one short gap (a fork-mode router, a new router.host); see the runbook', false)
     .addOption(waitOption())
     .addHelpText(
       'after',
@@ -223,6 +226,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
         soakMs: o.soak === undefined ? undefined : o.soak * 1000,
         canaryShare: o.canary,
         waitSoak: o.waitSoak !== false,
+        ...(o.replaceRouter ? { replaceRouter: true as const } : {}),
       };
     });
   program
@@ -238,10 +242,11 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .command('activate')
     .description('switch PM2 to a retained ready release (no install, no build)')
     .argument('<id>', 'release id, as shown by `pm2-release list`')
+    .option('--replace-router', 'apply a router config change that costs one short gap (a fork-mode router, a new router.host); see the runbook', false)
     .addOption(waitOption())
     .addHelpText('after', '\nExample:\n  pm2-release activate 20261121T204233Z-3f2a9c1')
     .action((id: string, o: CommandOpts) => {
-      invocation = { command: 'activate', id, waitMs: waitMs(o.wait) };
+      invocation = { command: 'activate', id, waitMs: waitMs(o.wait), ...(o.replaceRouter ? { replaceRouter: true as const } : {}) };
     });
   program
     .command('rollback')
@@ -251,13 +256,19 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
         commitSha('--if-current'),
       ),
     )
+    .option('--replace-router', 'apply a router config change that costs one short gap (a fork-mode router, a new router.host); see the runbook', false)
     .addOption(waitOption())
     .addHelpText(
       'after',
       '\nExamples:\n  pm2-release rollback --json\n  pm2-release rollback --if-current 3f2a9c1 --json   # a fleet rollback: a no-op where 3f2a9c1 is not live',
     )
     .action((o: CommandOpts) => {
-      invocation = { command: 'rollback', waitMs: waitMs(o.wait), ...(o.ifCurrent ? { ifCurrent: o.ifCurrent } : {}) };
+      invocation = {
+        command: 'rollback',
+        waitMs: waitMs(o.wait),
+        ...(o.ifCurrent ? { ifCurrent: o.ifCurrent } : {}),
+        ...(o.replaceRouter ? { replaceRouter: true as const } : {}),
+      };
     });
   program
     .command('list')
@@ -393,6 +404,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
           verify: inv.verify ? undefined : false,
           soakMs: inv.soakMs,
           canaryShare: inv.canaryShare,
+          replaceRouter: inv.replaceRouter,
           onSoakStarted: !inv.waitSoak && io.soakStarted ? (early) => io.soakStarted!(g.json ? JSON.stringify(early) + '\n' : formatDeploy(early)) : undefined,
         });
         [result, text] = [r, formatDeploy(r)];
@@ -404,12 +416,12 @@ export async function main(argv: string[], io: Io): Promise<number> {
         break;
       }
       case 'activate': {
-        const r = await api.activate({ ...common, id: inv.id, waitMs: inv.waitMs });
+        const r = await api.activate({ ...common, id: inv.id, waitMs: inv.waitMs, replaceRouter: inv.replaceRouter });
         [result, text] = [r, formatActivate(r)];
         break;
       }
       case 'rollback': {
-        const r = await api.rollback({ ...common, waitMs: inv.waitMs, ifCurrent: inv.ifCurrent });
+        const r = await api.rollback({ ...common, waitMs: inv.waitMs, ifCurrent: inv.ifCurrent, replaceRouter: inv.replaceRouter });
         [result, text] = [r, 'skipped' in r ? `${r.reason}\n` : formatActivate(r)];
         break;
       }

@@ -84,7 +84,20 @@ export function formatActivate(r: ActivateResult): string {
 }
 
 export function formatList(r: ListResult): string {
-  if (r.releases.length === 0) return 'no releases yet (run `pm2-release deploy`)\n';
+  const here = r.releases.length === 0 ? 'no releases yet (run `pm2-release deploy`)\n' : releasesTable(r);
+  const elsewhere = r.elsewhere ?? [];
+  if (elsewhere.length === 0) return here;
+  return (
+    here +
+    '\nelsewhere (built before releasesDir moved: listed only, not rollback targets; the runbook says how to go back to one):\n' +
+    table(
+      ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'DIR'],
+      elsewhere.map((x) => [x.active ? '*' : '', x.id, x.shortSha ?? '-', x.status, shortTime(x.createdAt), x.elsewhere ?? '-']),
+    )
+  );
+}
+
+function releasesTable(r: ListResult): string {
   return table(
     ['', 'ID', 'SHA', 'STATUS', 'CREATED', 'SIZE', 'PEAK', 'NOTE'],
     r.releases.map((x: ReleaseInfo) => [
@@ -144,6 +157,7 @@ export function formatStatus(r: StatusResult): string {
     // What the live release's install and build used against their budget (releases from before the guard: none).
     ...(r.active?.memory ? [['memory', `peak ${memoryLine(r.active.memory)}`]] : []),
     ...routerRows(r),
+    ...routerConfigRows(r),
     ...soakRows(r),
   ];
   const w = Math.max(...rows.map((x) => x[0].length));
@@ -160,6 +174,18 @@ function soakRows(r: StatusResult): string[][] {
     ['  new', `${s.release}: ${trafficText(s.candidate)}${s.judged ? '' : ` (judged from ${s.thresholds.minRequests} requests)`}`],
     ['  before', `${s.previous}: ${trafficText(s.baseline)}`],
   ];
+}
+
+/** The router's definition in PM2 next to the config's, only when they differ. */
+function routerConfigRows(r: StatusResult): string[][] {
+  const c = r.routerConfig;
+  if (!c?.differences.length) return [];
+  const rows = c.differences.map((d) => [`  ${d.key}`, `running ${d.running} | config ${d.config}`]);
+  const next =
+    c.next === 'replace'
+      ? 'the next deploy, activate or rollback replaces the router (routing state carried over)'
+      : `a deploy refuses it; apply with: ${c.command ?? '-'}`;
+  return [['router config', `the router PM2 runs (${c.running?.name ?? '-'}) differs from the config: ${next}`], ...rows];
 }
 
 function routerRows(r: StatusResult): string[][] {

@@ -158,24 +158,28 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** The pid holding a TCP port, from /proc (Linux), when visible to us. */
-/**
- * The local addresses a TCP port listens on (from /proc/net/tcp and tcp6), e.g. `127.0.0.1`, `0.0.0.0`, `::`.
- * Empty when nothing listens (or not on Linux).
- */
-export async function listenAddresses(port: number): Promise<string[]> {
+/** The listening sockets of a TCP port, from /proc/net/tcp and tcp6: local address (hex) and socket inode. */
+async function listeningSockets(port: number): Promise<{ address: string; inode: string }[]> {
   const { readFile } = await import('node:fs/promises');
-  const out = new Set<string>();
+  const out: { address: string; inode: string }[] = [];
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
     const text = await readFile(table, 'utf8').catch(() => '');
     for (const line of text.split('\n').slice(1)) {
       const cols = line.trim().split(/\s+/);
-      if (cols.length < 10 || cols[3] !== '0A') continue;
-      const [hex, portHex] = cols[1].split(':');
-      if (parseInt(portHex ?? '', 16) === port) out.add(procAddress(hex));
+      if (cols.length < 10 || cols[3] !== '0A') continue; // 0A = LISTEN
+      const [address, portHex] = cols[1].split(':');
+      if (parseInt(portHex ?? '', 16) === port) out.push({ address, inode: cols[9] });
     }
   }
-  return [...out].sort();
+  return out;
+}
+
+/**
+ * The local addresses a TCP port listens on, e.g. `127.0.0.1`, `0.0.0.0`, `::`. Empty when nothing listens
+ * (or not on Linux).
+ */
+export async function listenAddresses(port: number): Promise<string[]> {
+  return [...new Set((await listeningSockets(port)).map((s) => procAddress(s.address)))].sort();
 }
 
 /** /proc/net/tcp's hex address (little-endian words) as text. */
@@ -197,18 +201,10 @@ export function isLoopbackAddress(a: string): boolean {
   return a.startsWith('127.') || a === '::1';
 }
 
+/** The pid holding a TCP port, from /proc (Linux), when visible to us. */
 export async function portHolder(port: number): Promise<number | undefined> {
-  const { readFile, readdir, readlink } = await import('node:fs/promises');
-  const inodes = new Set<string>();
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    const text = await readFile(table, 'utf8').catch(() => '');
-    for (const line of text.split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      if (cols.length < 10) continue;
-      const localPort = parseInt(cols[1].split(':')[1] ?? '', 16);
-      if (localPort === port && cols[3] === '0A') inodes.add(cols[9]); // 0A = LISTEN
-    }
-  }
+  const { readdir, readlink } = await import('node:fs/promises');
+  const inodes = new Set((await listeningSockets(port)).map((s) => s.inode));
   if (inodes.size === 0) return undefined;
   const pids = await readdir('/proc').catch(() => [] as string[]);
   for (const pid of pids) {

@@ -83,7 +83,16 @@ export class RouterControl {
   private once<T>(body: ControlRequest, timeoutMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const req = http.request(
-        { socketPath: this.paths.socket, path: '/control', method: 'POST', headers: { 'content-type': 'application/json' }, timeout: timeoutMs },
+        // A connection per request (agent: false): Node's global agent keeps connections alive, and a pooled one
+        // would still reach a router that a replacement has taken the socket path from.
+        {
+          socketPath: this.paths.socket,
+          path: '/control',
+          method: 'POST',
+          agent: false,
+          headers: { 'content-type': 'application/json' },
+          timeout: timeoutMs,
+        },
         (res) => {
           let text = '';
           res.setEncoding('utf8');

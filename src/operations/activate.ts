@@ -7,16 +7,19 @@ import { createContext, type CommonOptions, type Context } from './context.js';
 import { withLock } from './deploy.js';
 import { releaseInfo, type ActivateResult, type RollbackResult, type RollbackSkipped } from './results.js';
 import { currentRelease, switchToRelease } from './switch-release.js';
-import type { ReleaseRecord } from '../release/store.js';
+import { ReleaseStore, type ReleaseRecord } from '../release/store.js';
 import fsp from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import writeFileAtomic from 'write-file-atomic';
 import { appPort, healthUrl } from '../config.js';
 import { readSoak, soakPaths, soakRunning, type SoakRecord } from './soak.js';
+import { applyRouterChange, configFlag, refuseRouterChange } from './router-config.js';
 
 export interface ActivateOptions extends CommonOptions {
   id: string;
   waitMs?: number;
+  /** Apply a router change that costs a short gap (a fork-mode router, a new host): the operator's choice. */
+  replaceRouter?: boolean;
 }
 
 export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
@@ -24,6 +27,8 @@ export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
   // Validate before taking the lock: a bad id changes nothing, not even the lock file.
   const target = await ctx.store.resolveId(opts.id);
   let from: string | null = null;
+  const routerOpts = { allowGap: !!opts.replaceRouter };
+  await refuseRouterChange(ctx, routerOpts);
   return audited(
     ctx,
     'activate',
@@ -31,6 +36,7 @@ export async function activate(opts: ActivateOptions): Promise<ActivateResult> {
     () =>
       withLock(ctx, 'activate', opts.waitMs, async (lock) => {
         await lock.setRelease(target.id);
+        await applyRouterChange(ctx, routerOpts);
         from = await currentRelease(ctx);
         const fresh = await ctx.store.resolveId(target.id);
         const result = await switchTo(ctx, fresh, 'activate', from);
@@ -49,6 +55,8 @@ export interface RollbackOptions extends CommonOptions {
    * nothing and say why. A fleet rollback of one bad sha can then run on every host, and run again.
    */
   ifCurrent?: string;
+  /** Apply a router change that costs a short gap (a fork-mode router, a new host): the operator's choice. */
+  replaceRouter?: boolean;
 }
 
 export async function rollback(opts?: RollbackOptions & { ifCurrent?: undefined }): Promise<ActivateResult>;
@@ -66,8 +74,11 @@ export async function rollback(opts: RollbackOptions = {}): Promise<RollbackResu
   let from: string | null = null;
   let to: string | null = null;
   let sha: string | null = null;
+  const routerOpts = { allowGap: !!opts.replaceRouter };
+  await refuseRouterChange(ctx, routerOpts);
   const run = () =>
     withLock(ctx, 'rollback', opts.waitMs, async (lock): Promise<RollbackResult> => {
+      await applyRouterChange(ctx, routerOpts);
       const state = await ctx.store.readState();
       const active = await currentRelease(ctx);
       const releases = await ctx.store.list();
@@ -81,11 +92,16 @@ export async function rollback(opts: RollbackOptions = {}): Promise<RollbackResu
       }
       const ready = new Set(releases.filter((r) => r.status === 'ready').map((r) => r.id));
       const target = rollbackTarget(state?.activations ?? [], active ?? undefined, (id) => ready.has(id));
-      if (!target)
+      if (!target) {
+        // After a releasesDir move the releases from before it are in the former dir: say how to go back.
+        const before = await lastLiveElsewhere(ctx);
         throw new UsageError('NO_ROLLBACK_TARGET', `no retained ready release was active before ${active ?? 'the current one'}`, {
           phase: 'activate',
-          hint: 'see `pm2-release list`; `pm2-release activate <id>` switches to any ready release',
+          hint: before
+            ? `releases from before the releasesDir move are in ${before.elsewhere} (\`pm2-release list\` shows them under elsewhere); to go back to ${before.id}: set "releasesDir" back to ${before.elsewhere}, then run \`pm2-release activate ${before.id}${configFlag(ctx)}\``
+            : 'see `pm2-release list`; `pm2-release activate <id>` switches to any ready release',
         });
+      }
       from = active;
       to = target;
       await lock.setRelease(target);
@@ -197,4 +213,12 @@ async function switchTo(ctx: Context, rel: ReleaseRecord, action: 'activate' | '
     durationsMs: { ...ctx.durations },
     warnings: ctx.warnings,
   };
+}
+
+/** After a releasesDir move: the release that was live in the former dir (its state), else its newest ready one. */
+async function lastLiveElsewhere(ctx: Context): Promise<ReleaseRecord | undefined> {
+  const ready = (await ctx.store.listElsewhere()).filter((r) => r.status === 'ready');
+  if (!ready[0]?.elsewhere) return undefined;
+  const live = (await new ReleaseStore(ready[0].elsewhere, ctx.config.app.dir).readState())?.active;
+  return ready.find((r) => r.id === live) ?? ready[0];
 }

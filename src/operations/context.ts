@@ -49,6 +49,8 @@ export interface Context {
   durations: Record<string, number>;
   /** What this operation's install and build used (release/memory-guard.ts), for the history line. */
   memory: Partial<Record<'install' | 'build', StepMemory>>;
+  /** Names the app had before a rename this operation applied to the router (the routed switch retires their processes). */
+  formerApps?: string[];
   emit(event: ReleaseEvent): void;
   now(): Date;
 }

@@ -22,6 +22,7 @@ import { adoptRunning, currentRelease, routerControl, routerDefinition, switchTo
 import { routerRunning } from '../pm2/routed-switch.js';
 import { routerProcessName } from '../router/protocol.js';
 import { removeVerifyLeftovers, verifyRelease } from './verify.js';
+import { applyRouterChange, refuseRouterChange } from './router-config.js';
 import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from './soak.js';
 import type { ReleaseRecord } from '../release/store.js';
 
@@ -52,6 +53,8 @@ export interface DeployOptions extends CommonOptions {
   waitSoak?: boolean;
   /** Called once the soak started (the CLI's --no-wait-soak hands the result to its caller then). */
   onSoakStarted?: (result: DeployResult) => void;
+  /** Apply a router change that costs a short gap (a fork-mode router, a new host): the operator's choice. */
+  replaceRouter?: boolean;
 }
 
 /**
@@ -82,10 +85,14 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
   let to: string | null = null;
   let sha: string | null = null;
   let reason: string | undefined;
-  const run = () =>
-    withLock(ctx, 'deploy', opts.waitMs, async (lock): Promise<DeployResult> => {
+  const routerOpts = { allowGap: !!opts.replaceRouter };
+  const run = async () => {
+    // A router that differs from the config in a way this run would not apply: refused before the lock.
+    await refuseRouterChange(ctx, routerOpts);
+    return withLock(ctx, 'deploy', opts.waitMs, async (lock): Promise<DeployResult> => {
       // Pre-flight first: recovery may start the app, which must not happen on a VM whose PM2 is down.
       await preflight(ctx);
+      await applyRouterChange(ctx, routerOpts);
       await recoverInterrupted(ctx);
       let ref = opts.ref ?? 'HEAD';
       if (opts.pull) {
@@ -206,6 +213,7 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
         warnings: ctx.warnings,
       };
     });
+  };
   return audited(
     ctx,
     'deploy',

@@ -19,6 +19,7 @@ import { routerProcessName } from '../router/protocol.js';
 import { routerControl } from './switch-release.js';
 import { deriveBudget, guardVerdict, oomPolicyVerdict, parseSystemctlShow } from '../release/memory-budget.js';
 import { readMemoryFacts, systemdScope } from '../release/memory-guard.js';
+import { checkRouterConfig } from './router-config.js';
 
 /** `skip`: the check does not apply on this host (e.g. no systemd); it never blocks a deploy. */
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -86,6 +87,7 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
   await add(() => checkPort(ctx));
   if (scope === 'all') {
     await add(() => checkRouter(ctx));
+    await add(() => checkRouterDefinition(ctx));
     await add(() => checkReleaseHost(ctx));
     await add(() => checkNode(ctx));
     await add(() => checkBuildCache(ctx));
@@ -258,6 +260,27 @@ async function checkRouter(ctx: Context): Promise<Check> {
   }
 }
 
+/** The router PM2 runs against the config's definition (a moved releases dir, a new port, a renamed app, another hold). */
+async function checkRouterDefinition(ctx: Context): Promise<Check> {
+  const c = await checkRouterConfig(ctx);
+  if (!c?.running) return ok('router-config', c ? 'no router runs yet' : 'no router');
+  if (c.differences.length === 0) return ok('router-config', `${c.running.name} runs with the config's definition`);
+  const each = c.differences.map((d) => `${d.key}: running ${d.running}, config ${d.config}`).join('; ');
+  return c.plan.action === 'replace'
+    ? bad(
+        'router-config',
+        'warn',
+        `${c.running.name} differs from the config (${each})`,
+        'the next deploy, activate or rollback replaces it, routing state carried over',
+      )
+    : bad(
+        'router-config',
+        'fail',
+        `${c.running.name} differs from the config (${each}); ${c.plan.action === 'refuse' ? c.plan.reason : ''}`,
+        `apply it with: ${c.command}`,
+      );
+}
+
 /**
  * Behind the router a release must be reachable on loopback only: one listening on every interface lets
  * visitors reach it around the router (its gate, its numbers). pm2-release binds `next start` itself; any
@@ -273,9 +296,10 @@ export async function checkReleaseHost(ctx: Context): Promise<Check> {
     const port = Number(p.vars[ctx.config.app.portEnv]);
     if (!Number.isInteger(port) || port <= 0) continue;
     const addrs = await listenAddresses(port);
-    seen.push(`${p.releaseId ?? p.name} on ${addrs.length ? addrs.map((a) => (a.includes(':') ? `[${a}]` : a)).join(', ') : '(not listening)'}:${port}`);
+    const shown = (list: string[]) => list.map((a) => (a.includes(':') ? `[${a}]` : a)).join(', ');
+    seen.push(`${p.releaseId ?? p.name} on ${addrs.length ? shown(addrs) : '(not listening)'}:${port}`);
     const open = addrs.filter((a) => !isLoopbackAddress(a));
-    if (open.length) exposed.push(`${p.releaseId ?? p.name} listens on ${open.map((a) => (a.includes(':') ? `[${a}]` : a)).join(', ')}:${port}`);
+    if (open.length) exposed.push(`${p.releaseId ?? p.name} listens on ${shown(open)}:${port}`);
   }
   if (exposed.length)
     return bad(

@@ -15,11 +15,11 @@ import { formatCommand } from '../exec.js';
 import { workTreeRoot } from '../git.js';
 import { Redactor, SECRET_NAME, silentLogger, type Logger } from '../log.js';
 import { Pm2, type RawProcess } from '../pm2/client.js';
-import { choosePort } from '../pm2/routed-switch.js';
+import { choosePort, runScriptName } from '../pm2/routed-switch.js';
 import { diskUsage, MANIFEST_FILE, META_DIR, STATE_FILE } from '../release/store.js';
 import { childEnv } from './context.js';
 import { doctor, dumpChmod, type DoctorResult } from './doctor.js';
-import { PORT_VARS, proposeConfig, renderConfig, runScriptName, type AppFacts, type InitFacts } from './proposal.js';
+import { PORT_VARS, proposeConfig, renderConfig, type AppFacts, type InitFacts } from './proposal.js';
 
 export interface InitOptions {
   /** The PM2 app to take over (default: frontend-dev). */

@@ -1,5 +1,7 @@
 /** list, status and prune. */
+import path from 'node:path';
 import { appPort, healthUrl } from '../config.js';
+import { BUILD_LOG, META_DIR } from '../release/store.js';
 import { probe } from '../health.js';
 import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
 import { checkReleaseHost } from './doctor.js';
@@ -11,6 +13,7 @@ import { readBadShas, readHistory } from '../release/history.js';
 import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type RouterInfo, type StatusResult } from './results.js';
 import { readSoak, soakRunning } from './soak.js';
 import { currentRelease, routerControl, samePath } from './switch-release.js';
+import { checkRouterConfig, routerConfigView, routerDriftText } from './router-config.js';
 
 export type ListOptions = CommonOptions;
 
@@ -24,6 +27,7 @@ export async function list(opts: ListOptions = {}): Promise<ListResult> {
     changed: false,
     active,
     releases: releases.map((r) => releaseInfo(r, active, ctx.store.buildLog(r.id), marks)),
+    elsewhere: (await ctx.store.listElsewhere()).map((r) => releaseInfo(r, active, path.join(r.dir, META_DIR, BUILD_LOG), marks)),
   };
 }
 
@@ -60,6 +64,9 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
   else if (procs.some((p) => p.cwd !== proc?.cwd)) reason = `PM2 runs ${name} from several directories`;
   else if (router && !router.running) reason = `the router ${routerProcessName(name)} is not running: ${router.error ?? 'no answer'}`;
   else if (router?.live && served && router.live.release !== served.id) reason = `the router routes to ${router.live.release}, PM2 serves ${served.id}`;
+  // The config changed under the running router: that explains the rest, so it comes first.
+  const routerCheck = await checkRouterConfig(ctx).catch(() => null);
+  if (routerCheck?.differences.length) reason = `${routerDriftText(routerCheck)}${reason ? `; ${reason}` : ''}`;
 
   // A release reachable around the router is worth a line on every status (doctor says the same).
   const exposure = await checkReleaseHost(ctx).catch(() => undefined);
@@ -88,6 +95,7 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
     drift: { detected: reason !== null, reason },
     router,
     soak: await soakInfo(ctx),
+    routerConfig: routerCheck ? routerConfigView(routerCheck) : null,
     warnings: ctx.warnings,
   };
 }

@@ -6,6 +6,7 @@
 import path from 'node:path';
 import { DEFAULTS, type ConfigFile } from '../config.js';
 import { SECRET_NAME } from '../log.js';
+import { runScriptName } from '../pm2/routed-switch.js';
 
 /** What `pm2 jlist` says about the app, with the only env value we keep: the port's. */
 export interface AppFacts {
@@ -84,13 +85,6 @@ const RUNNERS: Record<string, 'npm' | 'yarn' | 'pnpm'> = {
 function extraEnvFiles(files: string[]): string[] {
   const defaults: readonly string[] = DEFAULTS.app.envFiles;
   return files.filter((f) => /^\.env(\..+)?$/.test(f) && !defaults.includes(f) && !/\.(example|sample|template|dist|defaults)$/.test(f)).sort();
-}
-
-/** The package.json script a runner invocation runs: `npm run start`, `npm start`, `yarn start`, `pnpm start`. */
-export function runScriptName(args: string[]): string | undefined {
-  if (args[0] === 'run' || args[0] === 'run-script') return args[1];
-  if (args[0] === 'start') return 'start';
-  return undefined;
 }
 
 /** The port a start command hard-codes (`-p 3001`, `--port 3001`, `--port=3001`), when it is `value`. */

@@ -34,6 +34,8 @@ export interface ReleaseInfo {
   commits: string[];
   /** What its install and build used against their memory budget (null for a release built before the guard). */
   memory: { install: StepMemory | null; build: StepMemory | null } | null;
+  /** The former releases dir that holds it (built before a `releasesDir` move), null for this dir's own. */
+  elsewhere: string | null;
 }
 
 export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string, marks: Record<string, BadMark> = {}): ReleaseInfo {
@@ -58,6 +60,7 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
     bad: mark ? { reason: mark.reason, markedAt: mark.markedAt } : null,
     commits: m?.commits ?? (m?.sha ? [m.sha] : []),
     memory: m?.memory ? { install: m.memory.install ?? null, build: m.memory.build ?? null } : null,
+    elsewhere: r.elsewhere ?? null,
   };
 }
 
@@ -130,6 +133,8 @@ export interface ListResult {
   changed: false;
   active: string | null;
   releases: ReleaseInfo[];
+  /** Releases left in former releases dirs (a `releasesDir` move): listed only, not rollback targets. */
+  elsewhere: ReleaseInfo[];
 }
 
 export interface Pm2State {
@@ -176,7 +181,31 @@ export interface StatusResult {
   router: RouterInfo | null;
   /** The running soak (with the time left), else the last one's verdict; null when there was none. */
   soak: (SoakRecord & { running: boolean; timeLeftMs: number }) | null;
+  /**
+   * Behind the router: its definition in PM2 (`running`) next to the config's, what differs, and for a change
+   * a deploy would not apply, the command that does. Null without a router strategy or a PM2 daemon.
+   */
+  routerConfig?: RouterConfigView | null;
   warnings: string[];
+}
+
+export interface RouterDefinitionView {
+  name: string;
+  releasesDir: string | null;
+  port: number | null;
+  host: string | null;
+  holdMs: number | null;
+  script: string;
+  execMode: string | null;
+}
+
+export interface RouterConfigView {
+  running: RouterDefinitionView | null;
+  config: RouterDefinitionView;
+  differences: { key: string; running: string; config: string }[];
+  /** What the next deploy, activate or rollback does: nothing, replace the router, or refuse (exit 2). */
+  next: 'none' | 'replace' | 'refuse';
+  command: string | null;
 }
 
 export interface PruneResult {

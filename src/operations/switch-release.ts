@@ -83,7 +83,10 @@ export function routerDefinition(ctx: Context): AppDefinition {
     args,
     cwd: releasesDir,
     env: {},
-    execMode: 'fork',
+    // Cluster mode: PM2's daemon holds the public port, so a replacement router (a changed config) shares it
+    // with the old one while the old one finishes (pm2/router-drift.ts).
+    execMode: 'cluster',
+    instances: 1,
     killTimeoutMs: 10_000,
     // A small young generation keeps the router's resident memory low; it allocates little per request.
     nodeArgs: ['--max-semi-space-size=2', '--max-old-space-size=128'],
@@ -164,6 +167,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
         beforeDrain: () => failpoint(ctx.env, 'drain'),
         now: () => ctx.now(),
         warn: (m) => warn(ctx, m),
+        formerApps: ctx.formerApps,
       })
     : strategyFor(ctx.config.app.strategy);
 

@@ -12,6 +12,7 @@ import { CommandFailure, run } from '../exec.js';
 import { EnvironmentError } from '../errors.js';
 import type { Logger, Redactor } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
+import type { RunningRouter } from './router-drift.js';
 
 export interface Pm2Process {
   pmId: number;
@@ -223,6 +224,27 @@ export class Pm2 {
   /** The app's processes. Pollers (health gates) pass `fresh`: they watch for changes. */
   async processes(name: string, opts: { fresh?: boolean } = {}): Promise<Pm2Process[]> {
     return (await this.list(opts)).filter((p) => p.name === name);
+  }
+
+  /**
+   * The routers PM2 runs (any app's: a process whose script is a pm2-release `router/main.js`), with their
+   * definition. Only the router's own arguments are read: never an env.
+   */
+  async routers(opts: { fresh?: boolean } = {}): Promise<RunningRouter[]> {
+    return (await this.jlistRaw(opts))
+      .filter((p) => /(^|\/)router\/main\.js$/.test(String(p.pm2_env?.pm_exec_path ?? '')))
+      .map((p) => {
+        const e = p.pm2_env ?? {};
+        return {
+          pmId: Number(p.pm_id ?? -1),
+          pid: Number(p.pid ?? 0),
+          name: String(p.name ?? ''),
+          status: String(e.status ?? 'unknown'),
+          script: String(e.pm_exec_path ?? ''),
+          args: Array.isArray(e.args) ? e.args.map(String) : typeof e.args === 'string' ? e.args.split(' ') : [],
+          execMode: String(e.exec_mode ?? ''),
+        };
+      });
   }
 
   /** Everything needed to start this app again as it runs now. */

@@ -19,6 +19,7 @@ import type { Logger } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
 import type { RouterControl } from '../router-control.js';
 import type { Pm2, Pm2Process } from './client.js';
+import type { RunningRouter } from './router-drift.js';
 import { deleteProcesses, stopOrphan, type SwitchHandle, type SwitchInput, type SwitchStrategy } from './switch.js';
 
 export interface RoutingInput {
@@ -38,6 +39,15 @@ export interface RoutingInput {
   beforeDrain?: () => void;
   now: () => Date;
   warn: (message: string) => void;
+  /** Former names of the app (renamed in the config): their release processes are the old release too. */
+  formerApps?: string[];
+}
+
+/** The package.json script a runner invocation runs: `npm run start`, `npm start`, `yarn start`, `pnpm start`. */
+export function runScriptName(args: string[]): string | undefined {
+  if (args[0] === 'run' || args[0] === 'run-script') return args[1];
+  if (args[0] === 'start') return 'start';
+  return undefined;
 }
 
 /** The address each release is bound to behind the router: only the router (on this host) needs to reach it. */
@@ -56,7 +66,7 @@ export function loopbackArgs(script: string, args: string[], scripts: Record<str
   const base = path.basename(script);
   if ((base === 'next' || script.endsWith('next/dist/bin/next')) && args[0] === 'start') return [...args, '-H', RELEASE_HOST];
   if (base !== 'npm' && base !== 'npm-cli.js') return undefined;
-  const name = args[0] === 'run' || args[0] === 'run-script' ? args[1] : args[0] === 'start' ? 'start' : undefined;
+  const name = runScriptName(args);
   const command = name ? scripts[name] : undefined;
   if (command === undefined || !/^\s*next\s+start(\s[^;&|<>`()\n]*)?$/.test(command) || names.test(command)) return undefined;
   const extra = args.slice(args[0] === 'start' ? 1 : 2);
@@ -99,6 +109,7 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
   async switch(input: SwitchInput): Promise<SwitchHandle> {
     const { pm2, target, logger } = input;
     let old = await pm2.processes(target.name, { fresh: true });
+    for (const former of routing.formerApps ?? []) if (former !== target.name) old.push(...(await pm2.processes(former)));
     // PM2 restarts a stopped or errored app of the same name instead of starting a second one: those serve
     // nothing anyway, so they go first.
     for (const p of old.filter((x) => x.status === 'stopped' || x.status === 'errored')) {
@@ -230,5 +241,62 @@ async function takeOver(pm2: Pm2, routing: RoutingInput, live: { port: number; r
         hint: 'another process holds it: `ss -ltnp` names it; stop it and deploy again',
       });
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface RouterReplacement {
+  /** The router PM2 runs now (pm2/router-drift.ts findRouter). */
+  running: RunningRouter;
+  /** How PM2 is to run it from now on (the config's definition). */
+  router: AppDefinition;
+  /** Control of the running router (its releases dir and app name) and of its replacement. */
+  from: RouterControl;
+  to: RouterControl;
+  /** The new router shares the old one's address (cluster mode, same port and host): nothing is refused. */
+  shared: boolean;
+  now: () => Date;
+  logger: Logger;
+}
+
+/**
+ * Replaces the running router by one with the config's definition, routing where the old one routes:
+ * its state is carried to the new releases dir or app name first, the new router is started beside the
+ * old one and answers its control socket, then the old one is deleted (PM2's SIGINT: requests in flight
+ * finish, keep-alive clients get `Connection: close` and reconnect to the new one). With `shared` the two
+ * serve the port together in between; for a new port the new router binds it at once; otherwise the
+ * old one lets go of the port first (the take-over's short gap).
+ */
+export async function replaceRouter(pm2: Pm2, r: RouterReplacement): Promise<void> {
+  const state = await r.from.readState();
+  if (r.from.paths.state !== r.to.paths.state && state?.live) await r.to.writeState(state.live, r.now());
+  const before = new Set((await pm2.routers({ fresh: true })).map((p) => p.pmId));
+  r.logger.info(`starting ${r.router.name} with the config's definition beside ${r.running.name} (pm2 id ${r.running.pmId})`);
+  try {
+    await pm2.start(r.router, { alongside: r.running.name === r.router.name });
+    // The same socket path when neither the releases dir nor the name changed: wait for the new router's pid.
+    const deadline = Date.now() + 20_000;
+    while (true) {
+      const s = await r.to.status(1_000).catch(() => undefined);
+      if (s && s.pid !== r.running.pid && (s.listening || !r.shared)) break;
+      if (Date.now() > deadline) throw new Error(`${r.router.name} did not answer on ${r.to.paths.socket} within 20 s`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  } catch (err) {
+    for (const p of await pm2.routers({ fresh: true })) if (!before.has(p.pmId)) await pm2.delete(p.pmId).catch(() => undefined);
+    throw new SwitchError('ROUTER_REPLACE_FAILED', `the router could not be replaced (${(err as Error).message}); ${r.running.name} still serves`, {
+      phase: 'route',
+      hint: `pm2 logs ${r.router.name} --lines 50; if \`pm2-release status\` says the router does not answer, \`pm2 restart ${r.running.name}\``,
+    });
+  }
+  r.logger.info(`deleting the previous router ${r.running.name} (pm2 id ${r.running.pmId}): its requests in flight finish first`);
+  await pm2.delete(r.running.pmId);
+  const deadline = Date.now() + 20_000;
+  while (!(await r.to.status(5_000)).listening) {
+    if (Date.now() > deadline)
+      throw new SwitchError('ROUTER_PORT_BUSY', `the new router could not bind the app port within 20 s`, {
+        phase: 'route',
+        hint: 'another process holds it: `ss -ltnp` names it; stop it and run the command again',
+      });
+    await new Promise((res) => setTimeout(res, 20));
   }
 }

@@ -10,6 +10,8 @@
  *   <releasesDir>/.build/                the release being built (one at a time: the deploy lock), renamed to
  *                                        <id>/ when its build ends: every build runs at the same absolute path
  *   <releasesDir>/.cache/                the framework's build cache between builds (release/build-cache.ts)
+ *   <releasesDir>/former-releases-dirs.json  the releases dirs this app was moved from under a running router
+ *                                        (operations/router-config.ts): their releases are listed as elsewhere
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -25,6 +27,7 @@ export const MANIFEST_FILE = 'manifest.json';
 export const BUILD_LOG = 'build.log';
 export const STATE_FILE = 'active.json';
 export const CURRENT_LINK = 'current';
+export const FORMER_DIRS_FILE = 'former-releases-dirs.json';
 /** Where every release is built: frameworks (Next.js) key their build caches on the absolute path. */
 export const BUILD_DIR = '.build';
 export const MANIFEST_VERSION = 1;
@@ -103,6 +106,8 @@ export interface ReleaseRecord {
   /** 'incomplete': no readable manifest, or a build whose process is gone. */
   status: RetentionStatus;
   manifest?: Manifest;
+  /** Set for a release of a former releases dir (listed, never activated, retained or pruned from here). */
+  elsewhere?: string;
 }
 
 const ACTIVATIONS_KEPT = 50;
@@ -222,6 +227,42 @@ export class ReleaseStore {
       records.push({ id: built.id, dir: this.buildRoot, cwd: path.join(this.buildRoot, this.appDir), status, manifest: built });
     }
     return newestFirst(records);
+  }
+
+  /** The releases dirs this app was moved from (newest last), as recorded when its router was replaced. */
+  async formerDirs(): Promise<string[]> {
+    try {
+      const f = JSON.parse(await fsp.readFile(path.join(this.releasesDir, FORMER_DIRS_FILE), 'utf8')) as { dirs?: unknown };
+      return Array.isArray(f.dirs) ? f.dirs.filter((d): d is string => typeof d === 'string' && path.isAbsolute(d)) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  /** Records that this app's releases lived in `dir` before (a `releasesDir` move); never this dir itself. */
+  async recordFormerDir(dir: string): Promise<void> {
+    if (!path.isAbsolute(dir) || path.resolve(dir) === path.resolve(this.releasesDir)) return;
+    const dirs = [...(await this.formerDirs()).filter((d) => path.resolve(d) !== path.resolve(dir)), path.resolve(dir)];
+    await this.ensureDir();
+    await writeFileAtomic(path.join(this.releasesDir, FORMER_DIRS_FILE), JSON.stringify({ version: 1, dirs }, null, 2) + '\n', { mode: 0o644 });
+  }
+
+  /**
+   * The releases still in former releases dirs (those that exist), newest first, minus ids this dir holds
+   * too. Read only: they are listed, never activated, retained or pruned from here.
+   */
+  async listElsewhere(): Promise<ReleaseRecord[]> {
+    const own = new Set((await this.list()).map((r) => r.id));
+    const found: ReleaseRecord[] = [];
+    for (const dir of (await this.formerDirs()).reverse()) {
+      if (path.resolve(dir) === path.resolve(this.releasesDir)) continue;
+      const other = new ReleaseStore(dir, this.appDir);
+      for (const r of await other.list().catch(() => [] as ReleaseRecord[])) {
+        if (r.dir === other.buildRoot || own.has(r.id) || found.some((f) => f.id === r.id)) continue;
+        found.push({ ...r, elsewhere: dir });
+      }
+    }
+    return newestFirst(found);
   }
 
   async get(id: string): Promise<ReleaseRecord | undefined> {

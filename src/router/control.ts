@@ -50,7 +50,9 @@ export async function startControl(router: Router, socketPath: string, log: (msg
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socketPath, () => resolve());
+      // exclusive: under PM2's cluster mode a worker's listen() is otherwise done by the cluster primary, which
+      // would hand a replacement router the old router's socket for the same path (and its requests).
+      server.listen({ path: socketPath, exclusive: true }, () => resolve());
     });
   } finally {
     process.umask(umask);

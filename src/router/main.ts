@@ -97,6 +97,16 @@ async function main(): Promise<void> {
   logger.info(state?.live ? `routing to ${state.live.release} on 127.0.0.1:${state.live.port} (from ${paths.state})` : 'no route recorded yet');
 
   const control = await startControl(router, paths.socket, (m) => logger.warn(m));
+  // A replacement router for the same app and releases dir takes this socket path over (it removes the file
+  // and binds its own). Closing our server would unlink the path, and with it the new router's socket.
+  const socketIno = fs.statSync(paths.socket).ino;
+  const socketStillOurs = () => {
+    try {
+      return fs.statSync(paths.socket).ino === socketIno;
+    } catch {
+      return false;
+    }
+  };
   const stop = new AbortController();
   let stopping = false;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -105,8 +115,15 @@ async function main(): Promise<void> {
       stopping = true;
       logger.info(`${sig}: closing (requests in flight finish first)`);
       stop.abort();
-      control.close();
-      void router.close(8_000).finally(() => process.exit(0));
+      if (socketStillOurs()) control.close();
+      else logger.info('another router serves the control socket now: leaving it');
+      // Under PM2 cluster mode the primary may have sent this worker a connection just before our close
+      // reached it: stay a moment so that it is answered "not accepted" and handed to the other router,
+      // rather than dying with it unacknowledged (the primary would then hold it open, unanswered).
+      void router
+        .close(8_000)
+        .then(() => new Promise((r) => setTimeout(r, 500)))
+        .finally(() => process.exit(0));
     });
   }
   await router.listen(stop.signal);

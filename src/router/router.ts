@@ -15,6 +15,7 @@
  * - Nothing is logged per request; per-release counts and latency go to Metrics.
  */
 import http from 'node:http';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
 import { Metrics } from './metrics.js';
@@ -80,6 +81,8 @@ export class Router {
   private readonly cutShort = new WeakSet<http.ServerResponse>();
   private readonly proxy = createProxyServer({ xfwd: false, ws: true });
   private listening = false;
+  /** Set by close(): every answer from now on says `Connection: close`, so clients reconnect elsewhere. */
+  private closing = false;
   private readonly wsTargets = new WeakMap<Duplex, Target>();
   private readonly startedAt = new Date().toISOString();
 
@@ -104,6 +107,9 @@ export class Router {
     });
     this.proxy.on('proxyRes', (proxyRes: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
       for (const h of hopHeaders(proxyRes.headers)) if (h !== 'transfer-encoding') delete proxyRes.headers[h];
+      // Closing (replaced by another router): the client's next request goes on a new connection, which the
+      // port's other router accepts. http-proxy-3 only sets Connection when the answer has none.
+      if (this.closing) proxyRes.headers.connection = 'close';
       // The upstream died mid-response (it was killed): the answer cannot be retried, and http-proxy-3 would
       // leave the client waiting for the rest forever. Reset the client's connection, as the upstream's was.
       proxyRes.once('close', () => {
@@ -240,12 +246,20 @@ export class Router {
     };
   }
 
-  /** Stops accepting, lets requests in flight finish (bounded), closes WebSockets. */
-  async close(timeoutMs: number): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    this.server.closeIdleConnections();
+  /**
+   * Stops accepting, lets requests in flight finish (bounded), closes WebSockets. Keep-alive clients are
+   * not cut: each gets its next answer with `Connection: close` (a connection idle for `idleGraceMs` is
+   * closed then), so a client never sends on a connection the router has just closed while another router
+   * shares the port (a replacement).
+   */
+  async close(timeoutMs: number, idleGraceMs = 1_000): Promise<void> {
+    this.closing = true;
+    // net's close, not http's: http.Server.close() also closes idle keep-alive connections at once.
+    const closed = new Promise<void>((resolve) => net.Server.prototype.close.call(this.server, () => resolve()));
+    const grace = setTimeout(() => this.server.closeIdleConnections(), Math.min(idleGraceMs, timeoutMs));
     const all = [...(this.live ? [this.live] : []), ...(this.canary ? [this.canary.target] : []), ...this.standby.values(), ...this.draining.values()];
     await Promise.race([closed, new Promise((r) => setTimeout(r, timeoutMs))]);
+    clearTimeout(grace);
     for (const t of all) {
       t.closeWebsockets();
       t.destroy();
@@ -255,6 +269,7 @@ export class Router {
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const started = performance.now();
+    if (this.closing) res.shouldKeepAlive = false;
     const target = this.pick(req);
     if (!target) return unavailable(res, 'no release is live yet');
     // One account per request, whichever upstream finally answers it.

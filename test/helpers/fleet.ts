@@ -46,6 +46,13 @@ export interface PlaybookRun {
   stdout: string;
   stderr: string;
   ms: number;
+  /** Whether options.onOutput ran. */
+  hooked: boolean;
+}
+
+export interface PlaybookOptions {
+  /** Run `run` once, as soon as the playbook's stdout so far matches `when`. */
+  onOutput?: { when: RegExp; run: () => Promise<void> };
 }
 
 export interface Fleet {
@@ -55,7 +62,21 @@ export interface Fleet {
   /** Commits into the origin's main (files relative to the app dir; null deletes); returns the full sha. */
   commit(message: string, files?: Record<string, string | null>): string;
   writeInventory(hostVars?: Record<string, Record<string, unknown>>): string;
-  playbook(name: 'rollout.yml' | 'rollback.yml', extraVars?: Record<string, unknown>, hostVars?: Record<string, Record<string, unknown>>): Promise<PlaybookRun>;
+  /** `cd ansible && ansible-playbook -i <inventory> <name> -e <extraVars>`, as the docs print it. */
+  playbook(
+    name: 'rollout.yml' | 'rollback.yml',
+    extraVars?: Record<string, unknown>,
+    hostVars?: Record<string, Record<string, unknown>>,
+    options?: PlaybookOptions,
+  ): Promise<PlaybookRun>;
+  /** Any other Ansible command, run the same way (cwd ansible/, the same environment); its stdout. */
+  ansible(argv: string[]): string;
+  /** The offline tarball every host installs (npm run pack:offline). */
+  tarball: string;
+  /** Runs argv as the host's user inside its namespace (HOME set, PATH minimal). */
+  exec(host: FleetHost, argv: string[]): { code: number | null; stdout: string; stderr: string };
+  /** The installed pm2-release of the host (`<prefix>/bin/pm2-release`). */
+  bin(host: FleetHost): string;
   /** Runs the installed pm2-release as the host's user inside its namespace; parses --json. */
   cli<T = Record<string, unknown>>(host: FleetHost, ...args: string[]): { code: number | null; json: T; stderr: string };
   stopSshd(host: FleetHost): Promise<void>;
@@ -88,34 +109,14 @@ function waitPort(host: string, port: number, timeoutMs: number): Promise<boolea
 }
 
 /**
- * pm2-release as it ships (`npm pack` of the built dist/), with its production dependencies bundled (copied
- * from this checkout's node_modules): the namespace hosts have no registry, and npm installs a bundle offline.
+ * pm2-release as an operator packs it for hosts without a registry: the shipped `npm run pack:offline` (the
+ * published package's `pm2-release-pack-offline`), one tarball with the production dependencies bundled,
+ * shared by every host. Returns its path.
  */
-function packWithDependencies(root: string, tarball: string): void {
-  const packed = sh(['npm', 'pack', '--ignore-scripts', '--silent', '--pack-destination', root], { cwd: ROOT }).split('\n').pop()!;
-  const stage = path.join(root, 'stage');
-  fs.mkdirSync(stage);
-  sh(['tar', '-xzf', path.join(root, packed), '-C', stage]);
-  fs.rmSync(path.join(root, packed));
-  const pkgDir = path.join(stage, 'package');
-  const deps = sh(['npm', 'ls', '--omit=dev', '--all', '--parseable'], { cwd: ROOT })
+function packOffline(root: string): string {
+  return sh([process.execPath, path.join(ROOT, 'scripts/pack-offline.mjs'), '--out', root], { cwd: root })
     .split('\n')
-    .map((p) => path.relative(ROOT, p))
-    .filter((p) => p.startsWith('node_modules' + path.sep))
-    .sort();
-  const copied: string[] = [];
-  for (const rel of deps) {
-    if (copied.some((c) => rel.startsWith(c + path.sep))) continue;
-    fs.cpSync(path.join(ROOT, rel), path.join(pkgDir, rel), { recursive: true, verbatimSymlinks: true });
-    copied.push(rel);
-  }
-  const manifestPath = path.join(pkgDir, 'package.json');
-  const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as { bundleDependencies?: boolean; scripts?: Record<string, string> };
-  manifest.bundleDependencies = true;
-  delete manifest.scripts?.prepare;
-  fs.writeFileSync(manifestPath, JSON.stringify(manifest, null, 2));
-  sh(['tar', '-czf', tarball, '-C', stage, 'package']);
-  fs.rmSync(stage, { recursive: true, force: true });
+    .pop()!;
 }
 
 /** The pids of every process of `uid` (the host's own test user), read from /proc. */
@@ -150,6 +151,10 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
     commit,
     writeInventory,
     playbook,
+    ansible,
+    tarball: '',
+    exec,
+    bin: (h) => path.join(prefix(h), 'bin/pm2-release'),
     cli,
     stopSshd,
     startSshd,
@@ -179,8 +184,9 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
   }
 
   const key = path.join(root, 'id_ed25519');
-  const inventory = path.join(root, 'inventory.json');
-  const tarball = path.join(root, 'pm2-release.tgz');
+  // JSON is YAML: the file is named as the docs name an inventory.
+  const inventory = path.join(root, 'inventory.yml');
+  let tarball = '';
   function writeInventory(hostVars: Record<string, Record<string, unknown>> = {}): string {
     const entry = (h: FleetHost) => ({ ansible_host: h.ip, ansible_user: h.user, ...hostVars[h.name] });
     const group = (list: FleetHost[]) => Object.fromEntries(list.map((h) => [h.name, entry(h)]));
@@ -194,7 +200,9 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
               ansible_python_interpreter: '/usr/bin/python3',
               pm2_release_repo: fleet.origin,
               pm2_release_tarball: tarball,
-              pm2_release_npm_args: ['--offline', '--no-audit', '--no-fund'],
+              // As an operator writes it (a string); a test passes the list form for a host. The hosts have no
+              // route to a registry, and the registry is a closed port besides: the bundled tarball installs offline.
+              pm2_release_npm_args: '--offline --no-audit --no-fund --registry http://127.0.0.1:9',
               pm2_release_port: APP_PORT,
               pm2_release_canary_soak_seconds: 1,
               pm2_release_http_retries: 3,
@@ -224,23 +232,42 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
     return inventory;
   }
 
-  function playbook(name: string, extraVars: Record<string, unknown> = {}, hostVars: Record<string, Record<string, unknown>> = {}): Promise<PlaybookRun> {
+  /** The environment of every Ansible command: the docs' own, plus what keeps a test run clean. */
+  function ansibleEnv(): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible-tmp'),
+      ANSIBLE_NOCOLOR: '1',
+      ANSIBLE_FORCE_COLOR: '0',
+      ANSIBLE_HOST_KEY_CHECKING: 'False',
+      // No ControlPersist master: it would outlive the run (a process we did not start by pid) and keep a
+      // stopped sshd's host reachable.
+      ANSIBLE_SSH_ARGS: '-o ControlMaster=no -o ControlPath=none',
+    };
+    delete env.ANSIBLE_CONFIG;
+    return env;
+  }
+
+  function ansible(argv: string[]): string {
+    return sh(argv, { cwd: ANSIBLE_DIR, env: ansibleEnv() });
+  }
+
+  async function playbook(
+    name: string,
+    extraVars: Record<string, unknown> = {},
+    hostVars: Record<string, Record<string, unknown>> = {},
+    options: PlaybookOptions = {},
+  ): Promise<PlaybookRun> {
+    const hook = options.onOutput;
+    let hooked: Promise<void> | undefined;
     writeInventory(hostVars);
     fs.rmSync(path.join(root, 'summary.json'), { force: true });
     const started = Date.now();
-    const child = spawn('ansible-playbook', ['-i', inventory, path.join(ANSIBLE_DIR, name), '-e', JSON.stringify(extraVars)], {
-      cwd: root,
-      env: {
-        ...process.env,
-        ANSIBLE_CONFIG: path.join(ANSIBLE_DIR, 'ansible.cfg'),
-        ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible-tmp'),
-        ANSIBLE_NOCOLOR: '1',
-        ANSIBLE_FORCE_COLOR: '0',
-        ANSIBLE_HOST_KEY_CHECKING: 'False',
-        // No ControlPersist master: it would outlive the run (a process we did not start by pid) and keep a
-        // stopped sshd's host reachable.
-        ANSIBLE_SSH_ARGS: '-o ControlMaster=no -o ControlPath=none',
-      },
+    // As the docs print it: `cd ansible && ansible-playbook -i <inventory> rollout.yml`, so that ansible.cfg is
+    // read from the working directory (no ANSIBLE_CONFIG).
+    const child = spawn('ansible-playbook', ['-i', inventory, name, '-e', JSON.stringify(extraVars)], {
+      cwd: ANSIBLE_DIR,
+      env: ansibleEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
       // Its own process group: close() ends a run a timed-out test left (ansible's workers and ssh with it).
       detached: true,
@@ -252,19 +279,18 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
       stdout += d;
       fs.appendFileSync(logFile, d);
+      // The hook runs once, while the playbook goes on (e.g. a host becomes unreachable mid-rollout).
+      if (hook && !hooked && hook.when.test(stdout)) hooked = Promise.resolve().then(hook.run);
     });
     child.stderr.setEncoding('utf8').on('data', (d: string) => {
       stderr += d;
       fs.appendFileSync(logFile, d);
     });
-    return new Promise((resolve) =>
-      child.on('close', (code) => {
-        running.delete(child);
-        const ms = Date.now() - started;
-
-        resolve({ code, stdout, stderr, ms });
-      }),
-    );
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    running.delete(child);
+    const ms = Date.now() - started;
+    await hooked;
+    return { code, stdout, stderr, ms, hooked: hooked !== undefined };
   }
 
   const prefix = (h: FleetHost) => path.join(h.home, '.local/pm2-release');
@@ -283,6 +309,11 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
     'PATH=/usr/local/bin:/usr/bin:/bin',
     ...argv,
   ];
+  function exec(h: FleetHost, argv: string[]) {
+    const full = asHost(h, argv);
+    const r = spawnSync(full[0], full.slice(1), { encoding: 'utf8', cwd: '/', timeout: 60_000 });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  }
   function cli<T>(h: FleetHost, ...args: string[]) {
     const argv = asHost(h, [path.join(prefix(h), 'bin/pm2-release'), '--config', configPath(h), ...args, '--json']);
     const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', cwd: '/', timeout: 60_000 });
@@ -421,7 +452,7 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
     git('remote', 'add', 'origin', fleet.origin);
     commit('v1');
 
-    packWithDependencies(root, tarball);
+    tarball = fleet.tarball = packOffline(root);
     sh(['chmod', '-R', 'a+rX', fleet.origin, tarball]);
     writeInventory();
     return fleet;

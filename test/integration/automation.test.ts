@@ -411,7 +411,7 @@ describe('history and bad-sha marks', () => {
       expectCell(row, hc.TRIGGER, e.trigger);
       expectCell(row, hc.BY, `${e.user}@${e.host}`);
       expect(row.slice(hc.TOOK)).toMatch(/^\d+\.\ds/);
-      if (e.error) expectCell(row, hc.DETAIL, `${e.error.code} in ${e.error.phase}`);
+      if (e.error) expectCell(row, hc.DETAIL, `error ${e.error.code} in ${e.error.phase}`);
     });
     expect(hrows.map((r) => r.slice(hc.ACTION).split(' ')[0])).toEqual(expect.arrayContaining(['deploy', 'activate', 'rollback', 'revert', 'prune']));
 

@@ -3,11 +3,14 @@
  * sshd, user, home, PM2 daemon and the same app port; the real ansible-playbook over SSH, the real
  * pm2-release installed on each host from `npm pack`. Scenarios run in order on the same hosts:
  * happy path, a canary that crashes at boot, a failure in the second batch then rollback.yml, an
- * unreachable host. Needs root, Ansible and sshd: skipped with a reason otherwise, but failed in CI
+ * unreachable host at the pre-check, then one in a later batch mid-rollout. Needs root, Ansible and sshd: skipped with a reason otherwise, but failed in CI
  * (PM2_RELEASE_FLEET_REQUIRED=1, set by .ci/run).
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createFleet, fleetUnavailable, type Fleet, type FleetHost, type PlaybookRun } from '../helpers/fleet.js';
+import { ANSIBLE_DIR, APP_PORT, createFleet, fleetUnavailable, type Fleet, type FleetHost, type PlaybookRun } from '../helpers/fleet.js';
+import { ROOT } from '../helpers/sandbox.js';
 
 const unavailable = fleetUnavailable();
 const required = process.env.PM2_RELEASE_FLEET_REQUIRED === '1';
@@ -25,6 +28,14 @@ interface List {
   releases: { id: string; sha: string; status: string }[];
 }
 
+/** The result lines of one task of a run ("changed: [h1]", …), sorted. */
+const taskResults = (r: PlaybookRun, task: string) => {
+  const start = r.stdout.indexOf(`TASK [pm2_release : ${task}]`);
+  if (start < 0) return [];
+  const end = r.stdout.indexOf('\nTASK [', start + 1);
+  return (r.stdout.slice(start, end < 0 ? undefined : end).match(/^(ok|changed|skipping|failed|fatal): \[[^\]]+\]/gm) ?? []).sort();
+};
+
 /** What ansible-playbook printed, for the assertion message of a failed run. */
 const tail = (r: PlaybookRun) => `exit ${r.code} after ${r.ms} ms\n${(r.stdout + r.stderr).split('\n').slice(-60).join('\n')}`;
 
@@ -37,7 +48,7 @@ describe('the fleet guard', () => {
 describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 canary, then h2, h3)', () => {
   let fleet: Fleet;
   let h1: FleetHost, h2: FleetHost, h3: FleetHost;
-  let v1: string;
+  let v1: string, v3: string;
   const serving = (h: FleetHost) => fleet.cli<Status>(h, 'status').json.active?.sha ?? null;
   const deploys = (h: FleetHost) =>
     fleet
@@ -59,8 +70,22 @@ describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 
 
   it('rolls one commit out: every host installs pm2-release, serves the sha, and has the same history', async () => {
     v1 = fleet.commit('v1 again', { 'version.txt': '1.0.0\n' });
-    const r = await fleet.playbook('rollout.yml');
+    // The docs' command reads ansible/ansible.cfg: `cd ansible && ansible-config dump` shows its settings in effect.
+    const config = fleet.ansible(['ansible-config', 'dump', '--only-changed']);
+    expect(config).toContain(`CONFIG_FILE() = ${path.join(ANSIBLE_DIR, 'ansible.cfg')}`);
+    expect(config).toContain(`DEFAULT_FORKS(${path.join(ANSIBLE_DIR, 'ansible.cfg')}) = 20`);
+    // pm2_release_npm_args: the fleet's is the documented string form; h3 has the list form.
+    const r = await fleet.playbook(
+      'rollout.yml',
+      {},
+      { h3: { pm2_release_npm_args: ['--offline', '--no-audit', '--no-fund', '--registry', 'http://127.0.0.1:9'] } },
+    );
     expect(r.code, tail(r)).toBe(0);
+    expect(taskResults(r, 'Install pm2-release with npm')).toEqual(['changed: [h1]', 'changed: [h2]', 'changed: [h3]']);
+    // The offline tarball (npm run pack:offline), installed with --offline, an empty npm cache and no registry.
+    const version = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+    expect(path.basename(fleet.tarball)).toBe(`pm2-release-${version}-offline.tgz`);
+    for (const h of fleet.hosts) expect(fleet.exec(h, [fleet.bin(h), '--version']).stdout.trim(), h.name).toBe(version);
     for (const h of fleet.hosts) {
       expect(serving(h), h.name).toBe(v1);
       expect(fleet.cli<Status>(h, 'status').json.health.ok, h.name).toBe(true);
@@ -95,13 +120,23 @@ describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 
     expect(summary.slice(1).map((s) => s.result)).toEqual(['untouched', 'untouched']);
   }, 180_000);
 
-  it('a failure in the second batch stops the rollout; rollback.yml brings every changed host back, and again changes nothing', async () => {
+  it('a failed HTTP check in the second batch stops the rollout; rollback.yml brings every changed host back, and again changes nothing', async () => {
     const v2 = fleet.commit('v2', { 'version.txt': '2.0.0\n', CRASH_ON_BOOT: null });
-    // h3 (the second batch of the rest: serial [1, "25%", "100%"]) fails its health gate and reverts itself.
-    const r = await fleet.playbook('rollout.yml', {}, { h3: { pm2_release_env: { PM2_RELEASE_FAILPOINT: 'health:fail' } } });
+    // h3 (the second batch of the rest: serial [1, "25%", "100%"]) deploys, then fails the fleet's HTTP gate (a
+    // URL its release answers 404): the role rolls it back. (pm2-release's own health gate failing a host is the
+    // canary's case above: the same deploy.yml.)
+    const missing = `http://127.0.0.1:${APP_PORT}/_next/static/missing.js`;
+    const checks = [
+      { url: `http://127.0.0.1:${APP_PORT}/`, status_code: [200] },
+      { url: missing, status_code: [200] },
+    ];
+    const r = await fleet.playbook('rollout.yml', {}, { h3: { pm2_release_http_checks: checks } });
     expect(r.code, tail(r)).not.toBe(0);
     expect([serving(h1), serving(h2), serving(h3)]).toEqual([v2, v2, v1]);
     expect(fleet.summary().map((s) => s.result.replace(/ \(.*$/, ''))).toEqual(['deployed', 'deployed', 'FAILED']);
+    // The summary names the URL and the status it got, not Ansible's "One or more items failed".
+    expect(fleet.summary()[2]).toMatchObject({ to: fleet.summary()[2].from, result: `FAILED (gate: http check ${missing} got 404, expected [200])` });
+    expect(deploys(h3).slice(-2)).toEqual([`deploy ${v2.slice(0, 7)} ok`, `rollback ${v1.slice(0, 7)} ok`]);
 
     const back = await fleet.playbook('rollback.yml', { pm2_release_sha: v2 });
     expect(back.code, tail(back)).toBe(0);
@@ -119,15 +154,15 @@ describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 
   }, 240_000);
 
   it('one host unreachable: the pre-check stops the rollout before any change anywhere', async () => {
-    const v3 = fleet.commit('v3', { 'version.txt': '3.0.0\n' });
+    v3 = fleet.commit('v3', { 'version.txt': '3.0.0\n' });
     const before = fleet.hosts.map((h) => deploys(h));
     await fleet.stopSshd(h2);
     try {
       const r = await fleet.playbook('rollout.yml');
       expect(r.code, tail(r)).not.toBe(0);
-      // any_errors_fatal ends the run at the fact gathering (the play's assert names the host if it did not).
-      expect(r.stdout + r.stderr).toMatch(/fatal: \[h2\]: UNREACHABLE!|unreachable: h2/);
-      expect(r.stdout).not.toMatch(/TASK \[pm2_release : Deploy the pinned commit\]/);
+      // fleet.md's message, word for word: the pre-check reaches every host before it gathers anything.
+      expect(r.stdout).toContain('"msg": "unreachable: h2; nothing was changed anywhere"');
+      expect(r.stdout).not.toMatch(/TASK \[pm2_release : (Install pm2-release with npm|Deploy the pinned commit)\]/);
     } finally {
       await fleet.startSshd(h2);
     }
@@ -135,4 +170,30 @@ describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 
     expect(fleet.hosts.map((h) => deploys(h))).toEqual(before);
     for (const h of fleet.hosts) expect(releasesOf(h, v3), h.name).toEqual([]);
   }, 120_000);
+
+  it('a host of a later batch unreachable mid-rollout: the summary (printed and written) names who took the commit', async () => {
+    const h3before = deploys(h3);
+    // h3 is the second batch of the rest: its sshd stops once the rest's play has started (h1 has passed).
+    let r: PlaybookRun;
+    try {
+      r = await fleet.playbook('rollout.yml', {}, {}, { onOutput: { when: /PLAY \[The rest, in batches\]/, run: () => fleet.stopSshd(h3) } });
+    } finally {
+      await fleet.startSshd(h3);
+    }
+    expect(r.hooked).toBe(true);
+    expect(r.code, tail(r)).not.toBe(0);
+    expect([serving(h1), serving(h2), serving(h3)]).toEqual([v3, v3, v1]);
+    expect(deploys(h3)).toEqual(h3before);
+    const rows = fleet.summary();
+    expect(rows.map((s) => [s.host, s.result.replace(/ \(.*$/s, '')])).toEqual([
+      ['h1', 'deployed'],
+      ['h2', 'deployed'],
+      ['h3', 'UNREACHABLE'],
+    ]);
+    expect(rows[2]).toMatchObject({
+      to: rows[2].from,
+      result: expect.stringMatching(/^UNREACHABLE \(before its deploy: .*port 22: Connection refused\)$/),
+    });
+    expect(r.stdout).toMatch(/h3 {2}from \S+ {2}to \S+ {2}UNREACHABLE \(before its deploy/);
+  }, 180_000);
 });

@@ -87,8 +87,10 @@ describe('router strategy (real PM2)', () => {
     expect(privatePort).toBeGreaterThanOrEqual(range[0]);
     expect(privatePort).toBeLessThanOrEqual(range[1]);
     expect(routerState().live).toEqual({ port: privatePort, release: r.release.id });
-    // The router holds the public port; the release listens on its private one.
-    expect(await portHolder(sb.port)).toBe(routerProc()[0].pid);
+    // The router holds the public port (in PM2 cluster mode, through PM2's daemon: a replacement router can
+    // share it); the release listens on its private one.
+    expect(routerProc()[0].pm2_env.exec_mode).toBe('cluster_mode');
+    expect(await portHolder(sb.port)).toBe(Number(fs.readFileSync(path.join(sb.pm2Home, 'pm2.pid'), 'utf8')));
     // The control socket is the owner's only.
     expect(fs.statSync(path.join(sb.releasesDir, '.router', `${APP}.sock`)).mode & 0o777).toBe(0o600);
     expect(fs.statSync(path.join(sb.releasesDir, '.router')).mode & 0o777).toBe(0o700);

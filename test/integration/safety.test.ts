@@ -311,9 +311,9 @@ describe('pre-flight and orphans', () => {
     const d = cli(sb, ['doctor', '--json']);
     const out = JSON.parse(d.stdout);
     expect(out.checks.map((c: { name: string }) => c.name)).toEqual(
-      expect.arrayContaining(['workspace', 'releases-dir', 'disk', 'memory', 'pm2', 'port', 'node', 'pm2-dump', 'systemd']),
+      expect.arrayContaining(['workspace', 'releases-dir', 'disk', 'memory', 'pm2', 'port', 'node', 'pm2-dump', 'systemd', 'release-host']),
     );
-    for (const c of out.checks) expect(['ok', 'warn', 'fail']).toContain(c.status);
+    for (const c of out.checks) expect(['ok', 'warn', 'fail', 'skip']).toContain(c.status);
     const cfg = JSON.parse(fs.readFileSync(sb.configPath, 'utf8'));
     const greedy = path.join(sb.root, 'greedy.json');
     fs.writeFileSync(greedy, JSON.stringify({ ...cfg, preflight: { minFreeDiskMB: 1e12 } }));

@@ -15,11 +15,14 @@ const doc = fs.readFileSync(path.join(ROOT, 'documentation', 'configuration.md')
 const load = (config: unknown) => loadConfig({ config, cwd: path.join(HOME, 'pm2-release'), env: {}, home: HOME }).config;
 
 /** The JSON block under a heading. */
-function exampleUnder(heading: string): Record<string, any> {
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a JSON example, walked by key below
+type Json = Record<string, any>;
+
+function exampleUnder(heading: string): Json {
   const at = doc.indexOf(heading);
   expect(at, heading).toBeGreaterThan(-1);
   const block = /```json\n([\s\S]*?)\n```/.exec(doc.slice(at));
-  return JSON.parse(block![1]) as Record<string, any>;
+  return JSON.parse(block![1]) as Json;
 }
 
 /** Dotted key → value, leaves only (arrays are leaves). */

@@ -36,6 +36,7 @@ function release(id: string, over: Partial<ReleaseInfo> = {}): ReleaseInfo {
     durationsMs: {},
     error: null,
     bad: null,
+    elsewhere: null,
     ...over,
   };
 }
@@ -44,6 +45,7 @@ const LIST: ListResult = {
   ok: true,
   changed: false,
   active: '20261121T204233Z-3f2a9c1',
+  elsewhere: [],
   releases: [
     release('20261121T210000Z-0badc0d', {
       sha: SHA_C,
@@ -213,7 +215,23 @@ describe('formatList', () => {
   });
 
   it('says so when there are no releases', () => {
-    expect(formatList({ ok: true, changed: false, active: null, releases: [] })).toBe('no releases yet (run `pm2-release deploy`)\n');
+    expect(formatList({ ok: true, changed: false, active: null, releases: [], elsewhere: [] })).toBe('no releases yet (run `pm2-release deploy`)\n');
+  });
+
+  it('lists the releases of a former releases dir under elsewhere, with their dir', () => {
+    const old = '/mnt/old/releases';
+    const out = formatList({
+      ok: true,
+      changed: false,
+      active: null,
+      releases: [],
+      elsewhere: [release('20261120T100000Z-3f2a9c1', { elsewhere: old, dir: `${old}/20261120T100000Z-3f2a9c1` })],
+    });
+    const lines = out.split('\n');
+    expect(lines[0]).toBe('no releases yet (run `pm2-release deploy`)');
+    expect(lines[2]).toMatch(/^elsewhere \(built before releasesDir moved: listed only, not rollback targets/);
+    expect(lines[3]).toMatch(/ID +SHA +STATUS +CREATED +DIR$/);
+    expect(lines[4]).toMatch(/20261120T100000Z-3f2a9c1 +3f2a9c1 +ready +.* \/mnt\/old\/releases$/);
   });
 });
 

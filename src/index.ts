@@ -3,15 +3,15 @@
  * (config or config path, ref, logger, onEvent, signal) and returns the same typed result the CLI prints
  * with --json, or throws a ReleaseError.
  */
-export { deploy, build, type DeployOptions, type BuildOptions } from './operations/deploy.js';
-export { activate, rollback, type ActivateOptions, type RollbackOptions } from './operations/activate.js';
-export { list, status, prune, history, type ListOptions, type StatusOptions, type PruneOptions, type HistoryOptions } from './operations/inspect.js';
+export { deploy, build, type DeployOptions, type BuildOptions } from './commands/deploy.js';
+export { activate, rollback, type ActivateOptions, type RollbackOptions } from './commands/activate.js';
+export { list, status, prune, history, type ListOptions, type StatusOptions, type PruneOptions, type HistoryOptions } from './commands/inspect.js';
 export type { HistoryEntry, HistoryAction, BadMark } from './release/history.js';
-export { init, type InitOptions, type InitResult } from './operations/init.js';
-export { proposeConfig, type InitFacts, type Proposal } from './operations/proposal.js';
-export { doctor, type DoctorOptions, type DoctorResult, type Check, type CheckStatus } from './operations/doctor.js';
-export { serve, startWebhookServer, sign as signWebhook, type ServeOptions, type WebhookServer, type WebhookStatus } from './operations/serve.js';
-export type { CommonOptions, ReleaseEvent, Trigger } from './operations/context.js';
+export { init, type InitOptions, type InitResult } from './commands/init.js';
+export { proposeConfig, type InitFacts, type Proposal } from './lifecycle/proposal.js';
+export { doctor, type DoctorOptions, type DoctorResult, type Check, type CheckStatus } from './lifecycle/checks.js';
+export { serve, startWebhookServer, sign as signWebhook, type ServeOptions, type WebhookServer, type WebhookStatus } from './commands/serve.js';
+export type { CommonOptions, ReleaseEvent, Trigger } from './lifecycle/context.js';
 export type {
   ReleaseInfo,
   DeployResult,
@@ -24,8 +24,8 @@ export type {
   PruneResult,
   HistoryResult,
   Pm2State,
-} from './operations/results.js';
-export { failureChanged } from './operations/results.js';
+} from './lifecycle/results.js';
+export { failureChanged } from './lifecycle/results.js';
 export { loadConfig, DEFAULTS, CONFIG_FILE_NAME, type Config, type AppConfig, type LoadedConfig } from './config.js';
 export { ReleaseError, ConfigError, UsageError, LockError, BuildError, SwitchError, EnvironmentError, ExitCode, type Phase } from './errors.js';
 export { createLogger, silentLogger, type Logger } from './log.js';

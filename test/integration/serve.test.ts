@@ -9,7 +9,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { list } from '../../src/index.js';
-import { sign, startWebhookServer, SECRET_ENV, type WebhookServer } from '../../src/operations/serve.js';
+import { sign, startWebhookServer, SECRET_ENV, type WebhookServer } from '../../src/commands/serve.js';
 import { request, setupRemote, type HttpResult, type Remote } from '../helpers/remote.js';
 import { cli, createSandbox, get, type Sandbox, walkFiles as walk } from '../helpers/sandbox.js';
 

@@ -3,17 +3,17 @@ import path from 'node:path';
 import { appPort, healthUrl } from '../config.js';
 import { BUILD_LOG, META_DIR } from '../release/store.js';
 import { probe } from '../health.js';
-import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
-import { checkReleaseHost } from './doctor.js';
+import { createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
+import { checkReleaseHost } from '../lifecycle/checks.js';
 import { routerProcessName } from '../router/protocol.js';
-import { audited } from './audit.js';
+import { audited } from '../lifecycle/audit.js';
 import { withLock } from './deploy.js';
-import { applyRetention, retentionPlan } from './retain.js';
+import { applyRetention, retentionPlan } from '../lifecycle/retain.js';
 import { readBadShas, readHistory } from '../release/history.js';
-import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type RouterInfo, type StatusResult } from './results.js';
-import { readSoak, soakRunning } from './soak.js';
-import { currentRelease, routerControl, samePath } from './switch-release.js';
-import { checkRouterConfig, routerConfigView, routerDriftText } from './router-config.js';
+import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type RouterInfo, type StatusResult } from '../lifecycle/results.js';
+import { readSoak, soakRunning } from '../lifecycle/soak.js';
+import { currentRelease, routerControl, samePath } from '../lifecycle/switch-release.js';
+import { checkRouterConfig, routerConfigView, routerDriftText } from '../lifecycle/router-config.js';
 
 export type ListOptions = CommonOptions;
 

@@ -12,12 +12,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { readSoak, soakRunning } from './soak.js';
+import { readSoak, soakRunning } from '../lifecycle/soak.js';
 import { asReleaseError, UsageError } from '../errors.js';
 import { currentBranch } from '../git.js';
-import { createContext, type CommonOptions } from './context.js';
+import { createContext, type CommonOptions } from '../lifecycle/context.js';
 import { deploy as realDeploy, type DeployOptions } from './deploy.js';
-import type { DeployResult } from './results.js';
+import type { DeployResult } from '../lifecycle/results.js';
 
 export const SECRET_ENV = 'PM2_RELEASE_WEBHOOK_SECRET';
 const MAX_BODY = 1024 * 1024;

@@ -1,11 +1,11 @@
 /** Human output: aligned tables and one-line summaries. Pure functions of the typed results. */
-import type { ReleaseError } from './errors.js';
-import type { DoctorResult } from './operations/doctor.js';
-import type { InitResult } from './operations/init.js';
-import { renderConfig } from './operations/proposal.js';
-import type { HistoryResult } from './operations/results.js';
-import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
-import { sharePercent } from './router/protocol.js';
+import type { ReleaseError } from '../errors.js';
+import type { DoctorResult } from '../lifecycle/checks.js';
+import type { InitResult } from '../commands/init.js';
+import { renderConfig } from '../lifecycle/proposal.js';
+import type { HistoryResult } from '../lifecycle/results.js';
+import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from '../lifecycle/results.js';
+import { sharePercent } from '../router/protocol.js';
 
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));

@@ -4,7 +4,7 @@
  * so a full disk or a squatted port stops it before building, not half-way.
  */
 import { BuildCache } from '../release/build-cache.js';
-import { bytes } from '../cli/format.js';
+import { bytes } from '../units.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';

@@ -10,7 +10,7 @@ import { CommandFailure, formatCommand, run } from '../exec.js';
 import { BuildError, UsageError, type Phase, type ReleaseError } from '../errors.js';
 import { isInside } from '../config.js';
 import { childEnv, type Context } from '../lifecycle/context.js';
-import { bytes } from '../cli/format.js';
+import { bytes } from '../units.js';
 import { clearBuildProcess, writeBuildProcess } from './orphans.js';
 import { META_DIR } from './store.js';
 import { SharedDeps } from './shared-deps.js';

@@ -441,8 +441,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         break;
       }
       case 'serve': {
-        const { serve } = await import('../commands/serve.js');
-        await serve({ ...common, trigger: 'webhook' });
+        await api.serve({ ...common, trigger: 'webhook' });
         return ExitCode.ok;
       }
       case 'doctor': {

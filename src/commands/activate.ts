@@ -4,7 +4,7 @@ import { clearBad, markBad, whoAmI } from '../release/history.js';
 import { audited } from '../lifecycle/audit.js';
 import { rollbackTarget } from '../release/naming.js';
 import { createContext, type CommonOptions, type Context } from '../lifecycle/context.js';
-import { withLock } from './deploy.js';
+import { withLock } from '../lifecycle/with-lock.js';
 import { releaseInfo, type ActivateResult, type RollbackResult, type RollbackSkipped } from '../lifecycle/results.js';
 import { currentRelease, switchToRelease } from '../lifecycle/switch-release.js';
 import { ReleaseStore, type ReleaseRecord } from '../release/store.js';

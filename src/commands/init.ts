@@ -17,8 +17,8 @@ import { Redactor, SECRET_NAME, silentLogger, type Logger } from '../log.js';
 import { Pm2, type RawProcess } from '../pm2/client.js';
 import { choosePort, runScriptName } from '../pm2/routed-switch.js';
 import { diskUsage, MANIFEST_FILE, META_DIR, STATE_FILE } from '../release/store.js';
-import { childEnv } from '../lifecycle/context.js';
-import { doctor, dumpChmod, type DoctorResult } from '../lifecycle/checks.js';
+import { childEnv, createContext } from '../lifecycle/context.js';
+import { checkAll, dumpChmod, type DoctorResult } from '../lifecycle/checks.js';
 import { PORT_VARS, proposeConfig, renderConfig, type AppFacts, type InitFacts } from '../lifecycle/proposal.js';
 
 export interface InitOptions {
@@ -138,7 +138,7 @@ export async function init(opts: InitOptions = {}): Promise<InitResult> {
     problems.push(...err.problems);
   }
   const checks: DoctorResult = loaded
-    ? await doctor({ config: proposal.config, cwd: path.dirname(configPath), env, logger })
+    ? await checkAll(createContext({ config: proposal.config, cwd: path.dirname(configPath), env, logger }))
     : { ok: false, changed: false, checks: [{ name: 'config', status: 'fail', message: 'the proposed config is not valid', fix: 'see the problems above' }] };
 
   let written = false;

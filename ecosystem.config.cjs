@@ -101,7 +101,7 @@ function webhookApp(file, config) {
   }
   return {
     name: 'pm2-release-webhook',
-    script: path.join(__dirname, 'dist', 'bin.js'),
+    script: path.join(__dirname, 'dist', 'cli', 'bin.js'),
     args: ['serve'],
     cwd: file ? path.dirname(file) : process.cwd(),
     autorestart: true,

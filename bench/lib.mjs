@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const PM2_BIN = path.join(ROOT, 'node_modules/pm2/bin/pm2');
-export const CLI = path.join(ROOT, 'dist/bin.js');
+export const CLI = path.join(ROOT, 'dist/cli/bin.js');
 
 const started = Date.now();
 export function log(msg) {

@@ -69,10 +69,10 @@ async function bench() {
   // The whole run is bounded (setup ~10 s, 6 runs of SECONDS + ~0.5 s per round, warm-ups).
   const LIMIT_MS = Math.max(170_000, (20 + ROUNDS * 6 * (SECONDS + 2) + 6 * (WARM_SECONDS + 2)) * 1000);
 
-  for (const f of ['dist/router/main.js', 'dist/router-control.js', 'dist/operations/switch-release.js', 'dist/pm2/client.js', 'dist/log.js'])
+  for (const f of ['dist/router/main.js', 'dist/router/client.js', 'dist/lifecycle/switch-release.js', 'dist/pm2/client.js', 'dist/log.js'])
     if (!fs.existsSync(path.join(ROOT, f))) throw new Error(`${f} is missing: run \`npm run build\` first`);
-  const { routerDefinition } = await import(path.join(ROOT, 'dist/operations/switch-release.js'));
-  const { RouterControl } = await import(path.join(ROOT, 'dist/router-control.js'));
+  const { routerDefinition } = await import(path.join(ROOT, 'dist/lifecycle/switch-release.js'));
+  const { RouterControl } = await import(path.join(ROOT, 'dist/router/client.js'));
   const { Pm2 } = await import(path.join(ROOT, 'dist/pm2/client.js'));
   const { createLogger } = await import(path.join(ROOT, 'dist/log.js'));
 

@@ -591,7 +591,7 @@ async function main() {
 
   // ================= 5. router strategy (front door on the app port, releases on private ports) =================
   {
-    const { RouterControl } = await import(pathToFileURL(path.join(ROOT, 'dist/router-control.js')).href);
+    const { RouterControl } = await import(pathToFileURL(path.join(ROOT, 'dist/router/client.js')).href);
     const { portHolder } = await import(pathToFileURL(path.join(ROOT, 'dist/health.js')).href);
     const control = new RouterControl(sb.releasesDir, APP);
     // The two newest ready releases that boot (retention kept them) alternate, as above.

@@ -32,8 +32,8 @@ if (!fs.existsSync(path.join(root, 'dist/index.js'))) {
   process.exit(1);
 }
 const { deploy, rollback, list, createLogger } = await import('../dist/index.js');
-const { formatList } = await import('../dist/format.js');
-const { createProgress } = await import('../dist/progress.js');
+const { formatList } = await import('../dist/cli/format.js');
+const { createProgress } = await import('../dist/cli/progress.js');
 
 if (stop()) console.log('(removed the previous demo sandbox)');
 const workspace = path.join(sandbox, 'workspace');
@@ -89,7 +89,7 @@ try {
 
   console.log(`\n${formatList(await list(common))}`);
   console.log(`the app is served at ${url}`);
-  console.log(`try: PM2_HOME=${pm2Home} node ${path.join(root, 'dist/bin.js')} --config ${configPath} status`);
+  console.log(`try: PM2_HOME=${pm2Home} node ${path.join(root, 'dist/cli/bin.js')} --config ${configPath} status`);
   console.log('stop the demo with: npm run demo -- --stop');
 } catch (err) {
   console.error(`demo failed: ${err.message}${err.hint ? `\nhint: ${err.hint}` : ''}`);

@@ -17,7 +17,7 @@ import { SwitchError } from '../errors.js';
 import { portFree, portHolder } from '../health.js';
 import type { Logger } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
-import type { RouterControl } from '../router-control.js';
+import type { RouterControl } from '../router/client.js';
 import type { Pm2, Pm2Process } from './client.js';
 import type { RunningRouter } from './router-drift.js';
 import { deleteProcesses, stopOrphan, type SwitchHandle, type SwitchInput, type SwitchStrategy } from './switch.js';

@@ -33,7 +33,7 @@ export interface RunningRouter {
   execMode: string;
 }
 
-/** How the config wants PM2 to run the router (operations/switch-release.ts routerDefinition). */
+/** How the config wants PM2 to run the router (lifecycle/switch-release.ts routerDefinition). */
 export interface WantedRouter {
   name: string;
   script: string;

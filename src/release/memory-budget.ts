@@ -8,7 +8,7 @@
  * app PM2 runs goes down (the runbook's incident). So the build is stopped by us, below what the kernel
  * would act on, and the live apps keep a reserve.
  */
-import { bytes } from '../format.js';
+import { bytes } from '../units.js';
 
 export const MiB = 2 ** 20;
 

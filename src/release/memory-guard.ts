@@ -17,7 +17,7 @@ import v8 from 'node:v8';
 import { run } from '../exec.js';
 import type { Logger } from '../log.js';
 import { BuildMemoryError } from '../errors.js';
-import { bytes } from '../format.js';
+import { bytes } from '../units.js';
 import { parseProcStat } from './orphans.js';
 import {
   belongsToTree,

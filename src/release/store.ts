@@ -11,7 +11,7 @@
  *                                        <id>/ when its build ends: every build runs at the same absolute path
  *   <releasesDir>/.cache/                the framework's build cache between builds (release/build-cache.ts)
  *   <releasesDir>/former-releases-dirs.json  the releases dirs this app was moved from under a running router
- *                                        (operations/router-config.ts): their releases are listed as elsewhere
+ *                                        (lifecycle/router-config.ts): their releases are listed as elsewhere
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';

@@ -26,7 +26,7 @@ export function fleetUnavailable(): string | undefined {
   for (const cmd of ['ansible-playbook', 'ip', 'ssh', 'ssh-keygen', 'useradd', 'runuser', 'git', 'npm'])
     if (!have(cmd)) return `${cmd} is not installed (.ci/run installs ansible-core, openssh-server and iproute2)`;
   if (!fs.existsSync('/usr/sbin/sshd')) return '/usr/sbin/sshd is missing (apt-get install openssh-server)';
-  if (!fs.existsSync(path.join(ROOT, 'dist/bin.js'))) return 'dist/ is not built (npm run build)';
+  if (!fs.existsSync(path.join(ROOT, 'dist/cli/bin.js'))) return 'dist/ is not built (npm run build)';
   return undefined;
 }
 

@@ -15,7 +15,7 @@ import { stopDaemon } from '../../scripts/pm2-sandbox.mjs';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const EXAMPLE_APP = path.join(ROOT, 'examples/app');
 export const PM2_BIN = path.join(ROOT, 'node_modules/pm2/bin/pm2');
-export const CLI = path.join(ROOT, 'dist/bin.js');
+export const CLI = path.join(ROOT, 'dist/cli/bin.js');
 
 export interface Sandbox {
   root: string;

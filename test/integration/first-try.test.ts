@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { executorCall } from '../../src/operations/init.js';
+import { executorCall } from '../../src/commands/init.js';
 import { CLI, ROOT, cli, createSandbox, get, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
 import { startTraffic } from '../helpers/traffic.js';
 

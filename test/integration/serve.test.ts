@@ -8,8 +8,8 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { list } from '../../src/index.js';
-import { sign, startWebhookServer, SECRET_ENV, type WebhookServer } from '../../src/operations/serve.js';
+import { list, startWebhookServer } from '../../src/index.js';
+import { sign, SECRET_ENV, type WebhookServer } from '../../src/commands/serve.js';
 import { request, setupRemote, type HttpResult, type Remote } from '../helpers/remote.js';
 import { cli, createSandbox, get, type Sandbox, walkFiles as walk } from '../helpers/sandbox.js';
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { findSameInputs, inputKey, unchangedReason, withCommit, type Candidate, type ReleaseInputs } from '../../src/release/inputs.js';
 import { changedShared, shareable, type Observed, type SharedFile } from '../../src/release/shared-deps.js';
 import { dependencyMethod } from '../../src/release/dependencies.js';
-import { alsoServes } from '../../src/format.js';
+import { alsoServes } from '../../src/cli/format.js';
 
 const BASE: ReleaseInputs = {
   tree: 'a'.repeat(40),

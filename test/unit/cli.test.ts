@@ -1,8 +1,8 @@
 /** The CLI as a mapping: argv → invocation and global options, errors → exit codes. */
 import { CommanderError } from 'commander';
 import { describe, expect, it } from 'vitest';
-import { exitCodeFor, main, parseArgv } from '../../src/cli.js';
-import { failureChanged } from '../../src/operations/results.js';
+import { exitCodeFor, main, parseArgv } from '../../src/cli/cli.js';
+import { failureChanged } from '../../src/lifecycle/results.js';
 import { BuildError, ConfigError, EnvironmentError, ExitCode, LockError, ReleaseError, SwitchError, UsageError } from '../../src/errors.js';
 
 describe('parseArgv', () => {

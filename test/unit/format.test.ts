@@ -1,12 +1,12 @@
 /**
- * Human output (src/format.ts): pure functions of hand-built results. Snapshots pin the exact text; the
+ * Human output (src/cli/format.ts): pure functions of hand-built results. Snapshots pin the exact text; the
  * alignment checks pin the table layout independently of the snapshot.
  */
 import { describe, expect, it } from 'vitest';
 import { BuildError, ReleaseError, ExitCode } from '../../src/errors.js';
-import { formatDoctor, formatError, formatHistory, formatList, formatStatus } from '../../src/format.js';
-import type { DoctorResult } from '../../src/operations/doctor.js';
-import type { HistoryResult, ListResult, ReleaseInfo, StatusResult } from '../../src/operations/results.js';
+import { formatDoctor, formatError, formatHistory, formatList, formatStatus } from '../../src/cli/format.js';
+import type { DoctorResult } from '../../src/lifecycle/checks.js';
+import type { HistoryResult, ListResult, ReleaseInfo, StatusResult } from '../../src/lifecycle/results.js';
 import type { HistoryEntry } from '../../src/release/history.js';
 
 const ANSI = /\x1b\[/;

@@ -1,7 +1,7 @@
 /** `init`'s pure half: the facts read from PM2 and the app dir → the config, a reason per key, warnings and problems. */
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { proposeConfig, renderConfig, type InitFacts } from '../../src/operations/proposal.js';
+import { proposeConfig, renderConfig, type InitFacts } from '../../src/lifecycle/proposal.js';
 
 /** The runbook's VM: `FRONT_PORT=3001 pm2 start npm --name frontend-dev -- run start` from the workspace's frontend/. */
 function runbookFacts(over: Partial<InitFacts> = {}, app: Partial<InitFacts['app']> = {}): InitFacts {

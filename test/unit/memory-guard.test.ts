@@ -1,7 +1,7 @@
 /** The memory guard's pure part (release/memory-budget.ts): the kernel's numbers in, a budget and verdicts out. */
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { memoryCell, memoryLine } from '../../src/format.js';
+import { memoryCell, memoryLine } from '../../src/cli/format.js';
 import {
   belongsToTree,
   cgroupDirs,

@@ -6,8 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { aimHealthUrl, loadConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { procAddress, isLoopbackAddress } from '../../src/health.js';
-import { dumpChmod } from '../../src/operations/doctor.js';
-import { executorCall } from '../../src/operations/init.js';
+import { dumpChmod } from '../../src/lifecycle/checks.js';
+import { executorCall } from '../../src/commands/init.js';
 import { loopbackArgs } from '../../src/pm2/routed-switch.js';
 import { prunePlan } from '../../src/release/builder.js';
 

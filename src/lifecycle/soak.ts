@@ -22,7 +22,7 @@ import { markBad, whoAmI } from '../release/history.js';
 import type { ReleaseRecord } from '../release/store.js';
 import { pidAlive } from '../release/store.js';
 import { routerPaths, sharePercent } from '../router/protocol.js';
-import { ratePercent } from '../format.js';
+import { ratePercent } from '../units.js';
 import type { SoakHandle } from '../pm2/switch.js';
 import { record } from './audit.js';
 import { phase, warn, type Context } from './context.js';

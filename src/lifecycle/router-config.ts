@@ -16,7 +16,7 @@ import {
   type RouterPlan,
   type RunningRouter,
 } from '../pm2/router-drift.js';
-import { RouterControl } from '../router-control.js';
+import { RouterControl } from '../router/client.js';
 import { childEnv, phase, warn, type Context } from './context.js';
 import { currentRelease, routerControl, routerDefinition } from './switch-release.js';
 

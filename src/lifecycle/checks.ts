@@ -1,10 +1,10 @@
 /**
- * Pre-flight checks (`pm2-release doctor`; the blocking ones also run at the start of deploy and build).
- * Each check is ok / warn / fail with a one-line fix. Deploy refuses to start on a failed blocking check,
- * so a full disk or a squatted port stops it before building, not half-way.
+ * The host checks: all of them for `doctor` (and `init` on its proposal); the blocking ones, the pre-flight,
+ * at the start of deploy and build. Each check is ok / warn / fail with a one-line fix. Deploy refuses to
+ * start on a failed blocking check, so a full disk or a squatted port stops it before building, not half-way.
  */
 import { BuildCache } from '../release/build-cache.js';
-import { bytes } from '../format.js';
+import { bytes } from '../units.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -14,7 +14,7 @@ import { EnvironmentError } from '../errors.js';
 import { formatCommand, run } from '../exec.js';
 import { ensureRepository } from '../git.js';
 import { isLoopbackAddress, listenAddresses, portHolder } from '../health.js';
-import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
+import { phase, warn, type Context } from './context.js';
 import { routerProcessName } from '../router/protocol.js';
 import { routerControl } from './switch-release.js';
 import { deriveBudget, guardVerdict, oomPolicyVerdict, parseSystemctlShow } from '../release/memory-budget.js';
@@ -41,10 +41,8 @@ export interface DoctorResult {
 const ok = (name: string, message: string): Check => ({ name, status: 'ok', message, fix: null });
 const bad = (name: string, status: CheckStatus, message: string, fix: string): Check => ({ name, status, message, fix });
 
-export type DoctorOptions = CommonOptions;
-
-export async function doctor(opts: DoctorOptions = {}): Promise<DoctorResult> {
-  const ctx = createContext(opts);
+/** Every check, as `doctor` reports them (`init` runs them on its proposal too). */
+export async function checkAll(ctx: Context): Promise<DoctorResult> {
   const checks = await runChecks(ctx, 'all');
   return { ok: !checks.some((c) => c.status === 'fail'), changed: false, checks };
 }

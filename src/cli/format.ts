@@ -1,12 +1,13 @@
 /** Human output: aligned tables and one-line summaries. Pure functions of the typed results. */
-import type { ReleaseError } from './errors.js';
-import type { DoctorResult } from './operations/doctor.js';
-import type { InitResult } from './operations/init.js';
-import { renderConfig } from './operations/proposal.js';
-import type { HistoryResult } from './operations/results.js';
-import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from './operations/results.js';
-import { sharePercent } from './router/protocol.js';
-import { closestToBudget, peakText, type StepMemory } from './release/memory-budget.js';
+import type { ReleaseError } from '../errors.js';
+import type { DoctorResult } from '../lifecycle/checks.js';
+import type { InitResult } from '../commands/init.js';
+import { renderConfig } from '../lifecycle/proposal.js';
+import type { HistoryResult } from '../lifecycle/results.js';
+import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from '../lifecycle/results.js';
+import { sharePercent } from '../router/protocol.js';
+import { bytes, ratePercent } from '../units.js';
+import { closestToBudget, peakText, type StepMemory } from '../release/memory-budget.js';
 
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -16,23 +17,6 @@ export function table(headers: string[], rows: string[][]): string {
       .join('  ')
       .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
-}
-
-/** A share of requests (0.0123) with one decimal: "1.2 %". */
-export function ratePercent(rate: number): string {
-  return `${(rate * 100).toFixed(1)} %`;
-}
-
-export function bytes(n: number | null): string {
-  if (n === null) return '-';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
 }
 
 export function seconds(ms: number): string {

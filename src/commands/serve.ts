@@ -12,15 +12,20 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { readSoak, soakRunning } from './soak.js';
+import { readSoak, soakRunning } from '../lifecycle/soak.js';
 import { asReleaseError, UsageError } from '../errors.js';
 import { currentBranch } from '../git.js';
-import { createContext, type CommonOptions } from './context.js';
-import { deploy as realDeploy, type DeployOptions } from './deploy.js';
-import type { DeployResult } from './results.js';
+import { createContext, type CommonOptions } from '../lifecycle/context.js';
+import type { DeployResult } from '../lifecycle/results.js';
 
 export const SECRET_ENV = 'PM2_RELEASE_WEBHOOK_SECRET';
 const MAX_BODY = 1024 * 1024;
+
+/**
+ * The deploy a push starts. The library entry (index.ts) passes `deploy` when the caller passes none: a
+ * command does not import another command, so the one that composes serve with deploy sits above both.
+ */
+export type WebhookDeploy = (opts: CommonOptions & { pull: string; waitMs: number }) => Promise<DeployResult>;
 
 export interface ServeOptions extends CommonOptions {
   /** Override config serve.port (0: any free port; tests). */
@@ -29,7 +34,7 @@ export interface ServeOptions extends CommonOptions {
   /** Called once listening, with the bound address. */
   onListening?: (address: AddressInfo) => void;
   /** Replaces the deploy call (tests of the queue). */
-  deploy?: (opts: DeployOptions) => Promise<DeployResult>;
+  deploy?: WebhookDeploy;
   /** Lock wait for each deploy (default 10 minutes). */
   waitMs?: number;
 }
@@ -89,14 +94,14 @@ export interface WebhookServer {
   close(): Promise<void>;
 }
 
-export async function startWebhookServer(opts: ServeOptions): Promise<WebhookServer> {
+export async function startWebhookServer(opts: ServeOptions & { deploy: WebhookDeploy }): Promise<WebhookServer> {
   const ctx = createContext({ ...opts, trigger: 'webhook' });
   const { config, logger } = ctx;
   const secret = readSecret(ctx.env, config.serve.secretFile);
   ctx.redactor.add(secret);
   const branch = config.serve.branch ?? (await currentBranch(config.workspace, logger));
   if (!branch) throw new UsageError('WEBHOOK_BRANCH', 'set serve.branch: the workspace is on a detached HEAD', { phase: 'config' });
-  const runDeploy = opts.deploy ?? realDeploy;
+  const runDeploy = opts.deploy;
 
   const state: WebhookStatus = { ok: true, branch, running: null, pending: null, deploys: 0, last: null };
   let waiters: (() => void)[] = [];
@@ -234,7 +239,7 @@ export async function startWebhookServer(opts: ServeOptions): Promise<WebhookSer
 }
 
 /** Runs until the signal aborts (SIGINT/SIGTERM in the CLI), then waits for a running deploy to finish. */
-export async function serve(opts: ServeOptions): Promise<void> {
+export async function serve(opts: ServeOptions & { deploy: WebhookDeploy }): Promise<void> {
   const hook = await startWebhookServer(opts);
   await new Promise<void>((resolve) => {
     if (opts.signal?.aborted) return resolve();

@@ -12,7 +12,7 @@ import { EnvironmentError, ReleaseError, SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor, type SwitchStrategy } from '../pm2/switch.js';
 import { loopbackArgs, routedStrategy } from '../pm2/routed-switch.js';
-import { RouterControl } from '../router-control.js';
+import { RouterControl } from '../router/client.js';
 import { routerProcessName } from '../router/protocol.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
 import { childEnv, phase, warn, type Context } from './context.js';

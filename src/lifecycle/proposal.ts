@@ -1,7 +1,7 @@
 /**
  * `pm2-release init`, the pure half: given the facts read from PM2 and the app dir, the config that adopts
  * the running app, a one-line reason per key, and what stands in the way of a first deploy. No IO: the
- * facts come from operations/init.ts, which reads them without changing anything.
+ * facts come from commands/init.ts, which reads them without changing anything.
  */
 import path from 'node:path';
 import { DEFAULTS, type ConfigFile } from '../config.js';

@@ -1,19 +1,19 @@
 /** activate <id> and rollback: switch to a retained ready release, no install, no build. */
 import { SwitchError, UsageError } from '../errors.js';
 import { clearBad, markBad, whoAmI } from '../release/history.js';
-import { audited } from './audit.js';
+import { audited } from '../lifecycle/audit.js';
 import { rollbackTarget } from '../release/naming.js';
-import { createContext, type CommonOptions, type Context } from './context.js';
-import { withLock } from './deploy.js';
-import { releaseInfo, type ActivateResult, type RollbackResult, type RollbackSkipped } from './results.js';
-import { currentRelease, switchToRelease } from './switch-release.js';
+import { createContext, type CommonOptions, type Context } from '../lifecycle/context.js';
+import { withLock } from '../lifecycle/with-lock.js';
+import { releaseInfo, type ActivateResult, type RollbackResult, type RollbackSkipped } from '../lifecycle/results.js';
+import { currentRelease, switchToRelease } from '../lifecycle/switch-release.js';
 import { ReleaseStore, type ReleaseRecord } from '../release/store.js';
 import fsp from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import writeFileAtomic from 'write-file-atomic';
 import { appPort, healthUrl } from '../config.js';
-import { readSoak, soakPaths, soakRunning, type SoakRecord } from './soak.js';
-import { applyRouterChange, configFlag, refuseRouterChange } from './router-config.js';
+import { readSoak, soakPaths, soakRunning, type SoakRecord } from '../lifecycle/soak.js';
+import { applyRouterChange, configFlag, refuseRouterChange } from '../lifecycle/router-config.js';
 
 export interface ActivateOptions extends CommonOptions {
   id: string;

@@ -1,6 +1,6 @@
 /**
  * `pm2-release init`: reads the running PM2 app and its app dir, proposes the config that adopts it
- * (operations/proposal.ts decides), runs doctor on it and says what the first deploy will do. Changes
+ * (lifecycle/proposal.ts decides), runs doctor on it and says what the first deploy will do. Changes
  * nothing in PM2, ever (jlist only, and no daemon is started); writes the config only with `write`.
  */
 import fs from 'node:fs';
@@ -17,9 +17,9 @@ import { Redactor, SECRET_NAME, silentLogger, type Logger } from '../log.js';
 import { Pm2, type RawProcess } from '../pm2/client.js';
 import { choosePort, runScriptName } from '../pm2/routed-switch.js';
 import { diskUsage, MANIFEST_FILE, META_DIR, STATE_FILE } from '../release/store.js';
-import { childEnv } from './context.js';
-import { doctor, dumpChmod, type DoctorResult } from './doctor.js';
-import { PORT_VARS, proposeConfig, renderConfig, type AppFacts, type InitFacts } from './proposal.js';
+import { childEnv, createContext } from '../lifecycle/context.js';
+import { checkAll, dumpChmod, type DoctorResult } from '../lifecycle/checks.js';
+import { PORT_VARS, proposeConfig, renderConfig, type AppFacts, type InitFacts } from '../lifecycle/proposal.js';
 
 export interface InitOptions {
   /** The PM2 app to take over (default: frontend-dev). */
@@ -138,7 +138,7 @@ export async function init(opts: InitOptions = {}): Promise<InitResult> {
     problems.push(...err.problems);
   }
   const checks: DoctorResult = loaded
-    ? await doctor({ config: proposal.config, cwd: path.dirname(configPath), env, logger })
+    ? await checkAll(createContext({ config: proposal.config, cwd: path.dirname(configPath), env, logger }))
     : { ok: false, changed: false, checks: [{ name: 'config', status: 'fail', message: 'the proposed config is not valid', fix: 'see the problems above' }] };
 
   let written = false;

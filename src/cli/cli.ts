@@ -6,13 +6,13 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig } from './config.js';
+import { loadConfig } from '../config.js';
 import { createProgress } from './progress.js';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { ExitCode, ReleaseError, asReleaseError, firstLine } from './errors.js';
-import { createLogger, type Logger } from './log.js';
-import * as api from './index.js';
-import { failureChanged } from './operations/results.js';
+import { ExitCode, ReleaseError, asReleaseError, firstLine } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import * as api from '../index.js';
+import { failureChanged } from '../lifecycle/results.js';
 import {
   formatActivate,
   formatBuild,
@@ -352,7 +352,7 @@ function globals(program: Command): GlobalOptions {
   return { config: o.config, json: !!o.json, verbose: !!o.verbose, quiet: !!o.quiet };
 }
 
-export const VERSION: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+export const VERSION: string = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
 
 /** Maps any thrown value to the exit code the CLI returns. */
 export function exitCodeFor(err: unknown): number {
@@ -441,8 +441,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         break;
       }
       case 'serve': {
-        const { serve } = await import('./operations/serve.js');
-        await serve({ ...common, trigger: 'webhook' });
+        await api.serve({ ...common, trigger: 'webhook' });
         return ExitCode.ok;
       }
       case 'doctor': {

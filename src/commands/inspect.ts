@@ -1,19 +1,16 @@
-/** list, status and prune. */
+/** list, status and history: they only read (the releases, PM2, the router, the history file). */
 import path from 'node:path';
 import { appPort, healthUrl } from '../config.js';
 import { BUILD_LOG, META_DIR } from '../release/store.js';
 import { probe } from '../health.js';
-import { createContext, phase, warn, type CommonOptions, type Context } from './context.js';
-import { checkReleaseHost } from './doctor.js';
+import { createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
+import { checkReleaseHost } from '../lifecycle/checks.js';
 import { routerProcessName } from '../router/protocol.js';
-import { audited } from './audit.js';
-import { withLock } from './deploy.js';
-import { applyRetention, retentionPlan } from './retain.js';
 import { readBadShas, readHistory } from '../release/history.js';
-import { releaseInfo, type HistoryResult, type ListResult, type PruneResult, type RouterInfo, type StatusResult } from './results.js';
-import { readSoak, soakRunning } from './soak.js';
-import { currentRelease, routerControl, samePath } from './switch-release.js';
-import { checkRouterConfig, routerConfigView, routerDriftText } from './router-config.js';
+import { releaseInfo, type HistoryResult, type ListResult, type RouterInfo, type StatusResult } from '../lifecycle/results.js';
+import { readSoak, soakRunning } from '../lifecycle/soak.js';
+import { currentRelease, routerControl, samePath } from '../lifecycle/switch-release.js';
+import { checkRouterConfig, routerConfigView, routerDriftText } from '../lifecycle/router-config.js';
 
 export type ListOptions = CommonOptions;
 
@@ -131,28 +128,4 @@ async function routerInfo(ctx: Context): Promise<RouterInfo | null> {
   } catch (err) {
     return { ...none, error: (err as Error).message };
   }
-}
-
-export interface PruneOptions extends CommonOptions {
-  keep?: number;
-  dryRun?: boolean;
-  waitMs?: number;
-}
-
-export async function prune(opts: PruneOptions = {}): Promise<PruneResult> {
-  const ctx = createContext(opts, { keep: opts.keep });
-  const run = async (): Promise<PruneResult> => {
-    const plan = await retentionPlan(ctx);
-    const removed = opts.dryRun ? plan.remove : await phase(ctx, 'retain', () => applyRetention(ctx, plan));
-    return { ok: true, changed: !opts.dryRun && removed.length > 0, action: 'prune', dryRun: !!opts.dryRun, keep: ctx.config.keep, kept: plan.keep, removed };
-  };
-  // A dry run changes nothing, so it needs no lock (and works while a deploy runs), and is not audited.
-  if (opts.dryRun) return run();
-  return audited(
-    ctx,
-    'prune',
-    () => ({ from: null, to: null, sha: null }),
-    () => withLock(ctx, 'prune', opts.waitMs, run),
-    (r) => ({ detail: r.removed.length ? `removed ${r.removed.map((x) => x.id).join(', ')}` : 'nothing to remove' }),
-  );
 }

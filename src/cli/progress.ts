@@ -3,7 +3,7 @@
  * last few install/build output lines under the running phase, erased when it ends. Not a TTY (or
  * --quiet): plain lines, no ANSI, output lines left to the build log.
  */
-import type { ReleaseEvent } from './operations/context.js';
+import type { ReleaseEvent } from '../lifecycle/context.js';
 
 const TAIL = 6;
 

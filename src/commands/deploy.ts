@@ -7,24 +7,24 @@
 import { asReleaseError, ExitCode, ReleaseError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { currentBranch, pullBranch } from '../git.js';
-import { acquireLock, type HeldLock } from '../lock.js';
 import { clearBad, readBadShas } from '../release/history.js';
 import { findSameInputs, unchangedReason, withCommit } from '../release/inputs.js';
 import { appPort, healthUrl } from '../config.js';
-import { allocateId, buildRelease, markFailed, resolveRelease } from './build.js';
-import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from './context.js';
-import { preflight } from './doctor.js';
-import { audited } from './audit.js';
-import { runHook } from './hooks.js';
-import { applyRetention, cleanupInterrupted, retentionPlan } from './retain.js';
-import { releaseInfo, type BuildResult, type DeployResult } from './results.js';
-import { adoptRunning, currentRelease, routerControl, routerDefinition, switchToRelease } from './switch-release.js';
+import { allocateId, buildRelease, markFailed, resolveRelease } from '../lifecycle/build-release.js';
+import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
+import { preflight } from '../lifecycle/checks.js';
+import { audited } from '../lifecycle/audit.js';
+import { runHook } from '../lifecycle/hooks.js';
+import { applyRetention, cleanupInterrupted, retentionPlan } from '../lifecycle/retain.js';
+import { releaseInfo, type DeployResult } from '../lifecycle/results.js';
+import { adoptRunning, currentRelease, routerControl, routerDefinition, switchToRelease } from '../lifecycle/switch-release.js';
 import { routerRunning } from '../pm2/routed-switch.js';
 import { routerProcessName } from '../router/protocol.js';
-import { removeVerifyLeftovers, verifyRelease } from './verify.js';
-import { applyRouterChange, refuseRouterChange } from './router-config.js';
-import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from './soak.js';
+import { removeVerifyLeftovers, verifyRelease } from '../lifecycle/verify.js';
+import { applyRouterChange, refuseRouterChange } from '../lifecycle/router-config.js';
+import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from '../lifecycle/soak.js';
 import type { ReleaseRecord } from '../release/store.js';
+import { withLock } from '../lifecycle/with-lock.js';
 
 export interface DeployOptions extends CommonOptions {
   /** Git ref to release (default HEAD of the workspace). */
@@ -284,44 +284,6 @@ async function refuseBadSha(ctx: Context, sha: string, force: boolean): Promise<
   );
 }
 
-export interface BuildOptions extends CommonOptions {
-  ref?: string;
-  waitMs?: number;
-}
-
-/** build: the release becomes ready but not active. */
-export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
-  const ctx = createContext(opts);
-  let to: string | null = null;
-  let sha: string | null = null;
-  const run = () =>
-    withLock(ctx, 'build', opts.waitMs, async (lock): Promise<BuildResult> => {
-      await cleanupInterrupted(ctx);
-      await preflight(ctx);
-      const ref = opts.ref ?? 'HEAD';
-      const resolved = await resolveRelease(ctx, ref);
-      sha = resolved.sha;
-      to = await allocateId(ctx, resolved.sha);
-      const release = await buildRelease(ctx, ref, resolved, lock, to);
-      const state = await ctx.store.readState();
-      return {
-        ok: true as const,
-        changed: true as const,
-        action: 'build' as const,
-        release: releaseInfo(release, state?.active ?? null, ctx.store.buildLog(release.id)),
-        durationsMs: { ...ctx.durations },
-        warnings: ctx.warnings,
-      };
-    });
-  return audited(
-    ctx,
-    'build',
-    () => ({ from: null, to, sha }),
-    run,
-    (r) => ({ to: r.release.id, sha: r.release.sha }),
-  );
-}
-
 /**
  * What a killed run can leave behind, put right before anything else: incomplete release directories,
  * half-removed ones, temporary verify processes, and (killed between `pm2 delete` and `pm2 start`) an app
@@ -408,13 +370,4 @@ async function endInterruptedSoak(
   const pm2 = ctx.pm2.withEnv(childEnv(ctx.env));
   if (await routerRunning(pm2, routerProcessName(ctx.config.app.name))) await routerControl(ctx).route(live);
   else await routerControl(ctx).writeState(live, ctx.now());
-}
-
-export async function withLock<T>(ctx: Context, command: string, waitMs: number | undefined, fn: (lock: HeldLock) => Promise<T>): Promise<T> {
-  const lock = await phase(ctx, 'lock', () => acquireLock({ releasesDir: ctx.config.releasesDir, command, logger: ctx.logger, waitMs, signal: ctx.signal }));
-  try {
-    return await fn(lock);
-  } finally {
-    await lock.release();
-  }
 }

@@ -19,7 +19,7 @@ import {
   type RouterState,
   type RouterStatus,
   type Upstream,
-} from './router/protocol.js';
+} from './protocol.js';
 
 export class RouterUnavailable extends Error {
   readonly code = 'ROUTER_UNAVAILABLE';

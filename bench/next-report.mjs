@@ -35,13 +35,16 @@ export function summarizeNext(R) {
   };
   const cache = side('cache');
   const nocache = side('nocache');
+  // The memory guard's cost: the same nocache rebuild's build phase with the guard on (nocache) and off (noguard).
+  const noguard = side('noguard');
   const noop = { ms: med(R.noop.map((r) => r.ms)), max: Math.max(...R.noop.map((r) => r.ms)), modes: [...new Set(R.noop.map((r) => r.mode))].join('/') };
   noop.newReleases = R.noop.reduce((a, r) => a + r.newReleases, 0);
   noop.pidUnchanged = R.noop.every((r) => r.pidUnchanged);
   const diskOne = R.disk ? med(R.disk.one) : undefined;
   const gain = cache.build !== undefined && nocache.build ? 1 - cache.build / nocache.build : undefined;
   const gainWhole = cache.total !== undefined && nocache.total ? 1 - cache.total / nocache.total : undefined;
-  return { seed, cold, cache, nocache, noop, diskOne, gain, gainWhole };
+  const guardCost = noguard.n && nocache.build && noguard.build ? nocache.build / noguard.build : undefined;
+  return { seed, cold, cache, nocache, noguard, guardCost, noop, diskOne, gain, gainWhole };
 }
 
 export function renderNextSection(R) {
@@ -149,6 +152,19 @@ export function renderNextSection(R) {
       'build cache: rebuild ≥ 15 % faster (else it is not kept)',
       S.gain === undefined ? 'n/a' : `build ${faster(S.gain)}, whole deploy ${faster(S.gainWhole)}`,
       verdict(S.gain === undefined ? undefined : S.gain >= 0.15),
+    ],
+    [
+      'memory guard: ≤ 2 % on the build (guard on / off, same rebuild)',
+      S.guardCost === undefined
+        ? 'n/a'
+        : `build ${fmtMs(S.nocache.build)} on vs ${fmtMs(S.noguard.build)} off = ${S.guardCost.toFixed(3)}× (per run on: ${R.rebuild
+            .filter((r) => r.kind === 'nocache')
+            .map((r) => fmtMs(r.durations?.build))
+            .join(', ')}; off: ${R.rebuild
+            .filter((r) => r.kind === 'noguard')
+            .map((r) => fmtMs(r.durations?.build))
+            .join(', ')}); build peak ${fmtBytes(med(R.rebuild.filter((r) => r.kind === 'nocache').map((r) => r.memory?.build?.peakBytes)))}`,
+      verdict(S.guardCost === undefined ? undefined : S.guardCost <= 1.02),
     ],
   ];
   L.push(table(['target (Next.js app)', 'measured', 'result'], T));

@@ -217,6 +217,8 @@ export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
       cold: writeConfig('cold', { ...base, app: { ...base.app, reuseDependencies: false } }),
       cache: writeConfig('cache', base),
       nocache: writeConfig('nocache', { ...base, build: { cache: false } }),
+      // The memory guard's cost (issue 18): the nocache rebuild with the guard off, alternated with it on.
+      noguard: writeConfig('noguard', { ...base, build: { cache: false, memoryGuard: false } }),
     };
     const call = (configPath, label) => ({
       configPath,
@@ -275,11 +277,11 @@ export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
 
     // Rebuilds: a commit changing one page, same lockfile; with and without the carried cache, alternating.
     for (let i = 1; i <= runs; i++) {
-      const order = i % 2 ? ['cache', 'nocache'] : ['nocache', 'cache'];
+      const order = i % 2 ? ['cache', 'nocache', 'noguard'] : ['noguard', 'nocache', 'cache'];
       for (const kind of order) {
         const v = `${kind}-${i}`;
         await sb.commit(`rebuild ${v}`, { 'app/page.js': nextPageSource(v) });
-        log(`next: rebuild ${i}/${runs} ${kind === 'cache' ? 'with' : 'without'} the build cache`);
+        log(`next: rebuild ${i}/${runs} ${kind === 'cache' ? 'with' : 'without'} the build cache${kind === 'noguard' ? ', memory guard off' : ''}`);
         const r = await deployTimed(cfg[kind], `rebuild ${v}`, v);
         R.rebuild.push({ kind, ...r });
         log(

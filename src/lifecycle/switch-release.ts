@@ -263,7 +263,8 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
       if (err instanceof ReleaseError && err.code === 'PM2_DAEMON_GONE') throw err;
       outcome = { ok: false, reason: (err as Error).message, probes: [], elapsedMs: 0 };
     }
-    if (!outcome.ok && outcome.reason === 'the PM2 process is gone' && (await pm2Stopping(ctx)))
+    // The verdict came from PM2's list (the process gone, or shown stopping): PM2 itself may be stopping.
+    if (!outcome.ok && /^(the PM2 process is gone|PM2 shows the app stopp)/.test(outcome.reason ?? '') && (await pm2Stopping(ctx)))
       throw new EnvironmentError(
         'PM2_DAEMON_GONE',
         `PM2 stopped during the health check of ${release.id} (every app is gone): not starting a daemon of our own`,
@@ -360,15 +361,17 @@ async function recordActive(ctx: Context, release: ReleaseRecord, app: AppDefini
 }
 
 /**
- * The new process vanished from PM2's list: was PM2 itself stopping (systemctl stop, `pm2 kill`: it stops
- * every app, then exits) rather than the release crashing? Then no verdict on the release is possible.
+ * The new process vanished from PM2's list or is shown stopping: was PM2 itself stopping (systemctl stop,
+ * `pm2 kill`: it stops every app, then exits) rather than the release crashing? Then no verdict on the
+ * release is possible. A release that crashed leaves the others online (the router, the previous release).
  */
 async function pm2Stopping(ctx: Context): Promise<boolean> {
   for (let i = 0; i < 30; i++) {
     if (!ctx.pm2.daemonRunning()) return true;
     const all = await ctx.pm2.list({ fresh: true }).catch((err: unknown) => (err instanceof ReleaseError && err.code === 'PM2_DAEMON_GONE' ? undefined : []));
     if (all === undefined) return true;
-    if (all.length > 0) return false;
+    // `stopping`/`stopped` come from a stop (PM2's own on kill), never from a crash (errored, restarting).
+    if (all.some((p) => p.status !== 'stopping' && p.status !== 'stopped')) return false;
     await new Promise((r) => setTimeout(r, 100));
   }
   return true;

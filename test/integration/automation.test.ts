@@ -377,7 +377,7 @@ describe('history and bad-sha marks', () => {
     expect(l.code, l.stderr).toBe(0);
     expect(l.stdout + l.stderr).not.toContain(ANSI);
     const [lh, ...lrows] = l.stdout.trimEnd().split('\n');
-    expect(lh).toMatch(/^\s+ID\s+SHA\s+STATUS\s+CREATED\s+SIZE\s+NOTE$/);
+    expect(lh).toMatch(/^\s+ID\s+SHA\s+STATUS\s+CREATED\s+SIZE\s+PEAK\s+NOTE$/);
     expect(lrows).toHaveLength(lj.releases.length);
     const lc = columnStarts(lh);
     lj.releases.forEach((x, i) => {
@@ -388,6 +388,10 @@ describe('history and bad-sha marks', () => {
       expectCell(row, lc.STATUS, x.status);
       expectCell(row, lc.CREATED, x.createdAt!.replace('T', ' ').slice(0, 19));
       expect(row.slice(lc.SIZE)).toMatch(/^\d/);
+      // The step closest to its memory budget ("build 312.0 MiB 26 %"), "-" when neither recorded a peak.
+      const m = x.memory;
+      const peak = [m?.build, m?.install].some((p) => p && p.peakBytes !== null && p.budgetBytes > 0);
+      expect(row.slice(lc.PEAK)).toMatch(peak ? /^(build|install) \d+(\.\d)? (B|KiB|MiB|GiB) \d+ %/ : /^-(\s|$)/);
       if (x.bad) expectCell(row, lc.NOTE, `BAD: ${x.bad.reason}`);
       else if (x.error) expectCell(row, lc.NOTE, `${x.error.code} in ${x.error.phase}`);
     });
@@ -422,7 +426,8 @@ describe('history and bad-sha marks', () => {
       .trimEnd()
       .split('\n')
       .filter((x) => !x.startsWith('warning: '));
-    expect(slines.map((x) => x.split(' ')[0])).toEqual(['app', 'pm2', 'cwd', 'active', 'recorded', 'health', 'drift']);
+    // The memory row: the active release's install and build peaks against their budgets (issue 18).
+    expect(slines.map((x) => x.split(' ')[0])).toEqual(['app', 'pm2', 'cwd', 'active', 'recorded', 'health', 'drift', 'memory']);
     const valueAt = new Set(slines.map((x) => /^\S+\s+/.exec(x)![0].length));
     expect(valueAt.size, s.stdout).toBe(1);
     const col = [...valueAt][0];
@@ -434,6 +439,7 @@ describe('history and bad-sha marks', () => {
     expect(value('cwd')).toBe(active.cwd);
     expect(value('health')).toBe(`ok ${url()} → 200`);
     expect(value('drift')).toBe('none');
+    expect(value('memory')).toMatch(/^peak (install|build) \d+(\.\d)? (B|KiB|MiB|GiB) \(\d+ % of \d+(\.\d)? (KiB|MiB|GiB)\)/);
   });
 });
 

@@ -247,8 +247,14 @@ describe('config changes under a running router (real PM2)', () => {
     const args = r.pm2_env.args as string[];
     sb.pm2('delete', String(r.pm_id));
     sb.pm2('start', String(r.pm2_env.pm_exec_path), '--name', r.name, '--cwd', String(r.pm2_env.pm_cwd), '--', ...args);
-    const live = (await status(opts())).router!.live!;
-    await waitServing(live.release);
+    // The fork-mode router answers on its control socket a moment after PM2 started it.
+    let live: { release: string } | null | undefined;
+    for (let i = 0; i < 100 && !live; i++) {
+      live = (await status(opts())).router?.live;
+      if (!live) await sleep(100);
+    }
+    expect(live, 'the fork-mode router never answered with its route').toBeTruthy();
+    await waitServing(live!.release);
     expect(routers()[0].pm2_env.exec_mode).toBe('fork_mode');
     setCfg((c) => (c.router.holdMs = 5_000));
     const pm2Before = JSON.stringify(sb.jlist().map((p) => [p.pm_id, p.name, p.pid]));
@@ -264,7 +270,7 @@ describe('config changes under a running router (real PM2)', () => {
     expect(st.routerConfig).toMatchObject({ next: 'refuse', running: { execMode: 'fork_mode', holdMs: 6000 }, config: { holdMs: 5000 } });
     const command = /apply it .*with: (.+)$/.exec(err.hint)![1];
     expect(command).toBe(st.routerConfig!.command);
-    expect(command).toBe(`pm2-release activate ${live.release} --replace-router --config ${sb.configPath}`);
+    expect(command).toBe(`pm2-release activate ${live!.release} --replace-router --config ${sb.configPath}`);
 
     // Exactly as printed (pm2-release being the built CLI).
     const argv = command.split(' ');
@@ -275,7 +281,7 @@ describe('config changes under a running router (real PM2)', () => {
     expect(now).toHaveLength(1);
     expect(now[0].pm2_env.exec_mode).toBe('cluster_mode');
     expect(argOf(now[0], 'hold-ms')).toBe('5000');
-    await waitServing(live.release);
+    await waitServing(live!.release);
     expect((await status(opts())).routerConfig?.differences).toEqual([]);
   });
 });

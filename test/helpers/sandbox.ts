@@ -168,6 +168,22 @@ export function get(url: string): Promise<{ status?: number; body?: string; erro
   });
 }
 
+/**
+ * Waits until `http://127.0.0.1:<port>/` answers 200 with a body containing `text` (a release id, a marker);
+ * throws with the last answer after `ms`.
+ */
+export async function waitServing(port: number, text: string, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  let last = '';
+  while (Date.now() < deadline) {
+    const r = await get(`http://127.0.0.1:${port}/`);
+    last = r.body ?? r.error ?? '';
+    if (r.status === 200 && last.includes(text)) return;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  throw new Error(`:${port} never served ${text} (last: ${last.slice(0, 300)})`);
+}
+
 export interface CliExit {
   code: number | null;
   signal: NodeJS.Signals | null;

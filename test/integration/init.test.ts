@@ -8,10 +8,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { portHolder } from '../../src/health.js';
-import { CLI, ROOT, createSandbox, freePort, get, type Sandbox } from '../helpers/sandbox.js';
+import { CLI, ROOT, createSandbox, freePort, type Sandbox, waitServing } from '../helpers/sandbox.js';
 
 const APP = 'frontend-dev';
 const CANARY_PM2 = 'canary-pm2env-5e1f0a';
@@ -33,17 +32,6 @@ describe('init (real PM2)', () => {
       procs: sb.jlist().map((p) => [p.name, p.pid, p.pm2_env.restart_time, p.pm2_env.status]),
       dump: fs.existsSync(path.join(sb.pm2Home, 'dump.pm2')) ? fs.statSync(path.join(sb.pm2Home, 'dump.pm2')).mtimeMs : null,
     });
-  const waitServing = async (port: number, text: string, ms = 20_000) => {
-    const deadline = Date.now() + ms;
-    let last = '';
-    while (Date.now() < deadline) {
-      const r = await get(`http://127.0.0.1:${port}/`);
-      last = r.body ?? r.error ?? '';
-      if (r.status === 200 && last.includes(text)) return;
-      await sleep(100);
-    }
-    throw new Error(`:${port} never served ${text} (last: ${last})`);
-  };
   const npmEnv = () => ({ ...sb.env });
 
   beforeAll(async () => {

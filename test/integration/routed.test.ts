@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { activate, deploy, rollback, status } from '../../src/index.js';
 import { portHolder } from '../../src/health.js';
-import { cli, createSandbox, get, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
+import { cli, createSandbox, get, releasePortRange, type Sandbox, waitServing as waitServingOn } from '../helpers/sandbox.js';
 import { startTraffic } from '../helpers/traffic.js';
 
 const APP = 'frontend-dev';
@@ -30,17 +30,7 @@ describe('router strategy (real PM2)', () => {
   const routerProc = () => procs().filter((p) => p.name === ROUTER);
   const routerState = () =>
     JSON.parse(fs.readFileSync(path.join(sb.releasesDir, '.router', `${APP}.state.json`), 'utf8')) as { live: { port: number; release: string } };
-  const waitServing = async (release: string, ms = 20_000) => {
-    const deadline = Date.now() + ms;
-    let last = '';
-    while (Date.now() < deadline) {
-      const r = await get(url());
-      last = r.body ?? r.error ?? '';
-      if (r.status === 200 && last.includes(release)) return;
-      await sleep(100);
-    }
-    throw new Error(`never served ${release} (last: ${last})`);
-  };
+  const waitServing = (release: string, ms = 20_000) => waitServingOn(sb.port, release, ms);
   const ids: string[] = [];
 
   beforeAll(async () => {

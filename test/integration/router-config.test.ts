@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deploy, rollback, status } from '../../src/index.js';
 import { portHolder } from '../../src/health.js';
-import { CLI, cli, createSandbox, startCli, freePort, get, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
+import { CLI, cli, createSandbox, startCli, freePort, releasePortRange, type Sandbox, waitServing as waitServingOn } from '../helpers/sandbox.js';
 import { startTraffic } from '../helpers/traffic.js';
 
 /** The runbook's stated gap for a new port: at most one failed request per client that follows to it. */
@@ -38,17 +38,7 @@ describe('config changes under a running router (real PM2)', () => {
     const a = p.pm2_env.args as string[];
     return a[a.indexOf(`--${name}`) + 1];
   };
-  const waitServing = async (release: string, p = port, ms = 20_000) => {
-    const deadline = Date.now() + ms;
-    let last = '';
-    while (Date.now() < deadline) {
-      const r = await get(`http://127.0.0.1:${p}/`);
-      last = r.body ?? r.error ?? '';
-      if (r.status === 200 && last.includes(release)) return;
-      await sleep(100);
-    }
-    throw new Error(`never served ${release} on :${p} (last: ${last})`);
-  };
+  const waitServing = (release: string, p = port, ms = 20_000) => waitServingOn(p, release, ms);
   const underLoad = async <T>(fn: () => Promise<T>) => {
     const traffic = startTraffic(port, { clients: 4 });
     await sleep(300);

@@ -1,7 +1,11 @@
 /**
- * Everything that talks to PM2 goes through here, through its CLI (the same binary the VM's systemd unit
- * runs), so the daemon we drive is the one operators see. Outputs that carry the apps' environments
- * (`jlist`) are parsed here and never logged or returned whole: callers get the fields they need.
+ * Everything that talks to PM2 goes through here. The daemon is the one of the `pm2` binary operators run
+ * (the one on PATH, the one the VM's systemd unit runs): pm2-release talks to it over its RPC socket with
+ * that installation's own client (daemon-socket.ts), one connection per process, and falls back to the
+ * `pm2` CLI, with the reason logged, where it cannot (no daemon yet: the CLI starts the first one, as
+ * `pm2 start` does; a pm2 outside 5.x–7.x; PM2_RELEASE_PM2_TRANSPORT=cli). Outputs that carry the apps'
+ * environments (the process list) are parsed here and never logged or returned whole: callers get the
+ * fields they need.
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -13,6 +17,7 @@ import { EnvironmentError } from '../errors.js';
 import type { Logger, Redactor } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
 import type { RunningRouter } from './router-drift.js';
+import { DaemonSocket, SocketCallFailed, SocketUnavailable, type SocketStartSpec } from './daemon-socket.js';
 
 export interface Pm2Process {
   pmId: number;
@@ -40,16 +45,29 @@ export interface Pm2Snapshot {
   env: Record<string, string>;
 }
 
-/** `pm2 jlist` costs a Node start and a daemon round trip (~150–300 ms): reuse it briefly between mutations. */
+/**
+ * State shared by the instances withEnv() makes (they talk to the same daemon). The list is reused briefly
+ * between mutations (over the CLI a `pm2 jlist` costs a Node start; over the socket a round trip).
+ */
 interface JlistCache {
   at: number;
   data?: RawProcess[];
+  /** The open connection to the daemon's socket (or the attempt in flight). */
+  socket?: Promise<DaemonSocket | undefined>;
+  /** Set once the socket could not be used: the reason, logged once; the CLI is used from then on. */
+  socketUnavailable?: string;
+  /** Closes an idle connection (a long-running `serve` makes a context per deploy). */
+  idle?: NodeJS.Timeout;
+  /** Operations in flight over the socket: it is closed for idleness only when none is. */
+  inflight?: number;
   /** Set once a daemon was seen running: from then on, a vanished daemon is an error, never re-spawned. */
   sawDaemon?: boolean;
   /** The pid of that daemon. */
   daemonPid?: number;
 }
 const JLIST_TTL_MS = 1_000;
+/** An open connection with no call for this long is closed; the next call opens one again (~10 ms). */
+const SOCKET_IDLE_MS = 5_000;
 
 export interface Pm2Options {
   /** Shared by the instances withEnv() makes: they talk to the same daemon. */
@@ -112,6 +130,87 @@ export class Pm2 {
     return path.join(this.home, 'dump.pm2');
   }
 
+  /** Which way to the daemon: the socket unless PM2_RELEASE_PM2_TRANSPORT=cli. */
+  get transport(): 'socket' | 'cli' {
+    return this.opts.env.PM2_RELEASE_PM2_TRANSPORT === 'cli' || this.cache.socketUnavailable ? 'cli' : 'socket';
+  }
+
+  /**
+   * The connection to the daemon's socket, opened on first use; undefined when there is no daemon (reads
+   * see no processes; a start goes through the CLI, which starts the daemon) or the socket cannot be used.
+   */
+  private async socket(): Promise<DaemonSocket | undefined> {
+    if (this.transport === 'cli') return undefined;
+    const open = await this.cache.socket;
+    if (open?.usable) return open;
+    if (!this.daemonRunning()) return undefined;
+    this.cache.socket = DaemonSocket.open(this.bin, this.home).then(
+      (s) => {
+        this.noteDaemon(undefined, false);
+        return s;
+      },
+      (err: unknown) => {
+        if (!(err instanceof SocketUnavailable)) throw err;
+        // A daemon that vanished between the check and the connection is not a reason to give up the socket.
+        if (!this.daemonRunning()) return undefined;
+        this.cache.socketUnavailable = err.message;
+        this.opts.logger.warn(`talking to PM2 through its CLI (a process per call): ${err.message}`);
+        return undefined;
+      },
+    );
+    return this.cache.socket;
+  }
+
+  /** Closes the connection to the daemon (a finished process does not wait for it: it is unref'd). */
+  async close(): Promise<void> {
+    clearTimeout(this.cache.idle);
+    const pending = this.cache.socket;
+    this.cache.socket = undefined;
+    const s = await pending?.catch(() => undefined);
+    await s?.close();
+  }
+
+  /**
+   * One PM2 operation: over the socket when it is open, else through the CLI. A call the daemon did not
+   * answer because it went away is PM2_DAEMON_GONE, like a CLI call that found no daemon.
+   */
+  private async op<T>(command: string, viaSocket: (s: DaemonSocket) => Promise<T>, viaCli: () => Promise<T>): Promise<T> {
+    this.ensureDaemonNotGone();
+    clearTimeout(this.cache.idle);
+    this.cache.inflight = (this.cache.inflight ?? 0) + 1;
+    let socket: DaemonSocket | undefined;
+    try {
+      socket = await this.socket();
+    } catch (err) {
+      this.cache.inflight--;
+      throw err;
+    }
+    if (!socket) {
+      this.cache.inflight--;
+      return viaCli();
+    }
+    try {
+      return await viaSocket(socket);
+    } catch (err) {
+      if (!(err instanceof SocketCallFailed)) throw err;
+      this.noteDaemon(command, false);
+      this.ensureDaemonNotGone();
+      throw new EnvironmentError('PM2_FAILED', `${err.message}`, {
+        phase: 'switch',
+        hint: `check the PM2 daemon: PM2_HOME=${this.home} ${this.bin} status`,
+        cause: err,
+      });
+    } finally {
+      this.noteDaemon(command, false);
+      this.cache.inflight--;
+      clearTimeout(this.cache.idle);
+      if (this.cache.inflight === 0) {
+        this.cache.idle = setTimeout(() => void this.close(), SOCKET_IDLE_MS);
+        this.cache.idle.unref();
+      }
+    }
+  }
+
   private async pm2(args: string[], extraEnv?: Record<string, string | undefined>, baseEnv?: Record<string, string | undefined>) {
     this.ensureDaemonNotGone();
     try {
@@ -138,9 +237,10 @@ export class Pm2 {
    * After each command: remember the daemon we talk to. If its pid changed, the daemon died while the
    * command ran and the command spawned a new, empty one (the check before it cannot close that race). A
    * daemon systemd started (its cgroup is the pm2 unit's) is left alone; one our command started is
-   * stopped again, by its pid, and the operation fails like any vanished daemon.
+   * stopped again, by its pid, and the operation fails like any vanished daemon. Over the socket nothing of
+   * ours can start a daemon (`spawned` false): a new pid is someone else's daemon, only noted as a change.
    */
-  private noteDaemon(command: string | undefined): void {
+  private noteDaemon(command: string | undefined, spawned = true): void {
     const pid = this.daemonPid();
     if (pid === undefined) return;
     if (this.cache.daemonPid === undefined || !this.cache.sawDaemon) {
@@ -149,6 +249,10 @@ export class Pm2 {
       return;
     }
     if (pid === this.cache.daemonPid) return;
+    if (!spawned) {
+      this.cache.daemonPid = -1;
+      return;
+    }
     const cgroup = (() => {
       try {
         return fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
@@ -205,8 +309,11 @@ export class Pm2 {
     this.ensureDaemonNotGone();
     if (!this.daemonRunning()) return [];
     if (!opts.fresh && this.cache.data && Date.now() - this.cache.at < JLIST_TTL_MS) return this.cache.data;
-    const { stdout } = await this.pm2(['jlist']);
-    const data = parseJlist(stdout);
+    const data = await this.op(
+      'jlist',
+      async (s) => (await s.list()).filter((p): p is RawProcess => typeof p === 'object' && p !== null),
+      async () => parseJlist((await this.pm2(['jlist'])).stdout),
+    );
     this.cache.at = Date.now();
     this.cache.data = data;
     return data;
@@ -270,34 +377,77 @@ export class Pm2 {
    * from the release directory): its env is the pm2 CLI's environment, which PM2 copies into the app.
    */
   async start(app: AppDefinition, opts: { alongside?: boolean } = {}): Promise<void> {
-    const args = ['start', app.script, '--name', app.name, '--cwd', app.cwd];
-    if (app.execMode === 'cluster') args.push('-i', String(app.instances ?? 1));
-    if (app.killTimeoutMs !== undefined) args.push('--kill-timeout', String(app.killTimeoutMs));
-    if (app.nodeArgs?.length) args.push('--node-args', app.nodeArgs.join(' '));
-    // PM2 refuses a second app with the same name unless forced; the cluster switch wants exactly that.
-    if (opts.alongside) args.push('-f');
     this.invalidate();
-    // A trailing `--` with no arguments makes PM2 look for ecosystem.config.js.
-    await this.pm2(app.args.length ? [...args, '--', ...app.args] : args, app.env);
+    const spec: SocketStartSpec = {
+      name: app.name,
+      script: app.script,
+      args: app.args,
+      cwd: app.cwd,
+      env: definedEnv({ ...this.opts.env, ...app.env }),
+      execMode: app.execMode === 'cluster' ? 'cluster' : 'fork',
+      instances: app.execMode === 'cluster' ? (app.instances ?? 1) : undefined,
+      killTimeoutMs: app.killTimeoutMs,
+      nodeArgs: app.nodeArgs,
+    };
+    await this.op<unknown>(
+      'start',
+      // Over the socket every start is a new process (the CLI's `-f`): PM2 keeps a second app of the same name.
+      (s) => s.start(spec),
+      () => {
+        const args = ['start', app.script, '--name', app.name, '--cwd', app.cwd];
+        if (app.execMode === 'cluster') args.push('-i', String(app.instances ?? 1));
+        if (app.killTimeoutMs !== undefined) args.push('--kill-timeout', String(app.killTimeoutMs));
+        if (app.nodeArgs?.length) args.push('--node-args', app.nodeArgs.join(' '));
+        // PM2 refuses a second app with the same name unless forced; the cluster switch wants exactly that.
+        if (opts.alongside) args.push('-f');
+        // A trailing `--` with no arguments makes PM2 look for ecosystem.config.js.
+        return this.pm2(app.args.length ? [...args, '--', ...app.args] : args, app.env);
+      },
+    );
+    this.invalidate();
   }
 
   /** Starts an app again from a snapshot (the revert path), with exactly the environment it had. */
   async startSnapshot(snap: Pm2Snapshot): Promise<void> {
-    const args = ['start', snap.script, '--name', snap.name, '--cwd', snap.cwd];
-    if (snap.args.length) args.push('--', ...snap.args);
     this.invalidate();
     // The snapshot env replaces ours, but PM2_HOME and PATH must still point at this daemon and its node.
-    await this.pm2(args, { PM2_HOME: this.opts.env.PM2_HOME, PATH: this.opts.env.PATH }, snap.env);
+    const keep = { PM2_HOME: this.opts.env.PM2_HOME, PATH: this.opts.env.PATH };
+    await this.op<unknown>(
+      'start',
+      (s) =>
+        s.start({
+          name: snap.name,
+          script: snap.script,
+          args: snap.args,
+          cwd: snap.cwd,
+          env: definedEnv({ ...snap.env, ...keep }),
+        }),
+      () => {
+        const args = ['start', snap.script, '--name', snap.name, '--cwd', snap.cwd];
+        if (snap.args.length) args.push('--', ...snap.args);
+        return this.pm2(args, keep, snap.env);
+      },
+    );
+    this.invalidate();
   }
 
   async delete(nameOrId: string | number): Promise<void> {
     this.invalidate();
-    await this.pm2(['delete', String(nameOrId)]);
+    await this.op<unknown>(
+      'delete',
+      (s) => s.delete(nameOrId),
+      () => this.pm2(['delete', String(nameOrId)]),
+    );
+    this.invalidate();
   }
 
   /** `pm2 save`, then the dump (it holds every app's env: tokens, passwords) made readable by its owner only. */
   async save(): Promise<void> {
-    await this.pm2(['save', '--force']);
+    await this.op<unknown>(
+      'save',
+      (s) => s.save(this.dumpPath),
+      () => this.pm2(['save', '--force']),
+    );
     for (const f of [this.dumpPath, `${this.dumpPath}.bak`]) {
       await fsp.chmod(f, 0o600).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
@@ -306,13 +456,19 @@ export class Pm2 {
   }
 
   /**
-   * The daemon's version when it differs from the CLI's: PM2 prints "In memory PM2 version: X" on every
-   * command in that case (lib/binaries/CLI.js), and nothing otherwise.
+   * The daemon's version: asked over the socket; through the CLI, read from the "In memory PM2 version: X"
+   * PM2 prints when it differs from the CLI's (lib/binaries/CLI.js), else the CLI's own.
    */
   async daemonVersion(): Promise<string | undefined> {
-    const { stdout } = await this.pm2(['ping']);
-    const m = /In memory PM2 version:\s*(?:\x1b\[[0-9;]*m)*([0-9][^\s\x1b]*)/.exec(stdout);
-    return m ? m[1] : this.version();
+    return this.op(
+      'ping',
+      (s) => s.daemonVersion(),
+      async () => {
+        const { stdout } = await this.pm2(['ping']);
+        const m = /In memory PM2 version:\s*(?:\x1b\[[0-9;]*m)*([0-9][^\s\x1b]*)/.exec(stdout);
+        return m ? m[1] : this.version();
+      },
+    );
   }
 
   /** The interpreter PM2 runs the app with (e.g. /usr/bin/node). */
@@ -417,6 +573,13 @@ function toProcess(raw: RawProcess, expose: string[]): Pm2Process {
     releaseId: str(env.RELEASE_ID) ?? str(e.RELEASE_ID),
     releaseSha: str(env.RELEASE_SHA) ?? str(e.RELEASE_SHA),
   };
+}
+
+/** An environment without its unset keys (PM2 would store them as the string "undefined"). */
+function definedEnv(env: Record<string, string | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined) out[k] = v;
+  return out;
 }
 
 function lastLine(text: string): string {

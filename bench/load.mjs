@@ -1,18 +1,32 @@
-// Load generator child (forked by run.mjs, IPC channel): autocannon with keep-alive connections plus a
-// tight poller on fresh connections, both against one loopback URL. Sends {type:'ready'} after the first
-// 2xx, and {type:'result', ...} after {cmd:'stop'} (or after maxSeconds). Always exits by itself.
-// Successes and failures of both are also counted per 50 ms bucket (fixed-size arrays: bounded memory).
+// Load generator child (forked by run.mjs, IPC channel): scripts/traffic.mjs (the tests' load loop too, so
+// both count the same way) with CONNECTIONS keep-alive clients plus a poller on fresh connections, against
+// one loopback URL. Sends {type:'ready'} after the first 2xx, and {type:'result', ...} after {cmd:'stop'} (or
+// after maxSeconds). Always exits by itself. Successes and failures of both kinds are also counted per 50 ms
+// bucket (fixed-size arrays: bounded memory).
 //
+//   node load.mjs URL CONNECTIONS MAX_SECONDS POLL_MS: that switch load (run.mjs's underLoad).
 //   node load.mjs --measure URL CONNECTIONS SECONDS RATE   (RATE 0 = no limit): one autocannon run, no
 //   poller; sends {type:'result', measure:{p50, p99, mean, reqPerSec, ...}} with latencies from each response.
 //   node load.mjs --measure-fresh URL CONNECTIONS SECONDS: the same measure at saturation, but every request
 //   on a new connection (`Connection: close`), CONNECTIONS of them in flight at once.
-import http from 'node:http';
 import net from 'node:net';
 import autocannon from 'autocannon';
+import { is2xx, loopbackUrl, startTraffic } from '../scripts/traffic.mjs';
 
-const epoch = () => performance.timeOrigin + performance.now();
 const send = (m) => process.send?.(m);
+
+/** Every mode: loopback URLs only (the module's guard), and never outlive the bound, even if the parent vanished. */
+function guard(url, seconds) {
+  try {
+    loopbackUrl(url ?? '');
+  } catch {
+    console.error('load.mjs: loopback URLs only');
+    process.exit(2);
+  }
+  setTimeout(() => process.exit(3), (seconds + 30) * 1000).unref();
+  process.on('disconnect', () => process.exit(0));
+}
+
 if (process.argv[2] === '--measure') await measure(process.argv.slice(3));
 if (process.argv[2] === '--measure-fresh') await measureFresh(process.argv.slice(3));
 
@@ -20,156 +34,96 @@ const [url, connectionsArg, maxSecondsArg, pollMsArg] = process.argv.slice(2);
 const connections = Number(connectionsArg ?? 10);
 const maxSeconds = Number(maxSecondsArg ?? 60);
 const pollMs = Number(pollMsArg ?? 20);
-if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(url ?? '')) {
-  console.error('load.mjs: loopback URLs only');
-  process.exit(2);
-}
+guard(url, maxSeconds);
 
-// Self-destruct: never outlive the bound, even if the parent vanished.
-setTimeout(() => process.exit(3), (maxSeconds + 30) * 1000).unref();
-process.on('disconnect', () => process.exit(0));
-
-// --- autocannon (keep-alive) ---
-const ac = { ok: 0, non2xx: 0, errors: 0, errorCodes: {}, lastOk: undefined, maxGap: 0, maxGapAt: undefined, firstOk: undefined };
-// When failures happened (wall clock), so the parent can attribute them to switches; bounded.
-const MAX_TIMES = 20_000;
-const failTimes = { autocannon: [], poller: [] };
-const noteFail = (list) => list.length < MAX_TIMES && list.push(epoch());
-// Per-bucket counts from the start of this process, for timelines of a switch.
-const BUCKET_MS = 50;
-const t0 = epoch();
-const nBuckets = Math.ceil(((maxSeconds + 35) * 1000) / BUCKET_MS);
-const buckets = { acOk: new Uint32Array(nBuckets), acFail: new Uint32Array(nBuckets), pollOk: new Uint32Array(nBuckets), pollFail: new Uint32Array(nBuckets) };
-const count = (arr, t) => {
-  const i = Math.floor((t - t0) / BUCKET_MS);
-  if (i >= 0 && i < nBuckets) arr[i]++;
-};
-let readySent = false;
-// Both clients give up on a request after 10 s (Apache's ProxyTimeout defaults to 60 s): a request the
-// router holds while PM2 restarts the app is slow, not failed, unless it waits longer than that.
+// Both kinds give up on a request after 10 s (Apache's ProxyTimeout defaults to 60 s): a request the router
+// holds while PM2 restarts the app is slow, not failed, unless it waits longer than that.
 const CLIENT_TIMEOUT_MS = 10_000;
-const inst = autocannon({ url, connections, duration: maxSeconds, timeout: CLIENT_TIMEOUT_MS / 1000 }, (err, res) => finish(err, res));
-inst.on('response', (_client, statusCode) => {
-  const t = epoch();
-  if (statusCode >= 200 && statusCode < 300) {
-    ac.ok++;
-    ac.firstOk ??= t;
-    if (ac.lastOk !== undefined && t - ac.lastOk > ac.maxGap) {
-      ac.maxGap = t - ac.lastOk;
-      ac.maxGapAt = ac.lastOk;
-    }
-    ac.lastOk = t;
-    count(buckets.acOk, t);
-    if (!readySent) {
-      readySent = true;
-      send({ type: 'ready' });
-    }
-  } else {
-    ac.non2xx++;
-    noteFail(failTimes.autocannon);
-    count(buckets.acFail, t);
-  }
-});
-inst.on('reqError', (err) => {
-  ac.errors++;
-  noteFail(failTimes.autocannon);
-  count(buckets.acFail, epoch());
-  const code = err?.code ?? err?.message ?? 'error';
-  ac.errorCodes[code] = (ac.errorCodes[code] ?? 0) + 1;
+const BUCKET_MS = 50;
+// When failures happened (wall clock), so the parent can attribute them to switches: at most this many per kind.
+const MAX_TIMES = 20_000;
+const traffic = startTraffic({
+  url,
+  clients: connections,
+  poller: true,
+  pollMs,
+  timeoutMs: CLIENT_TIMEOUT_MS,
+  maxMs: maxSeconds * 1000,
+  bucketMs: BUCKET_MS,
+  // The report counts "non-2xx": a 3xx from the Next page would be a failure here, as it was with autocannon.
+  okStatus: is2xx,
+  // The bench's page says `release=<id>`, and run.mjs checks the release itself: no body is read.
+  countReleases: false,
+  maxFailEvents: MAX_TIMES,
+  onFirstOk: () => send({ type: 'ready' }),
 });
 
-// --- poller (a new connection per request, like a health check or a proxy without keep-alive) ---
-const poll = { ok: 0, failed: 0, codes: {}, lastOk: undefined, maxGap: 0, slowest: 0, running: true };
-function get() {
-  return new Promise((resolve) => {
-    const req = http.get(url, { agent: false, timeout: CLIENT_TIMEOUT_MS, headers: { connection: 'close' } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode));
-      res.on('error', (e) => resolve(e.code ?? 'error'));
-    });
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.on('error', (e) => resolve(e.code ?? 'error'));
-  });
-}
-const pollLoop = (async () => {
-  while (poll.running) {
-    const sentAt = epoch();
-    const r = await get();
-    const t = epoch();
-    poll.slowest = Math.max(poll.slowest, t - sentAt);
-    if (typeof r === 'number' && r >= 200 && r < 300) {
-      poll.ok++;
-      if (poll.lastOk !== undefined && t - poll.lastOk > poll.maxGap) poll.maxGap = t - poll.lastOk;
-      poll.lastOk = t;
-      count(buckets.pollOk, t);
-    } else {
-      poll.failed++;
-      noteFail(failTimes.poller);
-      count(buckets.pollFail, t);
-      poll.codes[r] = (poll.codes[r] ?? 0) + 1;
-    }
-    await new Promise((res) => setTimeout(res, pollMs));
-  }
-})();
-
-let stopping = false;
+let finishing;
 process.on('message', (m) => {
-  if (m?.cmd === 'stop' && !stopping) {
-    stopping = true;
-    inst.stop();
-  }
+  if (m?.cmd === 'stop') void finish();
 });
+// Past maxSeconds the clients stop by themselves.
+void traffic.done.then(finish);
 
-async function finish(err, res) {
-  poll.running = false;
-  await pollLoop;
-  const sent = res?.requests?.sent ?? 0;
-  const answered = (res?.['2xx'] ?? 0) + (res?.non2xx ?? 0);
-  send({
-    type: 'result',
-    error: err ? String(err) : undefined,
-    durationS: res?.duration,
-    autocannon: {
-      connections,
-      sent,
-      ok: res?.['2xx'] ?? ac.ok,
-      non2xx: res?.non2xx ?? ac.non2xx,
-      errors: res?.errors ?? ac.errors,
-      timeouts: res?.timeouts ?? 0,
-      errorCodes: ac.errorCodes,
-      // Requests written but never answered nor failed (autocannon reconnects silently when the server
-      // closes a keep-alive connection with a request in flight); the last in-flight one per connection
-      // at stop time is not counted.
-      dropped: Math.max(0, sent - answered - (res?.errors ?? 0) - connections),
-      maxGapMs: ac.maxGap,
-      maxGapAt: ac.maxGapAt,
-      reqPerSec: res?.requests?.average,
-      latencyP99: res?.latency?.p99,
-    },
-    poller: { ok: poll.ok, failed: poll.failed, codes: poll.codes, maxGapMs: poll.maxGap, slowestMs: poll.slowest },
-    failTimes,
-    buckets: { t0, bucketMs: BUCKET_MS, ...trimBuckets() },
-  });
-  setTimeout(() => process.exit(0), 100);
-}
-
-/** The bucket arrays up to the last non-empty bucket, as plain arrays. */
-function trimBuckets() {
-  let last = 0;
-  for (const a of Object.values(buckets)) for (let i = a.length - 1; i > last; i--) if (a[i]) last = i;
-  return Object.fromEntries(Object.entries(buckets).map(([k, a]) => [k, Array.from(a.subarray(0, last + 1))]));
+function finish() {
+  finishing ??= (async () => {
+    let error;
+    let r;
+    try {
+      r = await traffic.stop();
+    } catch (err) {
+      error = String(err);
+      r = traffic.snapshot();
+    }
+    const ka = r.byKind.keepAlive;
+    const po = r.byKind.poller;
+    const seconds = r.elapsedMs / 1000;
+    const times = (kind) => r.fails.filter((f) => f.kind === kind).map((f) => f.at);
+    const b = r.buckets;
+    send({
+      type: 'result',
+      error,
+      durationS: seconds,
+      // The keep-alive clients. The key is still `autocannon` (run.mjs and report.mjs read it); since
+      // scripts/traffic.mjs replaced autocannon here, these are its counts:
+      autocannon: {
+        connections,
+        // Every request started (all of them ended: stop() waits for those in flight).
+        sent: ka.requests,
+        ok: ka.ok,
+        non2xx: ka.nonOk,
+        // Requests with no answer that are not drops (refused, timed out, reset before the request was
+        // written). Was autocannon's error count, which also held some resets of requests in flight.
+        errors: ka.errors,
+        timeouts: ka.timeouts,
+        errorCodes: ka.errorCodes,
+        // Requests written on a connection the server then closed or reset before the answer was complete:
+        // counted one by one now (autocannon reconnected silently, so this was estimated as sent − answered −
+        // errors − one in flight per connection). Not in `errors`: failed (errors + non2xx) + dropped is
+        // every failed keep-alive request, as before.
+        dropped: ka.dropped,
+        maxGapMs: ka.maxGapMs,
+        maxGapAt: ka.maxGapAt,
+        // Answers (ok or not) per second over the run; was autocannon's per-second average.
+        reqPerSec: seconds > 0 ? (ka.ok + ka.nonOk) / seconds : undefined,
+        // Was autocannon's latency p99 (read by nothing): the slowest keep-alive request instead.
+        slowestMs: ka.slowestMs,
+      },
+      // The fresh-connection poller: failed is every failure (drops included), codes every failure by status or code.
+      poller: { ok: po.ok, failed: po.failed, codes: po.codes, dropped: po.dropped, maxGapMs: po.maxGapMs, slowestMs: po.slowestMs },
+      failTimes: { autocannon: times('keepAlive'), poller: times('poller') },
+      buckets: b && { t0: b.t0, bucketMs: b.bucketMs, acOk: b.keepAliveOk, acFail: b.keepAliveFail, pollOk: b.pollerOk, pollFail: b.pollerFail },
+    });
+    setTimeout(() => process.exit(0), 100);
+  })();
+  return finishing;
 }
 
 /** --measure: one autocannon run (fixed rate or saturation); latency percentiles from every response. */
 async function measure([mUrl, connArg, secondsArg, rateArg]) {
-  if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(mUrl ?? '')) {
-    console.error('load.mjs: loopback URLs only');
-    process.exit(2);
-  }
   const seconds = Number(secondsArg ?? 10);
   const rate = Number(rateArg ?? 0);
-  setTimeout(() => process.exit(3), (seconds + 30) * 1000).unref();
-  process.on('disconnect', () => process.exit(0));
+  guard(mUrl, seconds);
   const MAX = 500_000;
   const lat = new Float64Array(MAX);
   let n = 0;
@@ -219,14 +173,9 @@ async function measure([mUrl, connArg, secondsArg, rateArg]) {
  * PM2 cluster primary: its accept and the handoff of the connection to a worker).
  */
 async function measureFresh([mUrl, connArg, secondsArg]) {
-  if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(mUrl ?? '')) {
-    console.error('load.mjs: loopback URLs only');
-    process.exit(2);
-  }
   const seconds = Number(secondsArg ?? 10);
   const connections = Number(connArg ?? 10);
-  setTimeout(() => process.exit(3), (seconds + 30) * 1000).unref();
-  process.on('disconnect', () => process.exit(0));
+  guard(mUrl, seconds);
   const u = new URL(mUrl);
   const host = u.hostname.replace(/^\[|\]$/g, '');
   const port = Number(u.port || 80);

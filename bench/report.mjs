@@ -143,15 +143,15 @@ function targets(R, S) {
     const ok = lost === 0;
     rows.push([
       `cluster: 0 failed requests over ${m.switches} consecutive switches under load (${m.crashSwitches} to a crashing release)`,
-      `${lost} lost: autocannon errors + non-2xx ${m.failed}, requests dropped in flight ${m.ac.dropped}, fresh-connection failures ${m.poller.failed}`,
-      met(ok) + (m.failed === 0 && !ok ? " (autocannon's own errors + non-2xx count alone is 0)" : ''),
+      `${lost} lost: keep-alive errors + non-2xx ${m.failed}, requests dropped in flight ${m.ac.dropped}, fresh-connection failures ${m.poller.failed}`,
+      met(ok) + (m.failed === 0 && !ok ? ' (the keep-alive errors + non-2xx count alone is 0)' : ''),
     ]);
     const bk = m.byKind;
     if (!ok || m.ac.dropped > 0 || m.poller.failed > 0)
       reasons.push(
-        `**Cluster switches lose requests.** Over ${m.switches} switches: ${m.ac.errors} autocannon errors (${mergeCodes([m.ac.errorCodes]) || 'none'}), ${m.ac.non2xx} non-2xx, ${m.ac.dropped} requests written on keep-alive connections and never answered, and ${m.poller.failed} failed fresh connections (${mergeCodes([m.poller.codes]) || 'none'}). ` +
+        `**Cluster switches lose requests.** Over ${m.switches} switches: ${m.ac.errors} keep-alive errors (${mergeCodes([m.ac.errorCodes]) || 'none'}), ${m.ac.non2xx} non-2xx, ${m.ac.dropped} requests written on keep-alive connections that the server closed before answering, and ${m.poller.failed} failed fresh connections (${mergeCodes([m.poller.codes]) || 'none'}). ` +
           (bk
-            ? `By step: autocannon failures ${bk.autocannon.switch} during normal switches, ${bk.autocannon.crash} during crash switches, ${bk.autocannon.between} outside any; poller failures ${bk.poller.switch} / ${bk.poller.crash} / ${bk.poller.between}. `
+            ? `By step: keep-alive failures ${bk.autocannon.switch} during normal switches, ${bk.autocannon.crash} during crash switches, ${bk.autocannon.between} outside any; poller failures ${bk.poller.switch} / ${bk.poller.crash} / ${bk.poller.between}. `
             : '') +
           `Normal switches: the cluster strategy retires the old release with \`pm2 delete <id>\` (src/pm2/switch.ts, \`commit()\`); PM2 sends SIGINT, Next's handler calls \`server.close()\`, which waits for busy keep-alive connections that a steady client never lets go idle; ` +
           `after PM2's kill_timeout (1600 ms) PM2 sends SIGKILL (${m.sigkills ?? '?'} "sending SIGKILL" lines in pm2.log during this run, for ${m.switches - m.crashSwitches} normal switches) and the requests in flight on those connections are lost. ` +
@@ -292,19 +292,19 @@ function routerTargets(R, S, rows, reasons) {
     const what = `${m.switches} router switches under load (${m.activates} activates, ${m.rollbacks} rollbacks, ${m.crashSwitches} deploys of a release crashing at boot)`;
     rows.push([
       `router: 0 failed requests over ${what}`,
-      `${lost} lost: autocannon errors + non-2xx ${m.failed}, dropped in flight ${m.ac.dropped}, fresh-connection failures ${m.poller.failed}`,
+      `${lost} lost: keep-alive errors + non-2xx ${m.failed}, dropped in flight ${m.ac.dropped}, fresh-connection failures ${m.poller.failed}`,
       met(lost === 0),
     ]);
     rows.push([
       'router: longest gap between two successful responses ≤ 100 ms (over the same switches)',
-      `autocannon ${fmtMs(m.ac.maxGapMs)}, fresh-connection poller ${fmtMs(m.poller.maxGapMs)}`,
+      `keep-alive clients ${fmtMs(m.ac.maxGapMs)}, fresh-connection poller ${fmtMs(m.poller.maxGapMs)}`,
       met(m.ac.maxGapMs <= 100),
     ]);
     if (lost > 0) {
       const bk = m.byKind;
       reasons.push(
-        `**Router switches lost requests.** Over ${what}: ${m.ac.errors} autocannon errors (${mergeCodes([m.ac.errorCodes]) || 'none'}), ${m.ac.non2xx} non-2xx, ${m.ac.dropped} dropped in flight, ${m.poller.failed} failed fresh connections (${mergeCodes([m.poller.codes]) || 'none'}). ` +
-          `By step (autocannon / poller): activates ${bk.autocannon.activate}/${bk.poller.activate}, rollbacks ${bk.autocannon.rollback}/${bk.poller.rollback}, crash deploys ${bk.autocannon.crash}/${bk.poller.crash}, outside any step ${bk.autocannon.between}/${bk.poller.between}.`,
+        `**Router switches lost requests.** Over ${what}: ${m.ac.errors} keep-alive errors (${mergeCodes([m.ac.errorCodes]) || 'none'}), ${m.ac.non2xx} non-2xx, ${m.ac.dropped} dropped in flight, ${m.poller.failed} failed fresh connections (${mergeCodes([m.poller.codes]) || 'none'}). ` +
+          `By step (keep-alive / poller): activates ${bk.autocannon.activate}/${bk.poller.activate}, rollbacks ${bk.autocannon.rollback}/${bk.poller.rollback}, crash deploys ${bk.autocannon.crash}/${bk.poller.crash}, outside any step ${bk.autocannon.between}/${bk.poller.between}.`,
       );
     }
     if (!(m.ac.maxGapMs <= 100)) {
@@ -324,7 +324,7 @@ function routerTargets(R, S, rows, reasons) {
           (step
             ? `It opened during a ${step.kind} step, ${fmtMs(gapAt - step.startAt)} after the step began${phaseAt ? `, ${phaseAt}` : ''}. `
             : 'It opened outside any switch step. ') +
-          `No request failed in it (see the row above): responses were slow, not lost. On ${R.machine.cores} cores, autocannon, the fresh-connection poller, the router, the live Next server, the booting one and the PM2 CLI calls of the switch (each a new Node process) compete for the CPU; a new Next server compiles its routes on the first requests it gets after the route change.` +
+          `No request failed in it (see the row above): responses were slow, not lost. On ${R.machine.cores} cores, the keep-alive load clients, the fresh-connection poller, the router, the live Next server, the booting one and the PM2 CLI calls of the switch (each a new Node process) compete for the CPU; a new Next server compiles its routes on the first requests it gets after the route change.` +
           (R.routerQuiet
             ? ` For scale, the same load with no switch at all (${R.routerQuiet.router.seconds} s each): longest gap ${fmtMs(R.routerQuiet.router.gapMs)} through the router and ${fmtMs(R.routerQuiet.direct.gapMs)} straight to the release's private port (fresh-connection poller ${fmtMs(R.routerQuiet.router.pollerGapMs)} / ${fmtMs(R.routerQuiet.direct.pollerGapMs)}; ${R.routerQuiet.router.failed + R.routerQuiet.direct.failed} failed).`
             : ''),
@@ -336,12 +336,12 @@ function routerTargets(R, S, rows, reasons) {
     const lost = h.failed + h.ac.dropped + h.poller.failed;
     rows.push([
       'router hold: live release SIGKILLed under load (PM2 restarts it): 0 failed requests',
-      `${lost} lost (autocannon ${h.failed}, dropped ${h.ac.dropped}, poller ${h.poller.failed}); longest gap ${fmtMs(h.ac.maxGapMs)} (port answered again after ${fmtMs(h.backMs)}, PM2 restarts +${h.restarts})${h.poller.slowestMs !== undefined ? `; slowest fresh-connection request ${fmtMs(h.poller.slowestMs)}` : ''}`,
+      `${lost} lost (keep-alive ${h.failed}, dropped ${h.ac.dropped}, poller ${h.poller.failed}); longest gap ${fmtMs(h.ac.maxGapMs)} (port answered again after ${fmtMs(h.backMs)}, PM2 restarts +${h.restarts})${h.poller.slowestMs !== undefined ? `; slowest fresh-connection request ${fmtMs(h.poller.slowestMs)}` : ''}`,
       met(lost === 0),
     ]);
     if (lost > 0)
       reasons.push(
-        `**The hold lost requests.** After SIGKILL of pid ${h.pid} (\`${h.cmd}\`) on the live private port ${h.port}: ${h.ac.errors} autocannon errors (${mergeCodes([h.ac.errorCodes]) || 'none'}), ${h.ac.non2xx} non-2xx, ${h.ac.dropped} dropped, ${h.poller.failed} failed fresh connections (${mergeCodes([h.poller.codes]) || 'none'}). ` +
+        `**The hold lost requests.** After SIGKILL of pid ${h.pid} (\`${h.cmd}\`) on the live private port ${h.port}: ${h.ac.errors} keep-alive errors (${mergeCodes([h.ac.errorCodes]) || 'none'}), ${h.ac.non2xx} non-2xx, ${h.ac.dropped} dropped, ${h.poller.failed} failed fresh connections (${mergeCodes([h.poller.codes]) || 'none'}). ` +
           `The router retries a GET that failed before any response byte up to 3 times (src/router/router.ts, MAX_RETRIES) and holds connects while the port refuses them (src/router/target.ts): every request that had no answer yet when the process died was answered once PM2 had restarted it. What was lost are responses the killed server had already begun (Next streams its pages: the status line and the first chunk go out before the render ends): no proxy can finish a response whose producer died, and the router does not buffer responses (streaming is a requirement). The router resets those clients' connections at once, so each fails fast; the slowest fresh-connection request took ${fmtMs(h.poller.slowestMs)}.`,
       );
   }
@@ -534,7 +534,7 @@ export function writeReport(R, outFile) {
       '\nPM2 is driven through its CLI, so every call is a new Node process that connects to the daemon. Calls in "(between phases)" are made outside a timed phase (recovering interrupted runs, finding the active release).\n',
     );
   }
-  t.push(`\n### Switch under steady load (autocannon, ${R.opts.connections} keep-alive connections, + a fresh-connection poller every 20 ms)\n`);
+  t.push(`\n### Switch under steady load (scripts/traffic.mjs: ${R.opts.connections} keep-alive clients, + a fresh-connection poller every 20 ms)\n`);
   const swRow = (name, s, extra = '') =>
     s
       ? [
@@ -547,7 +547,7 @@ export function writeReport(R, outFile) {
           fmtMs(s.pollGap),
           fmtMs(s.call),
           s.sigkills ?? '—',
-          [s.codes && `autocannon ${s.codes}`, s.pollCodes && `poller ${s.pollCodes}`, s.outcomes && `deploy → ${s.outcomes}`, extra]
+          [s.codes && `keep-alive ${s.codes}`, s.pollCodes && `poller ${s.pollCodes}`, s.outcomes && `deploy → ${s.outcomes}`, extra]
             .filter(Boolean)
             .join('; '),
         ]
@@ -599,7 +599,7 @@ export function writeReport(R, outFile) {
     ),
   );
   t.push(
-    '\n"failed" counts what autocannon reports: while nothing listens, each of its connections retries at once in a tight loop, so a delete+start switch yields thousands of ECONNREFUSED per second of downtime; compare those rows by the gap. "dropped in flight": requests autocannon wrote that got neither a response nor an error (it reconnects silently when the server closes a keep-alive connection with a request in flight); one in-flight request per connection at stop time is not counted. "longest gap": the longest time between two successful autocannon responses during the run. "poller": a fresh connection every 20 ms, as a health check or a proxy without keep-alive would make.\n',
+    '\nThe load is scripts/traffic.mjs, the integration tests\' load loop too, so both count the same way. "failed": errors + non-2xx of the keep-alive clients (an error is a request with no answer that is not a drop: refused, timed out); while nothing listens, each client retries at once in a tight loop, so a delete+start switch yields thousands of ECONNREFUSED per second of downtime; compare those rows by the gap. "dropped in flight": requests written on a keep-alive connection that the server then closed or reset before the answer was complete (ECONNRESET, "socket hang up", a response cut short), counted one by one and not in "failed". "longest gap": the longest time between two successful keep-alive answers during the run. "poller": a fresh connection every 20 ms, as a health check or a proxy without keep-alive would make; its failures include its own drops. (Runs before scripts/traffic.mjs used autocannon: its "dropped" was estimated as sent − answered − errors − one per connection, and it counted some resets of requests in flight as errors.)\n',
   );
   if (R.routerQuiet) {
     const q = R.routerQuiet;
@@ -643,7 +643,7 @@ export function writeReport(R, outFile) {
   if (tl.length) {
     t.push('### One switch per strategy, 50 ms buckets\n');
     t.push(
-      'Green: successful responses (autocannon + poller) per 50 ms, from 1 s before the moment the old release stops serving (or the router changes route) to 3 s after, longer when the gap lasts longer. Red, below the axis: failed requests (errors, non-2xx, failed fresh connections), on their own scale. The seed, restart and cluster charts come from the first run of (a), (b), (c); the router one from the first activate of (f).\n',
+      'Green: successful responses (keep-alive clients + poller) per 50 ms, from 1 s before the moment the old release stops serving (or the router changes route) to 3 s after, longer when the gap lasts longer. Red, below the axis: failed requests (errors, non-2xx, drops, failed fresh connections), on their own scale. The seed, restart and cluster charts come from the first run of (a), (b), (c); the router one from the first activate of (f).\n',
     );
     t.push(...tl);
   }
@@ -759,7 +759,7 @@ export function writeReport(R, outFile) {
       '- pm2-release through its library API (`deploy`, `rollback`, `activate`, `build`, `list` from dist/), config defaults except: `strategy: "restart"` (the default is now `router`; it has its own runs below), `keep: 3`, `app.prune: [".next/cache", ".turbo", "build/cache"]` (see the note below), and for the cluster runs `strategy: "cluster"`, `script: "node_modules/next/dist/bin/next"`, `args: ["start"]`, `portEnv: "PORT"`. Health check and verify use the defaults (1.5 s settle each); install and build run at low priority (default).',
       '- Cold deploys: `reuseDependencies: false`. Unchanged-lockfile deploys: a new commit (page text) with the same package-lock.json. Redeploy: `deploy --ref <sha>` of a retained release (mode `reactivated`). Rollback: `rollback`.',
       '- Crashing release: a commit whose next.config.js exits when the production server loads it. Built once with `build`, then deployed with `verify: false, force: true` (the health gate marks the sha bad each time), so each crash switch reactivates that release and the health gate must revert it.',
-      "- Load: autocannon (keep-alive) in a separate process, steady for 2 s before the switch and 2 s after; a second loop opens a fresh connection every 20 ms. Both give up on a request after 10 s (Apache's ProxyTimeout defaults to 60 s), so a request the router holds is counted slow, not failed, unless it waits longer.",
+      "- Load: scripts/traffic.mjs in a separate process (bench/load.mjs): keep-alive clients (each one connection, one request at a time, back to back), steady for 2 s before the switch and 2 s after, and a poller that opens a fresh connection every 20 ms. Both give up on a request after 10 s (Apache's ProxyTimeout defaults to 60 s), so a request the router holds is counted slow, not failed, unless it waits longer.",
       "- Router strategy (last, on the releases left by the runs above): `strategy: \"router\"`, `router.releasePorts: [23001, 23099]`, other router settings default (holdMs 15000, drainTimeoutMs 30000); `next start --port ${FRONT_PORT}` reads its private port. The first router switch takes the app port over from the cluster, under the same load (f0). Then (f): activates alternating between two releases, rollbacks, and deploys of the crash-at-boot sha with `force: true`, one after another with 1 s between them, under one load run on the router port. (g): under load, the pid holding the live release's private port (found through /proc/net/tcp and /proc/<pid>/fd, as src/health.ts `portHolder` does; checked to run inside the sandbox) gets SIGKILL and PM2 restarts the app. Router cost: autocannon straight to the live release's private port and through the router, at a fixed rate on one keep-alive connection (autocannon sends each second's share of a fixed rate back to back on each connection: on ten connections the app would queue ten at once and the run would measure the queue) and unlimited on the usual connections. Then unchanged-lockfile deploys with the router strategy. The router config turns the soak off (`soak.durationMs: 0`; by default a routed deploy watches the new release for 60 s after the route change while it serves, see the soak section).",
     ].join('\n'),
   );

@@ -11,7 +11,7 @@
 //   npm run bench -- --only memory [--runs N] # the memory guard's cost and stop time (bench/memory.mjs)
 //
 // Measures the seed flow by hand (baseline) against pm2-release deploy (cold, unchanged lockfile),
-// redeploy of a retained sha, rollback, switches under autocannon load (seed delete+start, restart,
+// redeploy of a retained sha, rollback, switches under load (scripts/traffic.mjs; seed delete+start, restart,
 // cluster, cluster to a release that crashes at boot), a long run of cluster switches, disk use of retained
 // releases and peak RSS of a deploy; then the router strategy: N switches (activates, rollbacks, crash-at-boot
 // deploys) under load, the hold when the live release is SIGKILLed, the router's cost on the Next page (fixed
@@ -952,7 +952,11 @@ async function main() {
     return { callMs, outcome, stillOld, ...switchPhase() };
   }
 
-  /** Starts the load child, waits for steady 2xx, runs fn, keeps the load 2 s more, stops, collects. */
+  /**
+   * Starts the load child (bench/load.mjs: scripts/traffic.mjs, keep-alive clients + a fresh-connection poller),
+   * waits for steady 2xx, runs fn, keeps the load 2 s more, stops, collects. `ac` keeps its name: it holds the
+   * keep-alive clients' counts (autocannon's before).
+   */
   async function underLoad(fn, { maxSeconds = 180, url = sb.url } = {}) {
     const child = fork(path.join(ROOT, 'bench/load.mjs'), [url, String(opts.connections), String(maxSeconds), '20'], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
@@ -999,6 +1003,8 @@ async function main() {
         poller: res.poller,
         failTimes: res.failTimes,
         buckets: res.buckets,
+        // The keep-alive clients' failures other than drops (`ac.dropped`, counted apart): with the poller's,
+        // failed + ac.dropped + poller.failed is every failed request (scripts/traffic.mjs counts each once).
         failed: res.autocannon.errors + res.autocannon.non2xx,
         loadSeconds: res.durationS,
       };

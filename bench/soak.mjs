@@ -7,11 +7,11 @@
 //      the retained releases' hashed assets linked in (app.staticAssets) and without (staticAssets: []).
 // Writes its figures between the soak markers of documentation/performance.md and prints them.
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { CACHE_DIR, ensureTemplate, lockedVersions, writeApp } from './app.mjs';
 import { createSandbox } from './sandbox.mjs';
 import { CLI, fmtMs, httpGet, log, ROOT, run, sleep } from './lib.mjs';
+import { isAnswer, startTraffic } from '../scripts/traffic.mjs';
 
 const BROKEN_PAGE = `export const dynamic = 'force-dynamic';
 export default function Broken() {
@@ -19,44 +19,25 @@ export default function Broken() {
 }
 `;
 
-/** Keep-alive clients on `paths` until stopped: answers per path and status, and when each failure happened. */
-function load(port, { clients = 8, paths = ['/'] } = {}) {
-  const counts = {};
-  const fails = [];
-  let running = true;
-  const agents = Array.from({ length: clients }, () => new http.Agent({ keepAlive: true, maxSockets: 1 }));
-  const one = (agent, p, n) =>
-    new Promise((resolve) => {
-      // Each request a new visitor (its own address): a canary share then gets its share of the requests.
-      const xff = `10.${n & 255}.${(n >> 8) & 255}.${agents.indexOf(agent)}`;
-      const req = http.get({ host: '127.0.0.1', port, path: p, agent, timeout: 10_000, headers: { 'x-forwarded-for': xff } }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode));
-      });
-      req.on('timeout', () => req.destroy(new Error('timeout')));
-      req.on('error', (e) => resolve(e.code ?? 'error'));
-    });
-  const loops = agents.map(async (agent, i) => {
-    for (let n = i; running; n++) {
-      const p = paths[n % paths.length];
-      const s = await one(agent, p, n);
-      const key = `${p} ${s}`;
-      counts[key] = (counts[key] ?? 0) + 1;
-      // A failure is what a visitor would call one: a 5xx or no answer (a 404 for a page a build lacks is an answer).
-      if (typeof s !== 'number' || s >= 500) fails.push({ at: Date.now(), path: p, status: s });
-    }
+/**
+ * 8 keep-alive clients on `paths` until stopped (scripts/traffic.mjs, the tests' load loop too). Each request
+ * is a new visitor (its own address), so a canary share gets its share of the requests. A failure is what a
+ * visitor would call one: a 5xx or no answer (`isAnswer`: a 404 for a page a build lacks is an answer). The
+ * report reads `counts` (requests per "path status") and `fails` ({at, path, status} per failure, at in epoch ms).
+ */
+const load = (port, paths = ['/']) =>
+  startTraffic({
+    port,
+    clients: 8,
+    poller: false,
+    paths,
+    headers: (n, client) => ({ 'x-forwarded-for': `10.${n & 255}.${(n >> 8) & 255}.${client}` }),
+    okStatus: isAnswer,
+    countReleases: false,
+    timeoutMs: 10_000,
+    // Bounded like the CLI calls it runs under (900 s each).
+    maxMs: 1_800_000,
   });
-  return {
-    counts,
-    fails,
-    async stop() {
-      running = false;
-      await Promise.all(loops);
-      for (const a of agents) a.destroy();
-      return { counts, fails };
-    },
-  };
-}
 
 const chunksOf = (html) => [...new Set([...(html ?? '').matchAll(/\/_next\/static\/[^"'\s)]+\.(?:js|css)/g)].map((m) => m[0]))];
 
@@ -109,7 +90,7 @@ async function main() {
     // --- 1. revert within the soak -------------------------------------------------------------------
     await sb.commit('v2', { 'app/page.js': fs.readFileSync(path.join(sb.appDir, 'app/page.js'), 'utf8').replace('1.0.0', '2.0.0') });
     log('deploy v2 with --no-wait-soak, then rollback under load');
-    const traffic = load(sb.port, { clients: 8 });
+    const traffic = load(sb.port);
     await sleep(2_000);
     const v2 = json(await cli(['deploy', '--no-wait-soak', '--soak', '120']));
     await sleep(3_000);
@@ -124,11 +105,11 @@ async function main() {
       rollbackCommandMs,
       state: s1.state,
       requests: Object.values(t1.counts).reduce((a, b) => a + b, 0),
-      failed: t1.fails.length,
+      failed: t1.failed,
       counts: t1.counts,
       back: rb.release?.id === v1.release.id,
     };
-    log(`revert within the soak: route back in ${s1.revertMs} ms, ${t1.fails.length} failed of ${results.revert.requests}`);
+    log(`revert within the soak: route back in ${s1.revertMs} ms, ${t1.failed} failed of ${results.revert.requests}`);
     await waitUnlocked(sb);
 
     // --- 2. half-broken release, canary 10 % -----------------------------------------------------------
@@ -137,7 +118,7 @@ async function main() {
       'app/broken/page.js': BROKEN_PAGE,
     });
     log('deploy v3 (/broken throws) with --canary 10% under load on / and /broken');
-    const t2load = load(sb.port, { clients: 8, paths: ['/', '/broken'] });
+    const t2load = load(sb.port, ['/', '/broken']);
     await sleep(2_000);
     const t2start = Date.now();
     const v3 = await cli(['deploy', '--canary', '10%', '--soak', '120'], true);

@@ -39,7 +39,7 @@ export function timelineSvg(tl, title) {
   out.push(`<rect width="${W}" height="${H}" fill="#fff"/>`);
   out.push(`<text x="${left}" y="20" font-size="14" font-weight="bold">${esc(title)}</text>`);
   out.push(
-    `<text x="${left}" y="38" fill="#444">${esc(`per ${tl.bucketMs} ms: successes (green, autocannon + fresh-connection poller) and failures (red, own scale); t = 0: ${tl.anchor.replaceAll('`', '')}`)}</text>`,
+    `<text x="${left}" y="38" fill="#444">${esc(`per ${tl.bucketMs} ms: successes (green, keep-alive clients + fresh-connection poller) and failures (red, own scale); t = 0: ${tl.anchor.replaceAll('`', '')}`)}</text>`,
   );
   // Grid and y labels.
   for (const f of [0.5, 1]) {

@@ -508,7 +508,9 @@ export function writeReport(R, outFile) {
   t.push(table(['operation', ...used], phaseRows));
 
   if (R.accounting && Object.keys(R.accounting).length) {
-    t.push(`\n### PM2 CLI calls by phase (one extra redeploy and rollback, restart strategy; one \`pm2 jlist\` ≈ ${fmtMs(R.pm2CallMs)} here)\n`);
+    t.push(
+      `\n### PM2 CLI calls by phase, through the CLI (\`PM2_RELEASE_PM2_TRANSPORT=cli\`: one extra redeploy and rollback, restart strategy; one \`pm2 jlist\` ≈ ${fmtMs(R.pm2CallMs)} here)\n`,
+    );
     const rowsA = [];
     for (const [op, a] of Object.entries(R.accounting)) {
       for (const [ph, v] of Object.entries(a.byPhase))
@@ -531,7 +533,13 @@ export function writeReport(R, outFile) {
     }
     t.push(table(['operation', 'phase', 'PM2 CLI calls', 'time in them', 'commands'], rowsA));
     t.push(
-      '\nPM2 is driven through its CLI, so every call is a new Node process that connects to the daemon. Calls in "(between phases)" are made outside a timed phase (recovering interrupted runs, finding the active release).\n',
+      '\nThrough the CLI every call is a new Node process that connects to the daemon: the way before the socket client, kept behind `PM2_RELEASE_PM2_TRANSPORT=cli`. Calls in "(between phases)" are made outside a timed phase (recovering interrupted runs, finding the active release).\n',
+    );
+  }
+  if (R.socketCalls) {
+    const c = R.socketCalls;
+    t.push(
+      `\nOver the daemon's socket (the default), with the same logging \`pm2\`: **${c.cliCalls} pm2 CLI process(es)** over a redeploy, a rollback, an activate, a status and a list${c.cmds ? ` (${c.cmds})` : ''}; the redeploy answered after ${fmtMs(c.redeployAnswerMs)}, the rollback after ${fmtMs(c.rollbackAnswerMs)}.\n`,
     );
   }
   t.push(`\n### Switch under steady load (scripts/traffic.mjs: ${R.opts.connections} keep-alive clients, + a fresh-connection poller every 20 ms)\n`);

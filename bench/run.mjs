@@ -382,14 +382,23 @@ async function main() {
   }
 
   // A pm2 wrapper that logs each call's start, end (ms) and command, then runs the real pm2. Used only for
-  // the extra "logged" operations below, never for the measured ones.
-  const wrapper = path.join(sb.root, 'pm2-logged');
+  // the extra "logged" operations below, never for the measured ones. It sits in a copy of the pm2 package
+  // (package.json, and links to its lib/ and constants), so pm2-release's socket client takes it for the
+  // real PM2: over the socket it logs nothing (the count below); with PM2_RELEASE_PM2_TRANSPORT=cli every
+  // operation is a logged CLI process (the accounting below, kept to show what the socket removed).
+  const pm2Pkg = path.dirname(path.dirname(fs.realpathSync(PM2_BIN)));
+  const loggedPkg = path.join(sb.root, 'pm2-logged');
+  fs.mkdirSync(path.join(loggedPkg, 'bin'), { recursive: true });
+  fs.copyFileSync(path.join(pm2Pkg, 'package.json'), path.join(loggedPkg, 'package.json'));
+  for (const f of ['lib', 'constants.js', 'paths.js', 'index.js']) fs.symlinkSync(path.join(pm2Pkg, f), path.join(loggedPkg, f));
+  const wrapper = path.join(loggedPkg, 'bin', 'pm2');
   const callLog = path.join(sb.root, 'pm2-calls.log');
   fs.writeFileSync(
     wrapper,
     `#!/bin/sh\ns=$(date +%s%3N)\n"${PM2_BIN}" "$@"\nrc=$?\nprintf '%s %s %s\\n' "$s" "$(date +%s%3N)" "$1" >> "${callLog}"\nexit $rc\n`,
     { mode: 0o755 },
   );
+  const viaCli = { PM2_RELEASE_PM2: wrapper, PM2_RELEASE_PM2_TRANSPORT: 'cli' };
   const loggedCalls = () =>
     fs
       .readFileSync(callLog, 'utf8')
@@ -400,15 +409,15 @@ async function main() {
         return { start: Number(a), end: Number(b), cmd };
       });
 
-  // ---------- where a redeploy's and a rollback's time goes: every PM2 CLI call, by phase ----------
+  // ---------- where a redeploy's and a rollback's time went through the CLI: every PM2 CLI call, by phase ----------
   // One extra redeploy and rollback (not in the medians above) with PM2_RELEASE_PM2 pointing at a wrapper
-  // that logs each call's start, end and command, then runs the real pm2. (--force: the rollbacks above
-  // marked the target's sha bad.)
+  // that logs each call's start, end and command, then runs the real pm2, and PM2_RELEASE_PM2_TRANSPORT=cli
+  // (the way before the socket client). (--force: the rollbacks above marked the target's sha bad.)
   {
     const account = async (label, fn) => {
       fs.writeFileSync(callLog, '');
       const t = epoch();
-      const m = await fn({ env: { ...sb.env, PM2_RELEASE_PM2: wrapper } });
+      const m = await fn({ env: { ...sb.env, ...viaCli } });
       const end = epoch();
       const calls = loggedCalls();
       const windows = events
@@ -445,6 +454,33 @@ async function main() {
     active = target.id;
   }
 
+  // ---------- the same over the socket (the default): pm2 CLI processes spawned ----------
+  // A redeploy, a rollback, an activate, a status and a list with the logged pm2 and the default transport.
+  {
+    fs.writeFileSync(callLog, '');
+    const env = { ...sb.env, PM2_RELEASE_PM2: wrapper };
+    let target = other(active);
+    const t = epoch();
+    const re = await timedSwitch(`release=${target.id}`, () => api.deploy(call(cfg.restart, 'socket redeploy', { ref: target.sha, force: true, env })));
+    active = target.id;
+    target = other(active);
+    const rb = await timedSwitch(`release=${target.id}`, () => api.rollback(call(cfg.restart, 'socket rollback', { env })));
+    active = target.id;
+    target = other(active);
+    await api.activate(call(cfg.restart, 'socket activate', { id: target.id, env }));
+    active = target.id;
+    await api.status(call(cfg.restart, 'socket status', { env }));
+    await api.list(call(cfg.restart, 'socket list', { env }));
+    R.socketCalls = {
+      cliCalls: loggedCalls().length,
+      cmds: [...new Set(loggedCalls().map((c) => c.cmd))].join(', '),
+      ms: epoch() - t,
+      redeployAnswerMs: re.answerMs,
+      rollbackAnswerMs: rb.answerMs,
+    };
+    log(`socket: ${R.socketCalls.cliCalls} pm2 CLI processes over a redeploy, a rollback, an activate, a status and a list`);
+  }
+
   // ================= 3b. restart strategy under load =================
   for (let j = 0; j < opts.runs; j++) {
     const target = other(active);
@@ -462,7 +498,7 @@ async function main() {
     const target = other(active);
     log(`switch (b, logged) restart strategy under load → ${target.id}`);
     fs.writeFileSync(callLog, '');
-    const m = await underLoad(() => activateTimed(cfg.restart, 'restart (logged)', target, false, { env: { ...sb.env, PM2_RELEASE_PM2: wrapper } }));
+    const m = await underLoad(() => activateTimed(cfg.restart, 'restart (logged)', target, false, { env: { ...sb.env, ...viaCli } }));
     active = target.id;
     delete m.buckets;
     const calls = loggedCalls();

@@ -184,6 +184,9 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
   }
 
   const key = path.join(root, 'id_ed25519');
+  // %C: a hash of the local host, remote host, port and user (short: a unix socket path has ~107 bytes).
+  const controlPath = path.join(root, 'cp', '%C');
+  fs.mkdirSync(path.join(root, 'cp'), { mode: 0o700 });
   // JSON is YAML: the file is named as the docs name an inventory.
   const inventory = path.join(root, 'inventory.yml');
   let tarball = '';
@@ -240,9 +243,11 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
       ANSIBLE_NOCOLOR: '1',
       ANSIBLE_FORCE_COLOR: '0',
       ANSIBLE_HOST_KEY_CHECKING: 'False',
-      // No ControlPersist master: it would outlive the run (a process we did not start by pid) and keep a
-      // stopped sshd's host reachable.
-      ANSIBLE_SSH_ARGS: '-o ControlMaster=no -o ControlPath=none',
+      // One SSH connection per host, reused by every task (a new one per task costs a handshake, a login and
+      // a session on both ends: most of a task's time here). The masters' sockets live in the fleet's root;
+      // stopSshd() and close() end a host's master through its socket (`ssh -O exit`), so a stopped sshd's
+      // host is unreachable at once and no master outlives the test.
+      ANSIBLE_SSH_ARGS: `-o ControlMaster=auto -o ControlPersist=60s -o ControlPath=${controlPath}`,
     };
     delete env.ANSIBLE_CONFIG;
     return env;
@@ -335,14 +340,21 @@ export async function createFleet(names = ['h1', 'h2', 'h3'], canary = ['h1']): 
     if (!(await waitPort(h.ip, 22, 10_000))) throw new Error(`sshd of ${h.name} does not listen on ${h.ip}:22 (see ${root}/sshd-${h.name}.log)`);
   }
 
+  /** Ends the controller's SSH master connection to a host, if one is open (through its control socket). */
+  function closeMaster(h: FleetHost): void {
+    spawnSync('ssh', ['-O', 'exit', '-o', `ControlPath=${controlPath}`, '-o', 'BatchMode=yes', `${h.user}@${h.ip}`], { stdio: 'ignore', timeout: 10_000 });
+  }
+
   async function stopSshd(h: FleetHost): Promise<void> {
     const child = h.sshd;
     h.sshd = undefined;
-    if (!child?.pid || child.exitCode !== null) return;
+    if (!child?.pid || child.exitCode !== null) return closeMaster(h);
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
     await Promise.race([exited, new Promise((r) => setTimeout(r, 3_000))]);
     if (alive(child.pid)) child.kill('SIGKILL');
+    // An open master would keep the host reachable through the session sshd already forked for it.
+    closeMaster(h);
   }
 
   async function close(): Promise<void> {

@@ -16,6 +16,7 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const EXAMPLE_APP = path.join(ROOT, 'examples/app');
 export const PM2_BIN = path.join(ROOT, 'node_modules/pm2/bin/pm2');
 export const CLI = path.join(ROOT, 'dist/cli/bin.js');
+const PM2_LIST = path.join(ROOT, 'test/helpers/pm2-list.cjs');
 
 export interface Sandbox {
   root: string;
@@ -138,6 +139,9 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
     },
     pm2,
     jlist() {
+      // Over the daemon's socket (pm2-list.cjs); through the CLI when no daemon answers (the CLI starts one).
+      const fast = spawnSync(process.execPath, [PM2_LIST, pm2Home], { encoding: 'utf8', cwd: root, timeout: 20_000 });
+      if (fast.status === 0) return JSON.parse(fast.stdout);
       // The call that starts the daemon prints "[PM2] …" lines first: take the line holding the JSON array.
       const out = pm2('jlist');
       const line = out

@@ -306,7 +306,12 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
     try {
       failpoint(ctx.env, 'save');
       await ctx.pm2.save();
+      // PM2 stopping under this deploy (systemctl stop, `pm2 kill`: it deletes every app, then exits) may
+      // have begun after the health gate: a dump saved then can lack apps (the router), and a reboot would
+      // bring back a broken list. The live release, and behind the router the router, must still be up.
+      await assertPm2StillUp(ctx, release, app.name, await handle.newIds().catch(() => []), routed);
     } catch (err) {
+      if (err instanceof ReleaseError && err.code === 'PM2_DAEMON_GONE') throw err;
       if (handle.committed) {
         // Cluster: the old processes are already retired, so there is nothing to go back to. The new release
         // is healthy and serving; record it and say loudly that the dump is stale.
@@ -358,6 +363,27 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
 async function recordActive(ctx: Context, release: ReleaseRecord, app: AppDefinition): Promise<void> {
   const router = ctx.config.app.strategy === 'router' ? routerDefinition(ctx) : undefined;
   await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now(), router);
+}
+
+/**
+ * After the save: the release's processes and the router are still online, else PM2 is stopping under us
+ * (PM2_DAEMON_GONE, with the dump put back to the one before this save, which described a complete list).
+ */
+async function assertPm2StillUp(ctx: Context, release: ReleaseRecord, name: string, ids: number[], routed: boolean): Promise<void> {
+  const procs = await ctx.pm2.list({ fresh: true }).catch((err: unknown) => {
+    if (err instanceof ReleaseError && err.code === 'PM2_DAEMON_GONE') return [];
+    throw err;
+  });
+  const live = procs.filter((p) => p.name === name && (ids.length === 0 || ids.includes(p.pmId)));
+  const router = procs.filter((p) => p.name === routerProcessName(name));
+  const up = live.length > 0 && live.every((p) => p.status === 'online') && (!routed || router.some((p) => p.status === 'online'));
+  if (up || !(await pm2Stopping(ctx))) return;
+  await ctx.pm2.restorePreviousDump().catch(() => undefined);
+  throw new EnvironmentError('PM2_DAEMON_GONE', `PM2 stopped while ${release.id} was being saved (its apps are going away): not starting a daemon of our own`, {
+    phase: 'save',
+    hint: 'bring PM2 back (`sudo systemctl start pm2-<user>` or `pm2 resurrect`), then deploy again: the next run recovers what was interrupted',
+    releaseId: release.id,
+  });
 }
 
 /**

@@ -193,6 +193,9 @@ export class Pm2 {
       return await viaSocket(socket);
     } catch (err) {
       if (!(err instanceof SocketCallFailed)) throw err;
+      // A daemon that closed the connection is on its way out (`pm2 kill` stops the apps, then exits; systemd
+      // stopping the unit, the same): give it a moment to be gone, so the failure says what happened.
+      for (let i = 0; err.connectionLost && i < 50 && this.daemonRunning(); i++) await new Promise((r) => setTimeout(r, 100));
       this.noteDaemon(command, false);
       this.ensureDaemonNotGone();
       throw new EnvironmentError('PM2_FAILED', `${err.message}`, {
@@ -453,6 +456,12 @@ export class Pm2 {
         if (err.code !== 'ENOENT') throw err;
       });
     }
+  }
+
+  /** Puts `dump.pm2.bak` (the dump before the last save) back as `dump.pm2`. */
+  async restorePreviousDump(): Promise<void> {
+    await fsp.copyFile(`${this.dumpPath}.bak`, this.dumpPath);
+    await fsp.chmod(this.dumpPath, 0o600);
   }
 
   /**

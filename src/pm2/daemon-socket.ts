@@ -36,6 +36,8 @@ export class SocketCallFailed extends Error {
     readonly method: string,
     message: string,
     readonly timedOut = false,
+    /** The daemon closed the connection (it is going away: `pm2 kill`, systemd stopping it, a crash). */
+    readonly connectionLost = false,
   ) {
     super(message);
   }
@@ -229,7 +231,7 @@ export class DaemonSocket {
   /** One RPC with a deadline. */
   call<T>(method: string, arg: unknown, timeoutMs: number): Promise<T> {
     if (this.closed || !this.client.client) return Promise.reject(new SocketCallFailed(method, `pm2 ${method}: the socket is closed`));
-    if (this.lost) return Promise.reject(new SocketCallFailed(method, `pm2 ${method}: ${this.lost}`));
+    if (this.lost) return Promise.reject(new SocketCallFailed(method, `pm2 ${method}: ${this.lost}`, false, true));
     const rpc = this.client.client;
     return new Promise<T>((resolve, reject) => {
       let done = false;
@@ -241,7 +243,7 @@ export class DaemonSocket {
       const onLost = (reason: string) => {
         if (done) return;
         finish();
-        reject(new SocketCallFailed(method, `pm2 ${method}: ${reason}`));
+        reject(new SocketCallFailed(method, `pm2 ${method}: ${reason}`, false, true));
       };
       // The timer also keeps this process alive while it waits (the connection itself is unref'd).
       const timer = setTimeout(() => {

@@ -3,7 +3,7 @@
  * an explicit cwd, the command logged as `$ cmd`, the tail of its output kept for error messages.
  */
 import fs from 'node:fs';
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import type { Logger } from './log.js';
 import type { Redactor } from './log.js';
 
@@ -52,6 +52,13 @@ export class CommandFailure extends Error {
 
 const TAIL_LINES = 30;
 
+/**
+ * execa, loaded on the first command: it is the largest module graph pm2-release loads (~150 ms of a CLI
+ * start on a 2-core VM), and `status`, `list`, `history` never spawn anything.
+ */
+let execaModule: Promise<typeof import('execa')> | undefined;
+const loadExeca = () => (execaModule ??= import('execa'));
+
 export function formatCommand(argv: readonly string[]): string {
   return argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`)).join(' ');
 }
@@ -70,6 +77,7 @@ export async function run(argv: readonly string[], opts: RunOptions): Promise<Ru
   log?.on('error', (err) => (logError ??= err));
   log?.write(`$ ${shown}\n`);
 
+  const { execa } = await loadExeca();
   const child: ResultPromise = execa(file, args, {
     cwd: opts.cwd,
     env: { ...(opts.baseEnv ?? process.env), ...opts.env },
@@ -150,11 +158,27 @@ export async function run(argv: readonly string[], opts: RunOptions): Promise<Ru
   return { stdout, stderr, exitCode: result.exitCode ?? 0 };
 }
 
-/** Starts a command whose stdout is consumed as a stream (git archive into tar). */
-export function spawnStream(argv: readonly string[], opts: { cwd: string; logger: Logger; signal?: AbortSignal; env?: Record<string, string | undefined> }) {
+/**
+ * Starts a command whose stdout is consumed as a stream (git archive into tar). Resolves to `{ child }` (a
+ * bare execa child would be awaited to its end by the caller's `await`: it is a promise of its result).
+ */
+export async function spawnStream(
+  argv: readonly string[],
+  opts: { cwd: string; logger: Logger; signal?: AbortSignal; env?: Record<string, string | undefined> },
+) {
   const [file, ...args] = argv;
   if (!file) throw new Error('spawnStream: empty argv');
   opts.logger.debug({ cwd: opts.cwd }, `$ ${formatCommand(argv)}`);
+  const { execa } = await loadExeca();
+  return { child: spawnWith(execa, file, args, opts) };
+}
+
+function spawnWith(
+  execa: (typeof import('execa'))['execa'],
+  file: string,
+  args: string[],
+  opts: { cwd: string; signal?: AbortSignal; env?: Record<string, string | undefined> },
+) {
   return execa(file, args, {
     cwd: opts.cwd,
     env: opts.env,

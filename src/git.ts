@@ -84,7 +84,7 @@ export async function commitSubject(workspace: string, sha: string, logger: Logg
 
 /** `git archive <sha>` streamed straight into tar extraction at `dest` (no temporary tarball). */
 export async function archive(workspace: string, sha: string, dest: string, logger: Logger, signal?: AbortSignal): Promise<void> {
-  const child = spawnStream(['git', 'archive', '--format=tar', sha], { cwd: workspace, logger, signal });
+  const { child } = await spawnStream(['git', 'archive', '--format=tar', sha], { cwd: workspace, logger, signal });
   if (!child.stdout) throw new Error('git archive: no stdout');
   let extractError: unknown;
   try {

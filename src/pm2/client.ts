@@ -381,17 +381,7 @@ export class Pm2 {
    */
   async start(app: AppDefinition, opts: { alongside?: boolean } = {}): Promise<void> {
     this.invalidate();
-    const spec: SocketStartSpec = {
-      name: app.name,
-      script: app.script,
-      args: app.args,
-      cwd: app.cwd,
-      env: definedEnv({ ...this.opts.env, ...app.env }),
-      execMode: app.execMode === 'cluster' ? 'cluster' : 'fork',
-      instances: app.execMode === 'cluster' ? (app.instances ?? 1) : undefined,
-      killTimeoutMs: app.killTimeoutMs,
-      nodeArgs: app.nodeArgs,
-    };
+    const spec: SocketStartSpec = { ...app, env: definedEnv({ ...this.opts.env, ...app.env }) };
     await this.op<unknown>(
       'start',
       // Over the socket every start is a new process (the CLI's `-f`): PM2 keeps a second app of the same name.

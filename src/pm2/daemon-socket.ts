@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
+import type { AppDefinition } from '../release/store.js';
 
 /** An error PM2 handed back (an Error, a string, or a plain object), as one line. */
 function describe(err: unknown): string {
@@ -43,20 +44,11 @@ export class SocketCallFailed extends Error {
   }
 }
 
-/** The definition of an app to start, as pm2-release builds it (the CLI's flags, as PM2's config keys). */
-export interface SocketStartSpec {
-  name: string;
-  script: string;
-  args: string[];
-  cwd: string;
-  /** The whole environment of the app: nothing of this process's own environment is merged in. */
-  env: Record<string, string>;
-  execMode?: 'fork' | 'cluster';
-  instances?: number;
-  killTimeoutMs?: number;
-  nodeArgs?: string[];
-  interpreter?: string;
-}
+/**
+ * The app to start: pm2-release's own definition (the CLI's flags, as PM2's config keys below), whose `env`
+ * is the whole environment of the app: nothing of this process's own environment is merged in.
+ */
+export type SocketStartSpec = AppDefinition;
 
 interface RpcClient {
   call(method: string, arg: unknown, cb: (err: unknown, res?: unknown) => void): void;
@@ -290,7 +282,6 @@ export class DaemonSocket {
     }
     if (spec.killTimeoutMs !== undefined) conf.kill_timeout = spec.killTimeoutMs;
     if (spec.nodeArgs?.length) conf.node_args = [...spec.nodeArgs];
-    if (spec.interpreter) conf.exec_interpreter = spec.interpreter;
     const resolved = withProcessEnv({ PATH: spec.env.PATH, PM2_HOME: this.home, PM2_SILENT: 'true' }, () => {
       const verified = this.modules.Common.verifyConfs(conf);
       if (verified instanceof Error) throw new SocketCallFailed('start', `pm2 start: ${verified.message}`);

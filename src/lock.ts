@@ -74,7 +74,12 @@ export async function acquireLock(opts: LockOptions): Promise<HeldLock> {
         release: opts.release,
         since: new Date().toISOString(),
       };
-      await writeFileAtomic(ownerPath, JSON.stringify(owner) + '\n');
+      // A lock without its owner file reads as "holder unknown" to everyone until it goes stale: if the owner
+      // cannot be written (a full disk), give the lock back before failing.
+      await writeFileAtomic(ownerPath, JSON.stringify(owner) + '\n').catch(async (err: unknown) => {
+        await unlock().catch(() => undefined);
+        throw err;
+      });
       return {
         owner,
         async setRelease(id: string) {

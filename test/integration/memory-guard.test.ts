@@ -91,7 +91,7 @@ describe.skipIf(process.platform !== 'linux')('the memory guard stops an install
     expect(error.message).not.toContain('\n');
     expect(error.message).toMatch(
       new RegExp(
-        `^${phase} stopped by the memory guard: its processes held [\\d.]+ MiB, over the budget of 160\\.0 MiB \\(build\\.memoryBudgetMB; available .*\\); biggest: pid \\d+ \`node .*\``,
+        `^${phase} stopped by the memory guard: its processes held [\\d.]+ MiB, over the budget of 160\\.0 MiB \\(build\\.memoryBudgetMB; available .*\\); biggest: pid \\d+ \`(\\S*/)?node .*\``,
       ),
     );
     expect(error.hint).toMatch(/raise the budget .*add swap.*build elsewhere/);

@@ -75,6 +75,7 @@ function activeApp(dir) {
   // file, holds the public one: both come back.
   const router = state.router;
   if (!router) return [release];
+  const standby = standbyApp(dir, state.standby, app.name);
   if (typeof router.script !== 'string' || !Array.isArray(router.args)) throw new Error(`pm2-release: ${statePath} has an invalid router entry`);
   return [
     release,
@@ -89,7 +90,25 @@ function activeApp(dir) {
       ...(router.execMode === 'cluster' ? { exec_mode: 'cluster', instances: 1 } : {}),
       ...(Array.isArray(router.nodeArgs) ? { node_args: router.nodeArgs.join(' ') } : {}),
     },
+    ...(standby ? [standby] : []),
   ];
+}
+
+/**
+ * The standby behind the router (the previous release, kept running unrouted on its private port), when it is
+ * still a ready release of this dir; anything else is left out: the live release and the router come first.
+ */
+function standbyApp(dir, standby, name) {
+  if (!standby || !RELEASE_ID.test(standby.id) || !standby.app || typeof standby.app.cwd !== 'string') return undefined;
+  const releaseDir = path.join(dir, standby.id);
+  if (path.relative(releaseDir, standby.app.cwd).startsWith('..') || standby.app.name !== name) return undefined;
+  try {
+    const manifest = JSON.parse(fs.readFileSync(path.join(releaseDir, '.pm2-release', 'manifest.json'), 'utf8'));
+    if (manifest.status !== 'ready') return undefined;
+  } catch {
+    return undefined;
+  }
+  return { name: standby.app.name, script: standby.app.script, args: standby.app.args, cwd: standby.app.cwd, env: standby.app.env };
 }
 
 function webhookApp(file, config) {

@@ -117,6 +117,10 @@ const routerSchema = z.strictObject({
   drainTimeoutMs: z.number().int().min(0).max(3_600_000).optional(),
   /** Private loopback ports for releases, [first, last] (default: app port + 10000 … + 10099, below 32768). */
   releasePorts: z.tuple([z.number().int().min(1024).max(65535), z.number().int().min(1024).max(65535)]).optional(),
+  /** Keep the previous release running, unrouted, after a switch: a rollback to it is a route change. */
+  standby: z.boolean().optional(),
+  /** Memory (MiB) that must stay available beyond one more copy of the release for the standby to be kept. */
+  standbyReserveMB: z.number().int().min(0).max(1_048_576).optional(),
 });
 
 const buildSchema = z.strictObject({
@@ -241,6 +245,8 @@ export interface RouterConfig {
   holdMs: number;
   drainTimeoutMs: number;
   releasePorts: [number, number];
+  standby: boolean;
+  standbyReserveMB: number;
 }
 
 export interface BuildConfig {
@@ -422,6 +428,9 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       holdMs: file.router?.holdMs ?? 15_000,
       drainTimeoutMs: file.router?.drainTimeoutMs ?? 30_000,
       releasePorts: file.router?.releasePorts ?? [0, 0],
+      standby: file.router?.standby ?? true,
+      // A VM of ~4 GiB runs a build next to the live release and the standby: half a GiB stays for it.
+      standbyReserveMB: file.router?.standbyReserveMB ?? 512,
     },
     soak: {
       // A minute of live traffic with the previous release warm: long enough for a busy site's error rate to

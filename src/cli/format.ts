@@ -6,6 +6,7 @@ import { renderConfig } from '../lifecycle/proposal.js';
 import type { HistoryResult } from '../lifecycle/results.js';
 import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from '../lifecycle/results.js';
 import { sharePercent } from '../router/protocol.js';
+import { standbyText } from '../lifecycle/standby.js';
 import { bytes, ratePercent } from '../units.js';
 import { closestToBudget, peakText, type StepMemory } from '../release/memory-budget.js';
 
@@ -184,7 +185,10 @@ function routerRows(r: StatusResult): string[][] {
     ],
   ];
   if (ro.canary) rows.push(['canary', `${sharePercent(ro.canary.share)} of visitors → ${ro.canary.upstream.release} on :${ro.canary.upstream.port}`]);
-  for (const u of ro.upstreams.filter((x) => x.role === 'standby')) rows.push(['standby', `${u.release} on :${u.port} (warm, for an instant revert)`]);
+  // A soak's previous release (warm, unrouted, until the soak ends); the recorded standby has its own row.
+  for (const u of ro.upstreams.filter((x) => x.role === 'standby' && x.release !== r.standby?.release))
+    rows.push(['standby', `${u.release} on :${u.port} (warm, for an instant revert)`]);
+  if (r.standby && (r.standby.state !== 'none' || !ro.upstreams.some((x) => x.role === 'standby'))) rows.push(['standby', standbyText(r.standby)]);
   for (const u of ro.upstreams.filter((x) => x.role === 'draining')) rows.push(['draining', `${u.release} on :${u.port} (${u.inflight} in flight)`]);
   if (ro.held > 0) rows.push(['held', `${ro.held} request(s) waiting for the release to answer`]);
   const live = ro.stats.find((x) => x.release === ro.live?.release);

@@ -11,6 +11,7 @@ import { releaseInfo, type HistoryResult, type ListResult, type RouterInfo, type
 import { readSoak, soakRunning } from '../lifecycle/soak.js';
 import { currentRelease, routerControl, samePath } from '../lifecycle/switch-release.js';
 import { checkRouterConfig, routerConfigView, routerDriftText } from '../lifecycle/router-config.js';
+import { standbyView } from '../lifecycle/standby.js';
 
 export type ListOptions = CommonOptions;
 
@@ -53,12 +54,16 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
   const url = healthUrl(ctx.config.app, appPort(ctx.config.app));
   const h = await probe({ url, expectStatus: ctx.config.app.healthcheck.expectStatus });
 
+  // Behind the router the standby runs beside the live release, from its own directory.
+  const standby = ctx.config.app.strategy === 'router' ? standbyView(state, procs, ctx.config.app.portEnv) : null;
+  const standbyProc = (p: (typeof procs)[number]) => standby?.release != null && p.releaseId === standby.release;
+
   let reason: string | null = null;
   if (!proc && state) reason = `PM2 has no app named ${name}, but ${state.active} is recorded as active`;
   else if (proc && !served) reason = `PM2 runs ${name} from ${proc.cwd}, which is not a retained release`;
   else if (proc && served && state && served.id !== state.active)
     reason = `PM2 serves ${served.id} but ${state.active} is recorded as active (an interrupted switch?)`;
-  else if (procs.some((p) => p.cwd !== proc?.cwd)) reason = `PM2 runs ${name} from several directories`;
+  else if (procs.some((p) => p.cwd !== proc?.cwd && !standbyProc(p))) reason = `PM2 runs ${name} from several directories`;
   else if (router && !router.running) reason = `the router ${routerProcessName(name)} is not running: ${router.error ?? 'no answer'}`;
   else if (router?.live && served && router.live.release !== served.id) reason = `the router routes to ${router.live.release}, PM2 serves ${served.id}`;
   // The config changed under the running router: that explains the rest, so it comes first.
@@ -91,6 +96,7 @@ export async function status(opts: StatusOptions = {}): Promise<StatusResult> {
     health: { url, ok: h.ok, status: h.status ?? null, error: h.error ?? null },
     drift: { detected: reason !== null, reason },
     router,
+    standby,
     soak: await soakInfo(ctx),
     routerConfig: routerCheck ? routerConfigView(routerCheck) : null,
     warnings: ctx.warnings,

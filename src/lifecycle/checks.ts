@@ -20,6 +20,7 @@ import { routerControl } from './switch-release.js';
 import { deriveBudget, guardVerdict, oomPolicyVerdict, parseSystemctlShow } from '../release/memory-budget.js';
 import { readMemoryFacts, systemdScope } from '../release/memory-guard.js';
 import { checkRouterConfig } from './router-config.js';
+import { standbyText, standbyView } from './standby.js';
 
 /** `skip`: the check does not apply on this host (e.g. no systemd); it never blocks a deploy. */
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -86,6 +87,7 @@ async function runChecks(ctx: Context, scope: 'all' | 'preflight'): Promise<Chec
   if (scope === 'all') {
     await add(() => checkRouter(ctx));
     await add(() => checkRouterDefinition(ctx));
+    await add(() => checkStandby(ctx));
     await add(() => checkReleaseHost(ctx));
     await add(() => checkNode(ctx));
     await add(() => checkBuildCache(ctx));
@@ -256,6 +258,24 @@ async function checkRouter(ctx: Context): Promise<Check> {
   } catch (err) {
     return bad('router', 'fail', `${name} runs but its control socket does not answer (${(err as Error).message})`, `pm2 restart ${name}; pm2 logs ${name}`);
   }
+}
+
+/** The warm standby behind the router: a rollback is a route change only while it runs. */
+async function checkStandby(ctx: Context): Promise<Check> {
+  if (ctx.config.app.strategy !== 'router') return { name: 'standby', status: 'skip', message: `strategy ${ctx.config.app.strategy}: no standby`, fix: null };
+  const procs = ctx.pm2.daemonRunning() ? await ctx.pm2.processes(ctx.config.app.name) : [];
+  const v = standbyView(await ctx.store.readState(), procs, ctx.config.app.portEnv);
+  const text = standbyText(v);
+  if (v.state === 'warm' || v.state === 'none') return ok('standby', text);
+  if (v.state === 'off' && !ctx.config.router.standby) return { name: 'standby', status: 'skip', message: text, fix: null };
+  return bad(
+    'standby',
+    'warn',
+    text,
+    v.state === 'down'
+      ? `the next deploy keeps the release it replaces; \`pm2 logs ${ctx.config.app.name}\` says why this one stopped`
+      : 'free memory (or lower router.standbyReserveMB); the next deploy checks again',
+  );
 }
 
 /** The router PM2 runs against the config's definition (a moved releases dir, a new port, a renamed app, another hold). */

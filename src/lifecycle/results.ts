@@ -9,6 +9,7 @@ import type { StepMemory } from '../release/memory-budget.js';
 import type { BadMark, HistoryEntry } from '../release/history.js';
 import type { RetentionStatus } from '../release/naming.js';
 import type { SoakRecord } from './soak.js';
+import type { StandbyView } from './standby.js';
 
 export interface ReleaseInfo {
   id: string;
@@ -179,6 +180,8 @@ export interface StatusResult {
   drift: { detected: boolean; reason: string | null };
   /** The front door, when the app runs behind the router (null otherwise). */
   router: RouterInfo | null;
+  /** Behind the router: the previous release kept warm (a rollback to it is a route change), or why there is none. */
+  standby: StandbyView | null;
   /** The running soak (with the time left), else the last one's verdict; null when there was none. */
   soak: (SoakRecord & { running: boolean; timeLeftMs: number }) | null;
   /**

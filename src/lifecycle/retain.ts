@@ -17,7 +17,9 @@ export async function retentionPlan(ctx: Context, inProgress: string[] = []): Pr
   const previous = rollbackTarget(state?.activations ?? [], active, (id) => ready.has(id));
   // The recorded active release is protected too: if PM2 and the record disagree, keep both until an
   // operator (or the next deploy) settles it.
-  const protect = [...inProgress, ...(state?.active ? [state.active] : [])];
+  // The standby runs under PM2 from its directory: removing it would pull the files from under a process
+  // that a rollback routes to.
+  const protect = [...inProgress, ...(state?.active ? [state.active] : []), ...(state?.standby ? [state.standby.id] : [])];
   return planRetention({
     releases: releases.map((r) => ({ id: r.id, status: r.status })),
     keep: ctx.config.keep,

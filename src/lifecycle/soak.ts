@@ -23,7 +23,7 @@ import type { ReleaseRecord } from '../release/store.js';
 import { pidAlive } from '../release/store.js';
 import { routerPaths, sharePercent } from '../router/protocol.js';
 import { ratePercent } from '../units.js';
-import type { SoakHandle } from '../pm2/switch.js';
+import type { SoakHandle, StandbyOutcome } from '../pm2/switch.js';
 import { record } from './audit.js';
 import { phase, warn, type Context } from './context.js';
 
@@ -87,6 +87,8 @@ export interface SoakInput {
   newIds: () => Promise<number[]>;
   /** Records a release as active, as it runs (the revert records the previous one again). */
   recordActive: (release: ReleaseRecord, port: number) => Promise<void>;
+  /** Records what became of the previous release once the soak passed (the standby, or why not). */
+  recordStandby?: (outcome: StandbyOutcome | undefined) => Promise<void>;
   onStarted?: (r: SoakRecord) => void;
 }
 
@@ -211,8 +213,11 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
     rec.reason = rec.judged
       ? `passed on ${rec.candidate?.requests ?? 0} requests (5xx ${ratePercent(rec.candidate?.rate5xx ?? 0)}, p99 ${rec.candidate?.p99Ms ?? '-'} ms)`
       : `passed on its health checks alone (${rec.candidate?.requests ?? 0} requests, below the minimum of ${cfg.minRequests})`;
+    let kept = false;
     try {
-      await handle.promote();
+      const standby = await handle.promote();
+      kept = !!standby && 'port' in standby;
+      await input.recordStandby?.(standby);
     } catch (err) {
       warn(ctx, `retiring ${previous.id} after the soak failed (${(err as Error).message}); the next deploy removes it`);
     }
@@ -220,7 +225,7 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
     rec.state = 'passed';
     rec.endedAt = ctx.now().toISOString();
     await save(rec);
-    ctx.logger.info(`soak passed: ${rec.reason}; ${previous.id} retired`);
+    ctx.logger.info(`soak passed: ${rec.reason}; ${previous.id} ${kept ? 'stays warm as the standby (a rollback is a route change)' : 'retired'}`);
     return rec;
   }
 

@@ -11,7 +11,7 @@ import { failpoint } from '../failpoint.js';
 import { EnvironmentError, ReleaseError, SwitchError } from '../errors.js';
 import { waitHealthy, type HealthOutcome } from '../health.js';
 import { strategyFor, type SwitchStrategy } from '../pm2/switch.js';
-import { loopbackArgs, routedStrategy } from '../pm2/routed-switch.js';
+import { loopbackArgs, routedStrategy, routerRunning } from '../pm2/routed-switch.js';
 import { RouterControl } from '../router/client.js';
 import { routerProcessName } from '../router/protocol.js';
 import type { AppDefinition, ReleaseRecord } from '../release/store.js';
@@ -20,6 +20,10 @@ import { record } from './audit.js';
 import { markBad } from '../release/history.js';
 import { runSoak, type SoakRecord } from './soak.js';
 import { linkRetainedAssets } from '../release/assets.js';
+import { probeAll } from '../health.js';
+import type { StandbyOutcome } from '../pm2/switch.js';
+import type { StandbyRecord } from '../release/store.js';
+import { standbyVerdict } from './standby.js';
 
 export interface SwitchResult {
   app: AppDefinition;
@@ -168,8 +172,15 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
         now: () => ctx.now(),
         warn: (m) => warn(ctx, m),
         formerApps: ctx.formerApps,
+        standby: (prev) => standbyVerdict(ctx, prev),
       })
     : strategyFor(ctx.config.app.strategy);
+
+  // The target is the standby behind the router: one route change, no boot.
+  if (routed) {
+    const flipped = await flipToStandby(ctx, release);
+    if (flipped) return flipped;
+  }
 
   // Pages rendered by the other retained builds keep getting their hashed chunks from whichever one serves.
   try {
@@ -329,7 +340,7 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
         releaseId: release.id,
       });
     }
-    await recordActive(ctx, release, handle.app ?? app);
+    await recordActive(ctx, release, handle.app ?? app, await standbyRecord(ctx, handle.standby));
   });
 
   let soak: SoakRecord | null = null;
@@ -347,6 +358,10 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
           def.env[ctx.config.app.portEnv] = String(port);
           return recordActive(ctx, r, def);
         },
+        recordStandby: async (outcome) => {
+          const rec = await standbyRecord(ctx, outcome);
+          if (rec) await ctx.store.writeStandby(rec);
+        },
         onStarted: opts.onSoakStarted,
       });
     } else {
@@ -359,10 +374,78 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
   return { app, previous: previous === release.id ? null : previous, health, url, soak };
 }
 
-/** Records `release` as active, as PM2 runs it (and, behind the router, how the router runs). */
-async function recordActive(ctx: Context, release: ReleaseRecord, app: AppDefinition): Promise<void> {
+/** Records `release` as active, as PM2 runs it (and, behind the router, how the router runs and the standby). */
+async function recordActive(ctx: Context, release: ReleaseRecord, app: AppDefinition, standby?: StandbyRecord): Promise<void> {
   const router = ctx.config.app.strategy === 'router' ? routerDefinition(ctx) : undefined;
-  await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now(), router);
+  await ctx.store.writeActive(release.id, release.manifest?.sha ?? '', app, ctx.now(), router, standby);
+}
+
+/** The state file's account of a switch's standby: the release as PM2 runs it (its private port), or why none. */
+async function standbyRecord(ctx: Context, outcome: StandbyOutcome | undefined): Promise<StandbyRecord | undefined> {
+  if (!outcome) return undefined;
+  if ('off' in outcome) return { off: outcome.off };
+  const rel = await ctx.store.get(outcome.release);
+  if (!rel || rel.status !== 'ready') return undefined;
+  return { id: rel.id, app: runningDefinition(ctx, rel, outcome.port) };
+}
+
+/** How PM2 runs `release` behind the router: its definition with the private port it was given. */
+function runningDefinition(ctx: Context, release: ReleaseRecord, port: number): AppDefinition {
+  const def = appDefinition(ctx, release);
+  def.env[ctx.config.app.portEnv] = String(port);
+  return def;
+}
+
+/**
+ * Behind the router, when `release` is the standby (kept running, unrouted, since it was live) and still
+ * answers its health checks on its private port: routes every visitor to it in one step, and the release
+ * that served until now becomes the standby in its turn (same processes, so the same memory). No boot, no
+ * PM2 write but the save. Undefined when there is no such standby: the caller boots the release as usual.
+ */
+export async function flipToStandby(ctx: Context, release: ReleaseRecord): Promise<SwitchResult | undefined> {
+  const state = await ctx.store.readState();
+  const standby = state?.standby;
+  if (!standby || standby.id !== release.id) return undefined;
+  const portEnv = ctx.config.app.portEnv;
+  const port = Number(standby.app.env[portEnv]);
+  const control = routerControl(ctx);
+  const live = (await control.readState())?.live;
+  if (!live || !Number.isInteger(port) || live.port === port) return undefined;
+  const procs = await ctx.pm2.processes(ctx.config.app.name, { fresh: true });
+  const mine = procs.filter((p) => p.releaseId === release.id && p.vars[portEnv] === String(port));
+  const why = (reason: string) => {
+    ctx.logger.info(`the standby ${release.id} ${reason}: starting it as usual`);
+    return undefined;
+  };
+  if (mine.length === 0) return why('is not running in PM2');
+  if (!mine.every((p) => p.status === 'online')) return why(`is ${mine.map((p) => p.status).join(', ')} in PM2`);
+  if (!(await routerRunning(ctx.pm2, routerProcessName(ctx.config.app.name)).catch(() => false))) return why('cannot be routed to: the router is not running');
+  const checks = healthChecks(ctx.config.app, port);
+  const appPortUrl = healthUrl(ctx.config.app, appPort(ctx.config.app));
+  const started = performance.now();
+  const probes = await probeAll(checks, 2_000);
+  const failed = probes.find((p) => !p.ok);
+  if (failed) return why(`does not answer its health check on :${port} (${failed.error ?? `HTTP ${failed.status}`})`);
+  const previous = live.release || null;
+  const prevRecord = previous ? await ctx.store.get(previous) : undefined;
+  await phase(ctx, 'route', async () => {
+    failpoint(ctx.env, 'route');
+    await control.route({ port, release: release.id }, { keep: [live.port] });
+  });
+  ctx.logger.info(`routed to the standby ${release.id} on :${port} (no boot); ${previous ?? 'the previous release'} stays warm as the standby`);
+  await phase(ctx, 'save', async () => {
+    await ctx.pm2.save();
+    const next: StandbyRecord | undefined =
+      prevRecord?.status === 'ready' ? { id: prevRecord.id, app: runningDefinition(ctx, prevRecord, live.port) } : undefined;
+    await recordActive(ctx, release, standby.app, next);
+  });
+  return {
+    app: standby.app,
+    previous: previous === release.id ? null : previous,
+    health: { ok: true, probes, elapsedMs: Math.round(performance.now() - started) },
+    url: appPortUrl,
+    soak: null,
+  };
 }
 
 /**

@@ -41,6 +41,11 @@ export interface RoutingInput {
   warn: (message: string) => void;
   /** Former names of the app (renamed in the config): their release processes are the old release too. */
   formerApps?: string[];
+  /**
+   * Whether the previous release may stay running, unrouted, as the standby (router.standby, then the memory
+   * it holds: `pids` are its PM2 processes). Without it the previous release is always retired.
+   */
+  standby?: (previous: { release: string; port: number; pids: number[] }) => Promise<{ keep: true } | { keep: false; reason: string }>;
 }
 
 /** The package.json script a runner invocation runs: `npm run start`, `npm start`, `yarn start`, `pnpm start`. */
@@ -71,6 +76,13 @@ export function loopbackArgs(script: string, args: string[], scripts: Record<str
   if (command === undefined || !/^\s*next\s+start(\s[^;&|<>`()\n]*)?$/.test(command) || names.test(command)) return undefined;
   const extra = args.slice(args[0] === 'start' ? 1 : 2);
   return extra.includes('--') ? [...args, '-H', RELEASE_HOST] : [...args, '--', '-H', RELEASE_HOST];
+}
+
+/** The processes' PM2 ids by the private port they serve on (undefined: no port variable, e.g. an adopted app). */
+function byPort(procs: Pm2Process[], portEnv: string): Map<number | undefined, number[]> {
+  const out = new Map<number | undefined, number[]>();
+  for (const p of procs) out.set(portOf(p, portEnv), [...(out.get(portOf(p, portEnv)) ?? []), p.pmId]);
+  return out;
 }
 
 /** PM2 ids and private ports of the app's release processes now. */
@@ -146,22 +158,39 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
         if (running) {
           const prevLive = (await routing.control.readState())?.live;
           previousPort = prevLive?.port;
-          const soakable = routing.soak && prevLive && prevLive.port !== port && old.some((p) => portOf(p, routing.portEnv) === prevLive.port);
-          if (soakable) {
-            const share = routing.soak!.share;
+          // The previous live release still runs from its own port (not an adopted app on the public one).
+          const prevProcs = prevLive && prevLive.port !== port ? old.filter((p) => portOf(p, routing.portEnv) === prevLive.port) : [];
+          // Anything else of the app (the standby before this switch, a leftover) is retired once the route changed.
+          const others = old.filter((p) => !prevProcs.includes(p));
+          const retireOthers = async () => {
+            for (const [otherPort, ids] of byPort(others, routing.portEnv)) await retire(otherPort, ids);
+          };
+          if (routing.soak && prevLive && prevProcs.length > 0) {
+            const share = routing.soak.share;
             const baseline = (await routing.control.status().catch(() => undefined))?.stats.find((x) => x.release === prevLive.release);
             if (share < 1) await routing.control.route(prevLive, { canary: { upstream: live, share } });
             else await routing.control.route(live, { keep: [prevLive.port] });
             handle.committed = true;
-            const oldList = [...oldIds];
+            try {
+              await retireOthers();
+            } catch (err) {
+              routing.warn(`retiring the former standby failed (${(err as Error).message}); the next deploy removes it`);
+            }
+            const prevList = prevProcs.map((p) => p.pmId);
             handle.soak = {
               previous: prevLive,
               next: live,
               share,
               baseline,
               promote: async () => {
+                const verdict = await standbyVerdict(prevLive, prevProcs);
+                if (verdict.keep) {
+                  if (share < 1) await routing.control.route(live, { keep: [prevLive.port] });
+                  return (handle.standby = { release: prevLive.release, port: prevLive.port });
+                }
                 if (share < 1) await routing.control.route(live);
-                await retire(prevLive.port, oldList);
+                await retire(prevLive.port, prevList);
+                return (handle.standby = verdict.reason === undefined ? undefined : { off: verdict.reason });
               },
               revertRoute: async () => {
                 await routing.control.route(prevLive);
@@ -173,6 +202,23 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
             };
             return;
           }
+          if (prevLive && prevProcs.length > 0) {
+            const verdict = await standbyVerdict(prevLive, prevProcs);
+            if (verdict.keep) {
+              await routing.control.route(live, { keep: [prevLive.port] });
+              handle.committed = true;
+              handle.standby = { release: prevLive.release, port: prevLive.port };
+              // From here the new release serves: what follows may fail with a warning, never a revert.
+              try {
+                routing.beforeDrain?.();
+                await retireOthers();
+              } catch (err) {
+                routing.warn(`retiring the former standby failed (${(err as Error).message}); the next deploy removes it`);
+              }
+              return;
+            }
+            if (verdict.reason !== undefined) handle.standby = { off: verdict.reason };
+          }
           await routing.control.route(live);
           handle.committed = true;
         } else {
@@ -183,11 +229,23 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
         // From here the new release serves: what follows may fail with a warning, never a revert.
         try {
           routing.beforeDrain?.();
-          await retire(previousPort !== port ? previousPort : undefined, oldIds);
+          // Each old process with the port it served on drained first (the previous live one, a former standby).
+          for (const [oldPort, ids] of byPort(
+            old.filter((p) => oldIds.has(p.pmId)),
+            routing.portEnv,
+          ))
+            await retire(oldPort !== port ? (oldPort ?? previousPort) : undefined, ids);
         } catch (err) {
           routing.warn(`retiring the previous release failed (${(err as Error).message}); the next deploy removes it`);
         }
       },
+    };
+    /** Whether the previous release stays as the standby; `reason` undefined: no standby wanted at all. */
+    const standbyVerdict = async (prev: { port: number; release: string }, procs: Pm2Process[]): Promise<{ keep: true } | { keep: false; reason?: string }> => {
+      if (!routing.standby) return { keep: false };
+      if (!procs.every((p) => p.status === 'online'))
+        return { keep: false, reason: `${prev.release} is not online (${procs.map((p) => p.status).join(', ')})` };
+      return routing.standby({ release: prev.release, port: prev.port, pids: procs.map((p) => p.pid) });
     };
     /** Drains the upstream on `drainPort` (bounded) and deletes the PM2 processes `ids`. */
     const retire = async (drainPort: number | undefined, ids: Iterable<number>) => {

@@ -55,7 +55,12 @@ export interface SwitchHandle {
   app?: AppDefinition;
   /** Router with a soak: after commit the previous release still runs (standby, or live beside a canary). */
   soak?: SoakHandle;
+  /** Router, after commit (or a soak's promote): the previous release kept running unrouted, or why not. */
+  standby?: StandbyOutcome;
 }
+
+/** The previous release after a routed switch: kept as the standby (its private port), or retired and why. */
+export type StandbyOutcome = { release: string; port: number } | { off: string };
 
 /** A committed switch whose previous release stays warm until the soak ends. */
 export interface SoakHandle {
@@ -65,8 +70,8 @@ export interface SoakHandle {
   share: number;
   /** The previous release's router numbers just before the route changed (its recent baseline). */
   baseline: ReleaseStats | undefined;
-  /** The soak passed: every visitor to the new release, the previous one drained and deleted. */
-  promote: () => Promise<void>;
+  /** The soak passed: every visitor to the new release; the previous one stays as the standby, or is drained and deleted. */
+  promote: () => Promise<StandbyOutcome | undefined>;
   /** The soak failed: every visitor back to the previous release at once (one route change). */
   revertRoute: () => Promise<void>;
   /** After revertRoute: the new release drained and deleted. */

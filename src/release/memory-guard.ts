@@ -403,3 +403,33 @@ export function memoryStoppedError(step: 'install' | 'build', m: StepMemory, bud
     { phase: step, hint: MEMORY_HINT, ...opts },
   );
 }
+
+/**
+ * The memory the processes `roots` and all their descendants hold now (heldBytes, as the guard counts it):
+ * a release under PM2 is often `npm start` with the server as its child, so PM2's own figure (the pid it
+ * started) misses most of it. Processes that vanish while being read count as nothing.
+ */
+export function processTreeBytes(roots: number[], procDir = '/proc'): number {
+  const parent = new Map<number, number>();
+  const status = new Map<number, ProcStatus>();
+  for (const name of fs.readdirSync(procDir)) {
+    const c = name.charCodeAt(0);
+    if (c < 48 || c > 57) continue;
+    const st = parseStatus(readSmall(`${procDir}/${name}/status`) ?? '');
+    if (!st) continue;
+    parent.set(Number(name), st.ppid);
+    status.set(Number(name), st);
+  }
+  const inTree = new Set(roots.filter((p) => status.has(p)));
+  // Walk up from each process to a root (or init); a cycle cannot occur but the walk is bounded anyway.
+  for (const pid of status.keys()) {
+    const chain: number[] = [];
+    let at: number | undefined = pid;
+    for (let i = 0; at !== undefined && at > 1 && i < 64 && !inTree.has(at); i++) {
+      chain.push(at);
+      at = parent.get(at);
+    }
+    if (at !== undefined && inTree.has(at)) for (const p of chain) inTree.add(p);
+  }
+  return summarize([...inTree].map((pid) => ({ pid, status: status.get(pid)! }))).totalBytes;
+}

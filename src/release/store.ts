@@ -96,7 +96,16 @@ export interface ActiveState {
   app: AppDefinition;
   /** The router's PM2 definition when the app runs behind one (ecosystem.config.cjs starts it too). */
   router?: AppDefinition;
+  /**
+   * Behind the router: the previous release, kept running unrouted (as PM2 runs it, on its private port), so
+   * that a rollback to it is a route change. Absent when there is none; `standbyOff` then says why.
+   */
+  standby?: { id: string; app: AppDefinition };
+  standbyOff?: string;
 }
+
+/** What a switch decided about the previous release behind the router. */
+export type StandbyRecord = { id: string; app: AppDefinition } | { off: string };
 
 export interface ReleaseRecord {
   id: string;
@@ -330,13 +339,34 @@ export class ReleaseStore {
   }
 
   /** Records `id` as active. Written after PM2 serves it and `pm2 save` succeeded. */
-  async writeActive(id: string, sha: string, app: AppDefinition, at: Date, router?: AppDefinition): Promise<ActiveState> {
+  async writeActive(id: string, sha: string, app: AppDefinition, at: Date, router?: AppDefinition, standby?: StandbyRecord): Promise<ActiveState> {
     const prev = await this.readState();
     const activations = [...(prev?.activations ?? []), id].slice(-ACTIVATIONS_KEPT);
-    const state: ActiveState = { version: 1, active: id, sha, activatedAt: at.toISOString(), activations, app, ...(router ? { router } : {}) };
+    const state: ActiveState = {
+      version: 1,
+      active: id,
+      sha,
+      activatedAt: at.toISOString(),
+      activations,
+      app,
+      ...(router ? { router } : {}),
+      ...(standby && 'id' in standby ? { standby } : {}),
+      ...(standby && 'off' in standby ? { standbyOff: standby.off } : {}),
+    };
     await writeFileAtomic(this.statePath, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
     await this.pointCurrent(id);
     return state;
+  }
+
+  /** Records what became of the previous release after the state was written (a soak's end). */
+  async writeStandby(standby: StandbyRecord): Promise<void> {
+    const state = await this.readState();
+    if (!state) return;
+    delete state.standby;
+    delete state.standbyOff;
+    if ('id' in standby) state.standby = standby;
+    else state.standbyOff = standby.off;
+    await writeFileAtomic(this.statePath, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
   }
 
   /** `current -> <id>`, replaced with a rename so it is never missing or half-written. */

@@ -104,6 +104,8 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
     // The soak has suites of its own; elsewhere a routed deploy retires the previous release at once.
     soak: { durationMs: 0 },
     ...opts.config,
+    // So does the standby (standby.test.ts): the suites that count a routed app's processes expect one.
+    router: { standby: false, ...(opts.config?.router as Record<string, unknown> | undefined) },
   };
   const configPath = path.join(root, 'pm2-release.config.json');
   fs.writeFileSync(configPath, JSON.stringify(config, null, 2));

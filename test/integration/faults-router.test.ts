@@ -172,11 +172,18 @@ describe('fault injection behind the router: every routed failpoint × {fail, ki
   it('the PM2 daemon gone mid-deploy: a clear failure, no daemon of our own; after PM2 is back the next deploy recovers', async () => {
     commit();
     let stopped = false;
+    // The gate watches the new release for 5 s: the kill (a pm2 CLI of ~1 s) lands inside it, not after the
+    // deploy already finished.
+    const config = fs.readFileSync(sb.configPath, 'utf8');
+    const slow = JSON.parse(config) as { app: { healthcheck: Record<string, unknown> } };
+    slow.app.healthcheck.settleMs = 5_000;
+    fs.writeFileSync(sb.configPath, JSON.stringify(slow));
     const run = await runCli(sb, ['deploy', '--json'], {}, (text) => {
       if (stopped || !text.includes('"phase":"health"')) return;
       stopped = true;
       sb.pm2('kill'); // what `systemctl stop pm2-<user>` does
     });
+    fs.writeFileSync(sb.configPath, config);
     expect(stopped).toBe(true);
     expect(run.code, run.stdout + run.stderr.slice(-2000)).toBe(6);
     expect(JSON.parse(run.stdout).error).toMatchObject({ code: 'PM2_DAEMON_GONE' });

@@ -402,7 +402,14 @@ describe('port', () => {
   it('defaults to the router strategy, with release ports below the ephemeral range', () => {
     const { config } = load({ config: {} });
     expect(config.app.strategy).toBe('router');
-    expect(config.router).toEqual({ host: undefined, holdMs: 15_000, drainTimeoutMs: 30_000, releasePorts: [13_001, 13_100] });
+    expect(config.router).toEqual({
+      host: undefined,
+      holdMs: 15_000,
+      drainTimeoutMs: 30_000,
+      releasePorts: [13_001, 13_100],
+      standby: true,
+      standbyReserveMB: 512,
+    });
     expect(load({ config: { app: { env: { FRONT_PORT: '45000' } } } }).config.router.releasePorts).toEqual([20_000, 20_099]);
     expect(load({ config: { router: { releasePorts: [24_000, 24_010], host: '127.0.0.1' } } }).config.router).toMatchObject({
       releasePorts: [24_000, 24_010],

@@ -81,6 +81,7 @@ const STATUS: StatusResult = {
   health: { url: 'http://127.0.0.1:3001/', ok: true, status: 200, error: null },
   drift: { detected: false, reason: null },
   router: null,
+  standby: null,
   soak: null,
   warnings: [],
 };
@@ -95,6 +96,7 @@ const STATUS_DOWN: StatusResult = {
   health: { url: 'http://127.0.0.1:3001/', ok: false, status: null, error: 'ECONNREFUSED' },
   drift: { detected: true, reason: 'PM2 has no app named frontend-dev, but 20261121T204233Z-3f2a9c1 is recorded as active' },
   router: null,
+  standby: null,
   soak: null,
   warnings: ['app.build is empty: releases are not built, only installed'],
 };
@@ -251,6 +253,7 @@ const STATUS_ROUTED: StatusResult = {
     stats: [{ release: '20261121T204233Z-3f2a9c1', requests: 1200, rps: 20, errors5xx: 3, rate5xx: 0.0025, p50Ms: 4.2, p99Ms: 38.5 }],
     error: null,
   },
+  standby: { state: 'warm', release: '20261119T101010Z-0000000', port: 13003, reason: null },
 };
 
 describe('formatStatus', () => {
@@ -303,6 +306,9 @@ describe('formatStatus', () => {
     const out = formatStatus(STATUS_ROUTED);
     expect(out).toMatch(/^router +listening on :3001 → 20261121T204233Z-3f2a9c1 on :13002$/m);
     expect(out).toMatch(/^draining +20261120T101010Z-1111111 on :13001 \(1 in flight\)$/m);
+    expect(out).toMatch(/^standby +20261119T101010Z-0000000 warm on :13003: a rollback to it is a route change$/m);
+    const off = formatStatus({ ...STATUS_ROUTED, standby: { state: 'off', release: null, port: null, reason: 'off in the config (router.standby: false)' } });
+    expect(off).toMatch(/^standby +off \(off in the config \(router\.standby: false\)\): a rollback boots the previous release$/m);
     expect(out).toMatch(/^last minute +20 req\/s, 5xx 0\.3 %, p50 4\.2 ms, p99 38\.5 ms \(1200 requests\)$/m);
     const down = formatStatus({ ...STATUS_ROUTED, router: { ...STATUS_ROUTED.router!, running: false, error: 'not running in PM2' } });
     expect(down).toMatch(/^router +NOT RUNNING \(not running in PM2\); it would route to 20261121T204233Z-3f2a9c1 on :13002$/m);

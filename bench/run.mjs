@@ -708,6 +708,39 @@ async function main() {
       );
     }
 
+    // ---------- 5a''. rollback to the warm standby under the same load: the call (the decision) → the old release answering ----------
+    {
+      const runs = [];
+      const m = await underLoad(
+        async () => {
+          for (let j = 0; j < opts.runs; j++) {
+            const s = await api.status(call(cfg.router, ''));
+            if (s.standby?.state !== 'warm') {
+              R.notes.push(`standby rollback ${j + 1}: no warm standby (${s.standby?.state ?? 'none'}: ${s.standby?.reason ?? '-'})`);
+              break;
+            }
+            const target = s.standby.release;
+            const t = now();
+            const answer = waitAnswer(sb.url, { marker: `release=${target}`, timeoutMs: 30_000, intervalMs: 2 });
+            const r = await api.rollback(call(cfg.router, ''));
+            const callMs = now() - t;
+            const a = await answer;
+            if (!a.ok) R.notes.push(`standby rollback ${j + 1}: ${target} never answered`);
+            runs.push({ target, answerMs: a.at - t, callMs, flipped: r.durationsMs.switch === undefined && r.durationsMs.health === undefined, durations: r.durationsMs });
+            active = r.release.id;
+            log(`  standby rollback ${j + 1}: ${target} answered after ${fmtMs(a.at - t)}, call ${fmtMs(callMs)}${runs.at(-1).flipped ? '' : ' (NOT a route flip)'}`);
+            await sleep(1_000);
+          }
+          return {};
+        },
+        { maxSeconds: opts.runs * 10 + 30 },
+      );
+      delete m.buckets;
+      delete m.failTimes;
+      R.standbyRollback = { runs, failed: m.failed, dropped: m.ac.dropped, pollerFailed: m.poller.failed, maxGapMs: m.ac.maxGapMs };
+      log(`standby rollbacks: failed ${m.failed}, dropped ${m.ac.dropped}, poller failed ${m.poller.failed}, longest gap ${fmtMs(m.ac.maxGapMs)}`);
+    }
+
     // ---------- 5a'. the same load with no switch: the longest gap the load itself makes, router vs direct ----------
     {
       const st = await control.status(10_000);
@@ -810,6 +843,25 @@ async function main() {
       log(
         `deploy unchanged, router ${i}: ${fmtMs(ms)} (dependencies ${m.dependencies?.method} ${fmtMs(m.dependencies?.durationMs)}, build ${fmtMs(r.durationsMs.build)})`,
       );
+    }
+
+    // ---------- 5e. deploy with nothing to do (the live release serves HEAD), through the CLI as the executor calls it ----------
+    {
+      R.noop = [];
+      for (let i = 1; i <= opts.runs; i++) {
+        const t = now();
+        const r = await run([process.execPath, CLI, 'deploy', '--config', cfg.router, '--json'], { cwd: sb.root, env: sb.env, allowFail: true });
+        const ms = now() - t;
+        let out;
+        try {
+          out = JSON.parse(r.stdout);
+        } catch {
+          out = undefined;
+        }
+        if (out?.changed !== false) R.notes.push(`no-op deploy ${i}: ${out ? `changed ${out.changed}` : `exit ${r.code}`}`);
+        R.noop.push({ ms, durations: out?.durationsMs });
+        log(`no-op deploy ${i}: ${fmtMs(ms)} (CLI process, start to exit)`);
+      }
     }
 
     const stEnd = await control.status(10_000);

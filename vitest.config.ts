@@ -8,7 +8,7 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node';
  * of durations, else file size) is kept for the rest; without a cache it would start the fleet, a small file
  * with the longest run, last.
  */
-const LONGEST_FIRST = ['fleet', 'faults', 'faults-router', 'router-config', 'pm2-socket', 'safety', 'soak', 'routed', 'automation'];
+const LONGEST_FIRST = ['fleet', 'faults', 'faults-router', 'router-config', 'pm2-socket', 'safety', 'automation', 'soak', 'standby', 'builds', 'routed'];
 class LongestFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
     const rank = (f: TestSpecification) => {

@@ -721,14 +721,27 @@ async function main() {
             }
             const target = s.standby.release;
             const t = now();
+            const callAt = epoch();
             const answer = waitAnswer(sb.url, { marker: `release=${target}`, timeoutMs: 30_000, intervalMs: 2 });
             const r = await api.rollback(call(cfg.router, ''));
             const callMs = now() - t;
             const a = await answer;
             if (!a.ok) R.notes.push(`standby rollback ${j + 1}: ${target} never answered`);
-            runs.push({ target, answerMs: a.at - t, callMs, flipped: r.durationsMs.switch === undefined && r.durationsMs.health === undefined, durations: r.durationsMs });
+            // The decision: the route phase starting (the standby checked, the route about to change).
+            const routeAt = events.find((e) => e.phase === 'route' && e.state === 'start')?.at;
+            const decisionMs = routeAt === undefined ? undefined : callAt + (a.at - t) - routeAt;
+            runs.push({
+              target,
+              answerMs: a.at - t,
+              decisionMs,
+              callMs,
+              flipped: r.durationsMs.switch === undefined && r.durationsMs.health === undefined,
+              durations: r.durationsMs,
+            });
             active = r.release.id;
-            log(`  standby rollback ${j + 1}: ${target} answered after ${fmtMs(a.at - t)}, call ${fmtMs(callMs)}${runs.at(-1).flipped ? '' : ' (NOT a route flip)'}`);
+            log(
+              `  standby rollback ${j + 1}: ${target} answered ${fmtMs(decisionMs)} after the route decision, ${fmtMs(a.at - t)} after the call started; call ${fmtMs(callMs)}${runs.at(-1).flipped ? '' : ' (NOT a route flip)'}`,
+            );
             await sleep(1_000);
           }
           return {};
@@ -951,8 +964,14 @@ async function main() {
 
   async function jlist() {
     const r = await sb.pm2(['jlist']);
-    const s = r.stdout;
-    return JSON.parse(s.slice(s.indexOf('['), s.lastIndexOf(']') + 1));
+    // PM2 may print a `[PM2]` line (a warning, an update notice) before or after the JSON array.
+    for (const line of r.stdout.split('\n').filter((l) => l.trim().startsWith('[{') || l.trim() === '[]'))
+      try {
+        return JSON.parse(line);
+      } catch {
+        /* the next line */
+      }
+    throw new Error(`pm2 jlist printed no process list: ${r.stdout.slice(0, 200)}`);
   }
 
   /** The seed flow, each step an argv array. */

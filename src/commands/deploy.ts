@@ -2,8 +2,11 @@
  * deploy: lock → clean up what interrupted runs left → pre-flight → (pull) → resolve → preDeploy hook →
  * build → postBuild hook → verify → switch → health → save → postSwitch hook → retain → postDeploy hook.
  * Any failure before the switch leaves PM2 untouched; a failure at or after it puts the previous app back.
- * Every run appends one line to the history.
+ * Every run appends one line to the history. A deploy that finds the active release already serving HEAD
+ * (and PM2 running it) says so after one look, without the lock or the pre-flight (nothingToDo).
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { asReleaseError, ExitCode, ReleaseError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { currentBranch, pullBranch } from '../git.js';
@@ -21,10 +24,11 @@ import { adoptRunning, currentRelease, routerControl, routerDefinition, switchTo
 import { routerRunning } from '../pm2/routed-switch.js';
 import { routerProcessName } from '../router/protocol.js';
 import { removeVerifyLeftovers, verifyRelease } from '../lifecycle/verify.js';
-import { applyRouterChange, refuseRouterChange } from '../lifecycle/router-config.js';
+import { applyRouterChange, checkRouterConfig, refuseRouterChange } from '../lifecycle/router-config.js';
 import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from '../lifecycle/soak.js';
 import type { ReleaseRecord } from '../release/store.js';
 import { withLock } from '../lifecycle/with-lock.js';
+import { LOCK_DIR } from '../lock.js';
 
 export interface DeployOptions extends CommonOptions {
   /** Git ref to release (default HEAD of the workspace). */
@@ -87,6 +91,12 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
   let reason: string | undefined;
   const routerOpts = { allowGap: !!opts.replaceRouter };
   const run = async () => {
+    const quick = await nothingToDo(ctx, opts);
+    if (quick) {
+      ({ from, to, sha } = { from: quick.release.id, to: quick.release.id, sha: quick.sha });
+      reason = quick.result.reason;
+      return quick.result;
+    }
     // A router that differs from the config in a way this run would not apply: refused before the lock.
     await refuseRouterChange(ctx, routerOpts);
     return withLock(ctx, 'deploy', opts.waitMs, async (lock): Promise<DeployResult> => {
@@ -270,6 +280,57 @@ function soakStartedResult(
 }
 
 /** A sha an operator rolled back from (or the health gate reverted) is not deployed again without --force. */
+/**
+ * A deploy with nothing to do, found with one look at the state and nothing written but its history line:
+ * no lock holder and no soak, HEAD's inputs are the active release's (which already lists the commit), PM2
+ * runs that release online (behind the router: routed to, by a router as the config defines it), and the
+ * commit is not marked bad. Anything else (or any doubt) takes the full path: lock, pre-flight, recovery.
+ * The executor calls deploy after every pull; most find nothing to do.
+ */
+async function nothingToDo(ctx: Context, opts: DeployOptions): Promise<{ result: DeployResult; release: ReleaseRecord; sha: string } | undefined> {
+  if (opts.rebuild || opts.pull || opts.force) return undefined;
+  const dir = ctx.config.releasesDir;
+  if (existsSync(path.join(dir, LOCK_DIR))) return undefined;
+  const state = await ctx.store.readState();
+  if (!state || !ctx.pm2.daemonRunning()) return undefined;
+  const soak = await readSoak(dir, ctx.config.app.name);
+  if (soak && soakRunning(soak)) return undefined;
+  const resolved = await resolveRelease(ctx, opts.ref ?? 'HEAD');
+  const active = await ctx.store.get(state.active);
+  if (!active?.manifest) return undefined;
+  const hit = findSameInputs([active], active.id, resolved.sha, resolved.inputKey);
+  if (hit?.id !== active.id || !(active.manifest.commits ?? [active.manifest.sha]).includes(resolved.sha)) return undefined;
+  const marks = await readBadShas(dir);
+  if (marks[resolved.sha]) return undefined;
+  if ((await currentRelease(ctx)) !== active.id) return undefined;
+  const procs = (await ctx.pm2.processes(ctx.config.app.name, { fresh: true })).filter((p) => p.releaseId === active.id);
+  if (procs.length === 0 || !procs.every((p) => p.status === 'online')) return undefined;
+  if (ctx.config.app.strategy === 'router') {
+    if (!(await routerRunning(ctx.pm2, routerProcessName(ctx.config.app.name)))) return undefined;
+    if ((await checkRouterConfig(ctx))?.differences.length !== 0) return undefined;
+  }
+  const reason = hit.by === 'inputs' ? unchangedReason(ctx.config.app.dir, active.manifest.sha) : undefined;
+  ctx.logger.info(`${resolved.sha.slice(0, 7)} is already served by the active ${active.id}${reason ? ` (${reason})` : ''}: nothing to do`);
+  return {
+    release: active,
+    sha: resolved.sha,
+    result: {
+      ok: true as const,
+      changed: false,
+      action: 'deploy' as const,
+      mode: 'unchanged' as const,
+      ...(reason ? { reason } : {}),
+      release: releaseInfo(active, active.id, ctx.store.buildLog(active.id), marks),
+      previous: null,
+      url: healthUrl(ctx.config.app, appPort(ctx.config.app)),
+      durationsMs: { ...ctx.durations },
+      removed: [],
+      soak: null,
+      warnings: ctx.warnings,
+    },
+  };
+}
+
 async function refuseBadSha(ctx: Context, sha: string, force: boolean): Promise<void> {
   const mark = (await readBadShas(ctx.config.releasesDir))[sha];
   if (!mark || force) return;
@@ -322,9 +383,13 @@ async function recoverRouted(ctx: Context): Promise<void> {
   // The list removeVerifyLeftovers just read (under a second old; its deletes invalidated it): another
   // `pm2 jlist` would cost a deploy that finds nothing to do ~0.5 s of its 1 s.
   const procs = await ctx.pm2.processes(name);
-  const serving = procs.filter((p) => p.vars[ctx.config.app.portEnv] === String(live.port));
+  const portEnv = ctx.config.app.portEnv;
+  const serving = procs.filter((p) => p.vars[portEnv] === String(live.port));
   if (serving.length === 0) return; // nothing serves the routed port: the generic recovery below starts the record
-  for (const p of procs.filter((x) => !serving.includes(x))) {
+  // The recorded standby runs unrouted by design (a rollback routes to it): not a leftover.
+  const standby = (await ctx.store.readState())?.standby;
+  const isStandby = (p: (typeof procs)[number]) => !!standby && p.releaseId === standby.id && p.vars[portEnv] === standby.app.env[portEnv];
+  for (const p of procs.filter((x) => !serving.includes(x) && !isStandby(x))) {
     warn(ctx, `${name} (pm2 id ${p.pmId}, ${p.releaseId ?? p.cwd}) is not routed (an interrupted switch): deleting it`);
     await ctx.pm2.delete(p.pmId);
   }

@@ -24,6 +24,7 @@ import { pidAlive } from '../release/store.js';
 import { routerPaths, sharePercent } from '../router/protocol.js';
 import { ratePercent } from '../units.js';
 import type { SoakHandle, StandbyOutcome } from '../pm2/switch.js';
+import { ProcessWatch } from '../pm2/watch.js';
 import { record } from './audit.js';
 import { phase, warn, type Context } from './context.js';
 
@@ -94,6 +95,8 @@ export interface SoakInput {
 
 const TICK_MS = 50;
 const READ_MS = 1_000;
+/** With PM2's bus watched, how often the soak still reads the process list (a backstop). */
+const LIST_MS = 5_000;
 
 /** Runs the soak to its end; returns the passed record, or throws (exit 5, phase soak) after reverting. */
 export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecord> {
@@ -132,6 +135,10 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
   const checks = healthChecks(ctx.config.app, handle.next.port);
   const ids = new Set(await input.newIds());
   const restartsBefore = new Map((await ctx.pm2.processes(app, { fresh: true })).filter((p) => ids.has(p.pmId)).map((p) => [p.pmId, p.restarts]));
+  // Its processes are watched on PM2's bus: a crash trips the soak when PM2 reports it. The list is still read,
+  // every few seconds, as a backstop (and on every reading where the bus cannot be used).
+  const watch = await ProcessWatch.start(ctx.pm2, app);
+  let nextList = 0;
   const deadline = started.getTime() + cfg.durationMs;
   let nextRead = 0;
   let nextHealth = Date.now() + cfg.healthIntervalMs;
@@ -154,12 +161,18 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
         rec.judged = rec.judged || v.judged;
         if (v.trip) return trip(v.reason ?? 'the traffic gate tripped');
       }
-      const procs = (await ctx.pm2.processes(app, { fresh: true })).filter((p) => ids.has(p.pmId));
-      const restarted = procs.reduce((n, p) => n + Math.max(0, p.restarts - (restartsBefore.get(p.pmId) ?? 0)), 0);
-      const down = procs.find((p) => p.status !== 'online');
-      if (procs.length === 0) return trip('its PM2 process is gone');
-      if (restarted > 0) return trip(`PM2 restarted it ${restarted} time(s) during the soak`);
-      if (down) return trip(`it is ${down.status} in PM2`);
+      const crashed = watch?.crashesOf(ids) ?? 0;
+      if (crashed > 0) return trip(`PM2 restarted it ${crashed} time(s) during the soak`);
+      if (watch?.stoppingOf(ids)) return trip('PM2 stopped it (a command, not a crash)');
+      if (!watch || Date.now() >= nextList) {
+        nextList = Date.now() + LIST_MS;
+        const procs = (await ctx.pm2.processes(app, { fresh: true })).filter((p) => ids.has(p.pmId));
+        const restarted = procs.reduce((n, p) => n + Math.max(0, p.restarts - (restartsBefore.get(p.pmId) ?? 0)), 0);
+        const down = procs.find((p) => p.status !== 'online');
+        if (procs.length === 0) return trip('its PM2 process is gone');
+        if (restarted > 0) return trip(`PM2 restarted it ${restarted} time(s) during the soak`);
+        if (down) return trip(`it is ${down.status} in PM2`);
+      }
       if (!outcome) await save(rec);
     } catch (err) {
       failure = err as Error;
@@ -186,6 +199,12 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
         outcome = { state: 'rolled-back', reason: `rolled back by ${by} during the soak` };
         break;
       }
+      // A crash PM2 reported on its bus trips the soak now, not at the next reading.
+      const crashed = watch?.crashesOf(ids) ?? 0;
+      if (crashed > 0) {
+        trip(`PM2 restarted it ${crashed} time(s) during the soak`);
+        break;
+      }
       // The readings (router numbers, PM2's list, health probes) take up to a second under load; they run
       // beside this loop, so a stop request or a cancel is seen within a tick.
       const now = Date.now();
@@ -209,6 +228,7 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
   });
 
   await Promise.all([reading, probing]);
+  watch?.close();
   if (!outcome) {
     rec.reason = rec.judged
       ? `passed on ${rec.candidate?.requests ?? 0} requests (5xx ${ratePercent(rec.candidate?.rate5xx ?? 0)}, p99 ${rec.candidate?.p99Ms ?? '-'} ms)`

@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { appPort, healthChecks, healthUrl, isInside } from '../config.js';
 import { failpoint } from '../failpoint.js';
 import { EnvironmentError, ReleaseError, SwitchError } from '../errors.js';
-import { waitHealthy, type HealthOutcome } from '../health.js';
+import { waitHealthy, type HealthOutcome, type StabilitySample } from '../health.js';
+import { ProcessWatch } from '../pm2/watch.js';
 import { strategyFor, type SwitchStrategy } from '../pm2/switch.js';
 import { loopbackArgs, routedStrategy, routerRunning } from '../pm2/routed-switch.js';
 import { RouterControl } from '../router/client.js';
@@ -135,20 +136,44 @@ export interface WaitForAppOptions {
   restartsBefore?: Map<number, number>;
 }
 
-/** The app's health gate: its HTTP checks answer and its PM2 processes stay online without restarting. */
-export function waitForApp(ctx: Context, o: WaitForAppOptions): Promise<HealthOutcome> {
-  return waitHealthy({
-    checks: o.checks,
-    timeoutMs: ctx.config.app.healthcheck.timeoutMs,
-    settleMs: o.settleMs,
-    signal: o.signal,
-    sample: async () => {
-      const ids = o.only ? new Set(await o.only()) : undefined;
-      return (await ctx.pm2.processes(o.name, { fresh: true }))
-        .filter((p) => !ids || ids.has(p.pmId))
-        .map((p) => ({ status: p.status, restarts: p.restarts - (o.restartsBefore?.get(p.pmId) ?? 0) }));
-    },
-  });
+/** With PM2's bus watched, how often the gate still reads the process list (a backstop, not the watch). */
+const GATE_LIST_MS = 1_000;
+
+/**
+ * The app's health gate: its HTTP checks answer and its PM2 processes stay online without restarting. The
+ * processes are watched on PM2's bus (a crash fails the gate the moment PM2 reports it); where the bus cannot
+ * be used, their list is read on every round instead.
+ */
+export async function waitForApp(ctx: Context, o: WaitForAppOptions): Promise<HealthOutcome> {
+  const watch = await ProcessWatch.start(ctx.pm2, o.name);
+  let listed: { ids: number[]; samples: StabilitySample[] } | undefined;
+  let nextList = 0;
+  try {
+    return await waitHealthy({
+      checks: o.checks,
+      timeoutMs: ctx.config.app.healthcheck.timeoutMs,
+      settleMs: o.settleMs,
+      signal: o.signal,
+      sample: async () => {
+        if (!watch || !listed || Date.now() >= nextList) {
+          const ids = o.only ? new Set(await o.only()) : undefined;
+          const procs = (await ctx.pm2.processes(o.name, { fresh: true })).filter((p) => !ids || ids.has(p.pmId));
+          listed = {
+            ids: procs.map((p) => p.pmId),
+            samples: procs.map((p) => ({ status: p.status, restarts: p.restarts - (o.restartsBefore?.get(p.pmId) ?? 0) })),
+          };
+          nextList = Date.now() + GATE_LIST_MS;
+        }
+        if (!watch) return listed.samples;
+        // PM2 stopping them on a command (its own kill included) is said as PM2 says it; a crash counts as a restart.
+        if (watch.stoppingOf(listed.ids)) return listed.samples.map((x) => ({ ...x, status: 'stopping' }));
+        const crashes = watch.crashesOf(listed.ids);
+        return crashes > 0 ? listed.samples.map((x) => ({ ...x, restarts: Math.max(x.restarts, crashes) })) : listed.samples;
+      },
+    });
+  } finally {
+    watch?.close();
+  }
 }
 
 export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts: SwitchOptions = {}): Promise<SwitchResult> {

@@ -17,7 +17,7 @@ import { EnvironmentError } from '../errors.js';
 import type { Logger, Redactor } from '../log.js';
 import type { AppDefinition } from '../release/store.js';
 import type { RunningRouter } from './router-drift.js';
-import { DaemonSocket, SocketCallFailed, SocketUnavailable, type SocketStartSpec } from './daemon-socket.js';
+import { DaemonSocket, SocketCallFailed, SocketUnavailable, type ProcessEvent, type SocketStartSpec } from './daemon-socket.js';
 
 export interface Pm2Process {
   pmId: number;
@@ -159,6 +159,23 @@ export class Pm2 {
       },
     );
     return this.cache.socket;
+  }
+
+  /**
+   * PM2's process events as they happen (its bus: exit, restart, online, …), for processes named `name`.
+   * Resolves with the unsubscribe; undefined where the socket cannot be used (the caller polls instead).
+   */
+  async watch(name: string, onEvent: (e: ProcessEvent) => void): Promise<(() => void) | undefined> {
+    const s = await this.socket().catch(() => undefined);
+    if (!s) return undefined;
+    try {
+      return await s.watch((e) => {
+        if (e.name === name) onEvent(e);
+      });
+    } catch (err) {
+      this.opts.logger.debug(`PM2's bus is not available (${(err as Error).message}): polling the process list`);
+      return undefined;
+    }
   }
 
   /** Closes the connection to the daemon (a finished process does not wait for it: it is unref'd). */

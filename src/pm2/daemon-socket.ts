@@ -63,6 +63,44 @@ interface Pm2ClientInstance {
   };
   launchRPC(cb: (err?: unknown) => void): void;
   disconnectRPC(cb: (err?: unknown) => void): void;
+  launchBus(cb: (err: unknown, bus: BusEmitter, sock: BusSocket) => void): void;
+}
+interface BusEmitter {
+  on(event: string, f: (data: unknown) => void): void;
+}
+interface BusSocket {
+  socks?: { unref?: () => void }[];
+  close?: () => void;
+  set?: (key: string, value: unknown) => void;
+  on?: (e: string, f: (...a: unknown[]) => void) => void;
+}
+
+/** One of PM2's `process:event`s: what the daemon did to a process, as it happened. */
+export interface ProcessEvent {
+  /** exit, restart, online, start, stop, delete, restart overlimit, … */
+  event: string;
+  pmId: number;
+  name: string;
+  /** An operator's (or pm2-release's) command, not a crash. */
+  manually: boolean;
+  status: string;
+  restarts: number;
+}
+
+/** A `process:event` payload (PM2's Utility.formatCLU: the process's pm2_env, flattened). */
+export function toProcessEvent(data: unknown): ProcessEvent | undefined {
+  if (!data || typeof data !== 'object') return undefined;
+  const d = data as { event?: unknown; manually?: unknown; process?: Record<string, unknown> };
+  const p = d.process ?? {};
+  if (typeof d.event !== 'string' || typeof p.pm_id !== 'number') return undefined;
+  return {
+    event: d.event,
+    pmId: p.pm_id,
+    name: typeof p.name === 'string' ? p.name : '',
+    manually: d.manually === true,
+    status: typeof p.status === 'string' ? p.status : '',
+    restarts: typeof p.restart_time === 'number' ? p.restart_time : 0,
+  };
 }
 interface Pm2Modules {
   version: string;
@@ -338,6 +376,46 @@ export class DaemonSocket {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     await writeFileAtomic(dumpPath, JSON.stringify(apps, null, 2), { mode: 0o600 });
+  }
+
+  /**
+   * Subscribes to the daemon's bus (its pub socket, as `pm2 logs` and PM2's own tools do) and calls `onEvent`
+   * for each process event from now on. Resolves with the unsubscribe once connected; rejects when the bus
+   * does not answer within `timeoutMs`. Like the RPC connection, it never re-dials and never keeps the process alive.
+   */
+  async watch(onEvent: (e: ProcessEvent) => void, timeoutMs = 2_000): Promise<() => void> {
+    if (!this.usable) throw new SocketCallFailed('launchBus', `pm2 launchBus: ${this.lost ?? 'the socket is closed'}`, false, !!this.lost);
+    const pub = typeof this.modules.conf.DAEMON_PUB_PORT === 'string' ? this.modules.conf.DAEMON_PUB_PORT : path.join(this.home, 'pub.sock');
+    if (!fs.existsSync(pub)) throw new SocketCallFailed('launchBus', `pm2 launchBus: no PM2 bus socket at ${pub}`);
+    const sock = await new Promise<BusSocket>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        (this.client as unknown as { sub_sock?: BusSocket }).sub_sock?.close?.();
+        reject(new SocketCallFailed('launchBus', `pm2 launchBus: ${pub} did not accept a connection within ${timeoutMs} ms`));
+      }, timeoutMs);
+      try {
+        this.client.launchBus((err, bus, s) => {
+          clearTimeout(timer);
+          if (err) return reject(new SocketCallFailed('launchBus', `pm2 launchBus: ${describe(err)}`));
+          bus.on('process:event', (data) => {
+            const e = toProcessEvent(data);
+            if (e) onEvent(e);
+          });
+          resolve(s);
+        });
+      } catch (err) {
+        clearTimeout(timer);
+        reject(new SocketCallFailed('launchBus', `pm2 launchBus: ${describe(err)}`));
+      }
+      (this.client as unknown as { sub_sock?: BusSocket }).sub_sock?.set?.('retry timeout', 0);
+    });
+    for (const s of sock.socks ?? []) s.unref?.();
+    return () => {
+      try {
+        sock.close?.();
+      } catch {
+        /* already closed */
+      }
+    };
   }
 
   async close(): Promise<void> {

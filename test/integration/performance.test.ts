@@ -152,9 +152,17 @@ describe('dependency reuse and instant redeploy', () => {
 
   it('instant redeploy: the active sha is a no-op; a retained sha is reactivated without a build; --rebuild builds', async () => {
     const active = (await list(opts())).active!;
+    const dump = path.join(sb.pm2Home, 'dump.pm2');
+    const dumpBefore = fs.statSync(dump).mtimeMs;
+    const stateBefore = fs.readFileSync(path.join(sb.releasesDir, 'active.json'), 'utf8');
     const same = await deploy(opts());
     expect(same.mode).toBe('unchanged');
     expect(same.release.id).toBe(active);
+    // One look at the state: no lock, no pre-flight, no PM2 write, nothing recorded but the history line.
+    expect(Object.keys(same.durationsMs)).toEqual(['resolve']);
+    expect(fs.statSync(dump).mtimeMs).toBe(dumpBefore);
+    expect(fs.readFileSync(path.join(sb.releasesDir, 'active.json'), 'utf8')).toBe(stateBefore);
+    expect(fs.existsSync(path.join(sb.releasesDir, '.lock'))).toBe(false);
     const sha2 = manifest(second).sha;
     const re = await deploy({ ...opts(), ref: sha2 });
     expect(re.mode).toBe('reactivated');

@@ -9,6 +9,10 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { portHolder } from '../../src/health.js';
+import { silentLogger } from '../../src/log.js';
+import { Pm2 } from '../../src/pm2/client.js';
+import { ProcessWatch } from '../../src/pm2/watch.js';
 import { cli, createSandbox, get, ROOT, type Sandbox } from '../helpers/sandbox.js';
 
 const PM2_7 = path.join(ROOT, 'node_modules/pm2');
@@ -99,6 +103,36 @@ describe.each([
     expect(fs.statSync(`${dump}.bak`).mode & 0o777).toBe(0o600);
     const saved = JSON.parse(fs.readFileSync(dump, 'utf8')) as { name: string; pm_cwd: string; pm_id?: number }[];
     expect(saved.map((a) => [a.name, a.pm_cwd, a.pm_id])).toEqual([['frontend-dev', path.join(sb.releasesDir, id2, 'frontend'), undefined]]);
+  });
+
+  it("PM2's bus (that version): a crash of the app is seen as it happens, a `pm2 stop` as a stop, not a crash", async () => {
+    const pm2 = new Pm2({ env: { ...sb.env, PM2_RELEASE_PM2: env.PM2_RELEASE_PM2 }, logger: silentLogger() });
+    const watch = await ProcessWatch.start(pm2, 'frontend-dev');
+    try {
+      expect(watch).toBeDefined();
+      const app = sb.jlist().find((p) => p.name === 'frontend-dev')!;
+      const id = JSON.parse(run(['status', '--json']).stdout).active.id as string;
+      // The app is `npm run start`: its server (the port's holder) dies with it, as in a crash of the tree.
+      const server = await portHolder(sb.port);
+      process.kill(app.pid, 'SIGKILL');
+      if (server !== undefined && server !== app.pid) process.kill(server, 'SIGKILL');
+      for (let i = 0; i < 100 && watch!.crashesOf([app.pm_id]) === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(watch!.crashesOf([app.pm_id])).toBeGreaterThanOrEqual(1);
+      expect(watch!.stoppingOf([app.pm_id])).toBe(false);
+      for (let i = 0; i < 100 && !(await served(sb)).includes(id); i++) await new Promise((r) => setTimeout(r, 100));
+      const crashes = watch!.crashesOf([app.pm_id]);
+      pm2Of(pkg, sb, 'stop', 'frontend-dev');
+      for (let i = 0; i < 100 && !watch!.stoppingOf([app.pm_id]); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(watch!.stoppingOf([app.pm_id])).toBe(true);
+      // The stop is not one more crash.
+      expect(watch!.crashesOf([app.pm_id])).toBe(crashes);
+      pm2Of(pkg, sb, 'restart', 'frontend-dev');
+      for (let i = 0; i < 100 && !(await served(sb)).includes(id); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(calls(log)).toEqual([]);
+    } finally {
+      watch?.close();
+      await pm2.close();
+    }
   });
 
   it('pm2 kill + pm2 resurrect (that version) brings the dumped release back', async () => {

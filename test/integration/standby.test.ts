@@ -6,12 +6,13 @@
  * resurrect` and the ecosystem file bring both back; with too little memory there is no standby and a
  * rollback boots, as before. Counts and states, not timings.
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deploy, history, rollback, status } from '../../src/index.js';
-import { cli, createSandbox, releasePortRange, type Sandbox, waitServing as waitServingOn } from '../helpers/sandbox.js';
+import { cli, createSandbox, releasePortRange, ROOT, type Sandbox, waitServing as waitServingOn } from '../helpers/sandbox.js';
 import { startTraffic } from '../helpers/traffic.js';
 
 const APP = 'frontend-dev';
@@ -89,7 +90,10 @@ describe('the warm standby behind the router (real PM2)', () => {
       }
     })();
     sb.commit('v3', { 'version.txt': 'v3\n' });
-    v3 = (await deploy(opts())).release.id;
+    const r3 = await deploy(opts());
+    v3 = r3.release.id;
+    // The former standby is retired by the switch once v3 is routed, not deleted beforehand as a leftover.
+    expect(r3.warnings).toEqual([]);
     sampling = false;
     await sampler;
     await sleep(300);
@@ -183,11 +187,32 @@ describe('the warm standby behind the router (real PM2)', () => {
     await waitServing(v1);
   });
 
+  it('a deploy whose release fails its gate leaves live and standby as they were: a rollback still flips', async () => {
+    const before = byRelease();
+    const standby = (await status(opts())).standby!;
+    expect(standby.state).toBe('warm');
+    sb.commit('crash at boot', { CRASH_ON_BOOT: 'yes\n' });
+    const crash = cli(sb, ['deploy', '--json']);
+    expect(crash.code, crash.stdout).toBe(5);
+    expect(JSON.parse(crash.stdout).error.code).toBe('HEALTH_FAILED');
+    const after = byRelease();
+    expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
+    for (const [id, p] of before) expect(after.get(id)!.pid, id).toBe(p.pid);
+    expect((await status(opts())).standby).toMatchObject({ state: 'warm', release: standby.release });
+    const back = await rollback(opts());
+    expect(back.release.id).toBe(standby.release);
+    expect(back.durationsMs).not.toHaveProperty('switch');
+    expect(byRelease().get(standby.release!)!.pid).toBe(before.get(standby.release!)!.pid);
+    await waitServing(standby.release!);
+    sb.commit('fixed', { CRASH_ON_BOOT: null });
+  });
+
   it('with too little memory for one more copy (router.standbyReserveMB) there is no standby: status and doctor say why, and a rollback boots', async () => {
     writeConfig({ standbyReserveMB: 1_000_000 });
+    const live = routerState().live.release;
     sb.commit('v4', { 'version.txt': 'v4\n' });
     const v4 = (await deploy(opts())).release.id;
-    // The previous live release (v1) is retired, as is the former standby (v3).
+    // The previous live release is retired, as is the former standby.
     expect([...byRelease().keys()]).toEqual([v4]);
     const st = await status(opts());
     expect(st.standby).toMatchObject({ state: 'off' });
@@ -197,11 +222,11 @@ describe('the warm standby behind the router (real PM2)', () => {
     const d = JSON.parse(cli(sb, ['doctor', '--json']).stdout) as { checks: { name: string; status: string; message: string }[] };
     expect(d.checks.find((c) => c.name === 'standby')).toMatchObject({ status: 'warn' });
     const back = await rollback(opts());
-    expect(back.release.id).toBe(v1);
+    expect(back.release.id).toBe(live);
     // A boot: the rollback went through the switch and its health gate.
     expect(back.durationsMs).toHaveProperty('health');
-    expect([...byRelease().keys()]).toEqual([v1]);
-    await waitServing(v1);
+    expect([...byRelease().keys()]).toEqual([live]);
+    await waitServing(live);
 
     writeConfig({ standby: false, standbyReserveMB: undefined });
     sb.commit('v5', { 'version.txt': 'v5\n' });
@@ -209,5 +234,46 @@ describe('the warm standby behind the router (real PM2)', () => {
     expect([...byRelease().keys()]).toEqual([v5]);
     expect(app()).toHaveLength(1);
     expect((await status(opts())).standby).toMatchObject({ state: 'off', reason: 'off in the config (router.standby: false)' });
+  });
+});
+
+describe('the warm standby against a PM2 5.x daemon (the version operators still run)', () => {
+  const PM2_5 = path.join(ROOT, 'node_modules/pm2-5');
+  let sb: Sandbox;
+  afterAll(async () => {
+    await sb?.close();
+  });
+
+  it('deploy v1, deploy v2, rollback: the same v1 process answers; the dump (5.x resurrects it) holds live and standby', async () => {
+    sb = await createSandbox({
+      keep: 3,
+      app: { strategy: 'router', healthcheck: { timeoutMs: 20_000, settleMs: 300 } },
+      config: { router: { standby: undefined, holdMs: 4_000, drainTimeoutMs: 5_000, releasePorts: releasePortRange() } },
+    });
+    const bin = path.join(PM2_5, 'bin/pm2');
+    const env = { ...sb.env, PM2_RELEASE_PM2: bin };
+    execFileSync(bin, ['ping'], { env, stdio: 'ignore' });
+    const title = fs.readFileSync(`/proc/${fs.readFileSync(path.join(sb.pm2Home, 'pm2.pid'), 'utf8').trim()}/cmdline`, 'utf8');
+    expect(title).toMatch(/PM2 v5\.\d+\.\d+: God Daemon/);
+    const opts = { configPath: sb.configPath, env, cwd: sb.root };
+    const app = () => sb.jlist().filter((p) => p.name === APP);
+    const v1 = (await deploy(opts)).release.id;
+    sb.commit('v2', { 'version.txt': 'v2\n' });
+    const v2 = (await deploy(opts)).release.id;
+    const v1Pid = app().find((p) => (p.pm2_env.env as Record<string, string>).RELEASE_ID === v1)!.pid;
+    const back = await rollback(opts);
+    expect(back.release.id).toBe(v1);
+    expect(back.durationsMs).not.toHaveProperty('switch');
+    await waitServingOn(sb.port, v1);
+    expect(app().find((p) => (p.pm2_env.env as Record<string, string>).RELEASE_ID === v1)!.pid).toBe(v1Pid);
+    expect((await status(opts)).standby).toMatchObject({ state: 'warm', release: v2 });
+    execFileSync(bin, ['kill'], { env, stdio: 'ignore' });
+    execFileSync(bin, ['resurrect'], { env, stdio: 'ignore' });
+    await waitServingOn(sb.port, v1);
+    expect(
+      app()
+        .map((p) => (p.pm2_env.env as Record<string, string>).RELEASE_ID)
+        .sort(),
+    ).toEqual([v1, v2].sort());
   });
 });

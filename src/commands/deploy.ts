@@ -6,14 +6,15 @@
  * (and PM2 running it) says so after one look, without the lock or the pre-flight (nothingToDo).
  */
 import { existsSync } from 'node:fs';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { asReleaseError, ExitCode, ReleaseError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
-import { currentBranch, pullBranch } from '../git.js';
+import { currentBranch, pullBranch, resolveRef } from '../git.js';
 import { clearBad, readBadShas } from '../release/history.js';
 import { findSameInputs, unchangedReason, withCommit } from '../release/inputs.js';
 import { appPort, healthUrl } from '../config.js';
-import { allocateId, buildRelease, markFailed, resolveRelease } from '../lifecycle/build-release.js';
+import { allocateId, buildRelease, markFailed, resolveRelease, type Resolved } from '../lifecycle/build-release.js';
 import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
 import { preflight } from '../lifecycle/checks.js';
 import { audited } from '../lifecycle/audit.js';
@@ -26,7 +27,7 @@ import { routerProcessName } from '../router/protocol.js';
 import { removeVerifyLeftovers, verifyRelease } from '../lifecycle/verify.js';
 import { applyRouterChange, checkRouterConfig, refuseRouterChange } from '../lifecycle/router-config.js';
 import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from '../lifecycle/soak.js';
-import type { ReleaseRecord } from '../release/store.js';
+import { BUILD_DIR, type ReleaseRecord } from '../release/store.js';
 import { withLock } from '../lifecycle/with-lock.js';
 import { LOCK_DIR } from '../lock.js';
 
@@ -92,11 +93,12 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
   const routerOpts = { allowGap: !!opts.replaceRouter };
   const run = async () => {
     const quick = await nothingToDo(ctx, opts);
-    if (quick) {
+    if (quick && 'result' in quick) {
       ({ from, to, sha } = { from: quick.release.id, to: quick.release.id, sha: quick.sha });
       reason = quick.result.reason;
       return quick.result;
     }
+    const early = quick?.resolved;
     // A router that differs from the config in a way this run would not apply: refused before the lock.
     await refuseRouterChange(ctx, routerOpts);
     return withLock(ctx, 'deploy', opts.waitMs, async (lock): Promise<DeployResult> => {
@@ -112,14 +114,18 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
         await phase(ctx, 'pull', () => pullBranch(ctx.config.workspace, branch, !!opts.force, ctx.logger, ctx.signal, opts.ref));
         ref = opts.ref ?? 'HEAD';
       }
-      const resolved = await resolveRelease(ctx, ref);
+      // Resolved already when the commit was the active release's but something else was not (its inputs).
+      const resolved = early ?? (await resolveRelease(ctx, ref));
       sha = resolved.sha;
       await refuseBadSha(ctx, resolved.sha, !!opts.force);
       from = await currentRelease(ctx);
       if (!opts.rebuild) {
         // Content-addressed: a ready release built from the same inputs (release/inputs.ts) is retained, so
         // there is nothing to archive, install or build. When it is the active one, nothing is switched either.
-        const releases = await ctx.store.list();
+        // A build whose commit is marked bad is not reused for a newer commit with the same inputs (an empty
+        // commit, a change outside the app dir): the mark holds until a newer commit is built and gated anew.
+        const marks = opts.force ? {} : await readBadShas(ctx.config.releasesDir);
+        const releases = (await ctx.store.list()).filter((r) => !r.manifest || r.id === from || !marks[r.manifest.sha]);
         const hit = findSameInputs(releases, from, resolved.sha, resolved.inputKey);
         const same = hit ? releases.find((r) => r.id === hit.id) : undefined;
         if (hit && same?.manifest) {
@@ -287,27 +293,39 @@ function soakStartedResult(
  * commit is not marked bad. Anything else (or any doubt) takes the full path: lock, pre-flight, recovery.
  * The executor calls deploy after every pull; most find nothing to do.
  */
-async function nothingToDo(ctx: Context, opts: DeployOptions): Promise<{ result: DeployResult; release: ReleaseRecord; sha: string } | undefined> {
+async function nothingToDo(
+  ctx: Context,
+  opts: DeployOptions,
+): Promise<{ result: DeployResult; release: ReleaseRecord; sha: string } | { resolved: Resolved } | undefined> {
   if (opts.rebuild || opts.pull || opts.force) return undefined;
   const dir = ctx.config.releasesDir;
   if (existsSync(path.join(dir, LOCK_DIR))) return undefined;
   const state = await ctx.store.readState();
   if (!state || !ctx.pm2.daemonRunning()) return undefined;
+  const active = await ctx.store.get(state.active);
+  if (!active?.manifest || active.status !== 'ready') return undefined;
+  // The commit first (one git call): a deploy of a new commit goes the full way without resolving twice.
+  const sha = await resolveRef(ctx.config.workspace, opts.ref ?? 'HEAD', ctx.logger).catch(() => undefined);
+  if (!sha || !(active.manifest.commits ?? [active.manifest.sha]).includes(sha)) return undefined;
   const soak = await readSoak(dir, ctx.config.app.name);
   if (soak && soakRunning(soak)) return undefined;
-  const resolved = await resolveRelease(ctx, opts.ref ?? 'HEAD');
-  const active = await ctx.store.get(state.active);
-  if (!active?.manifest) return undefined;
+  // What an interrupted run left (a build dir, a half-done removal, an incomplete release, a verify process)
+  // is the full path's to clean up.
+  if ((await fsp.readdir(dir)).some((n) => n === BUILD_DIR || n.startsWith('.removing-'))) return undefined;
+  if ((await ctx.store.list()).some((r) => r.status !== 'ready' && r.status !== 'failed')) return undefined;
+  if ((await ctx.pm2.list({ fresh: true })).some((p) => p.name.startsWith(`${ctx.config.app.name}.verify-`))) return undefined;
+  // The inputs (env files, tool versions) may still differ: then the full path reuses this resolution.
+  const resolved = await resolveRelease(ctx, sha);
   const hit = findSameInputs([active], active.id, resolved.sha, resolved.inputKey);
-  if (hit?.id !== active.id || !(active.manifest.commits ?? [active.manifest.sha]).includes(resolved.sha)) return undefined;
+  if (hit?.id !== active.id) return { resolved };
   const marks = await readBadShas(dir);
-  if (marks[resolved.sha]) return undefined;
-  if ((await currentRelease(ctx)) !== active.id) return undefined;
+  if (marks[resolved.sha]) return { resolved };
+  if ((await currentRelease(ctx)) !== active.id) return { resolved };
   const procs = (await ctx.pm2.processes(ctx.config.app.name, { fresh: true })).filter((p) => p.releaseId === active.id);
-  if (procs.length === 0 || !procs.every((p) => p.status === 'online')) return undefined;
+  if (procs.length === 0 || !procs.every((p) => p.status === 'online')) return { resolved };
   if (ctx.config.app.strategy === 'router') {
-    if (!(await routerRunning(ctx.pm2, routerProcessName(ctx.config.app.name)))) return undefined;
-    if ((await checkRouterConfig(ctx))?.differences.length !== 0) return undefined;
+    if (!(await routerRunning(ctx.pm2, routerProcessName(ctx.config.app.name)))) return { resolved };
+    if ((await checkRouterConfig(ctx))?.differences.length !== 0) return { resolved };
   }
   const reason = hit.by === 'inputs' ? unchangedReason(ctx.config.app.dir, active.manifest.sha) : undefined;
   ctx.logger.info(`${resolved.sha.slice(0, 7)} is already served by the active ${active.id}${reason ? ` (${reason})` : ''}: nothing to do`);

@@ -369,6 +369,21 @@ describe('history and bad-sha marks', () => {
     expect(again.code).toBe(7);
   });
 
+  it('a newer commit with the same inputs as a build marked bad (an empty commit) is built and gated anew, not reused', async () => {
+    const v4 = (await list(opts())).active!;
+    const back = await rollback(opts());
+    expect(back.release.id).not.toBe(v4);
+    // v4's sha is marked (rolled back from); an empty commit on top has the very same app tree.
+    execFileSync('git', ['commit', '-q', '--allow-empty', '-m', 'retry v4'], { cwd: sb.workspace, env: sb.env as NodeJS.ProcessEnv });
+    const r = cli(sb, ['deploy', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.mode).toBe('built');
+    expect(out.release.id).not.toBe(v4);
+    expect(out.release.sha).toBe(headSha(sb));
+    expect((await get(url())).body).toContain('v4');
+  });
+
   it('CLI list, status and history when not a TTY: no ANSI codes, aligned tables', async () => {
     const lj = JSON.parse(cli(sb, ['list', '--json']).stdout) as Awaited<ReturnType<typeof list>>;
     const hj = JSON.parse(cli(sb, ['history', '--json']).stdout) as Awaited<ReturnType<typeof history>>;

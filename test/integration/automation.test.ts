@@ -374,7 +374,7 @@ describe('history and bad-sha marks', () => {
     const back = await rollback(opts());
     expect(back.release.id).not.toBe(v4);
     // v4's sha is marked (rolled back from); an empty commit on top has the very same app tree.
-    execFileSync('git', ['commit', '-q', '--allow-empty', '-m', 'retry v4'], { cwd: sb.workspace, env: sb.env as NodeJS.ProcessEnv });
+    execFileSync('git', ['commit', '-q', '--allow-empty', '-m', 'retry v4'], { cwd: sb.workspace, env: sb.env });
     const r = cli(sb, ['deploy', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout);

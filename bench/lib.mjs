@@ -52,7 +52,7 @@ const TAIL = 16_000;
  * Runs argv (never a shell string) in its own process group; resolves {code, signal, stdout, stderr, ms}.
  * Rejects on a non-zero exit unless allowFail. Bounded by timeoutMs (the group is killed).
  */
-export function run(argv, { cwd, env, timeoutMs = 600_000, allowFail = false, stdin, logFile, evenWhenStopping = false } = {}) {
+export function run(argv, { cwd, env, timeoutMs = 600_000, allowFail = false, stdin, logFile, evenWhenStopping = false, tail = TAIL } = {}) {
   const t0 = now();
   if (state.stopping && !evenWhenStopping) return Promise.reject(new Error(`not starting ${argv[0]}: the bench is stopping`));
   return new Promise((resolve, reject) => {
@@ -63,7 +63,7 @@ export function run(argv, { cwd, env, timeoutMs = 600_000, allowFail = false, st
     const out = logFile ? fs.createWriteStream(logFile, { flags: 'a' }) : undefined;
     out?.write(`$ ${argv.join(' ')}\n`);
     child.stdout.on('data', (d) => {
-      stdout = (stdout + d).slice(-TAIL);
+      stdout = (stdout + d).slice(-tail);
       out?.write(d);
     });
     child.stderr.on('data', (d) => {

@@ -67,7 +67,9 @@ export async function createSandbox() {
     url: `http://127.0.0.1:${port}/`,
     env,
     git: (args) => run(['git', ...args], { cwd: ws, env, timeoutMs: 60_000 }),
-    pm2: (args, extraEnv = {}, allowFail = false) => run([PM2_BIN, ...args], { cwd: root, env: { ...env, ...extraEnv }, timeoutMs: 90_000, allowFail }),
+    // `jlist` prints one JSON line for every process (a few kB each): keep all of it, not run()'s usual tail.
+    pm2: (args, extraEnv = {}, allowFail = false) =>
+      run([PM2_BIN, ...args], { cwd: root, env: { ...env, ...extraEnv }, timeoutMs: 90_000, allowFail, tail: args[0] === 'jlist' ? 64 * 2 ** 20 : undefined }),
     async commit(message, files = {}) {
       for (const [rel, content] of Object.entries(files)) {
         const p = path.join(appDir, rel);

@@ -29,6 +29,7 @@ import { applyRouterChange, checkRouterConfig, refuseRouterChange } from '../lif
 import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from '../lifecycle/soak.js';
 import { BUILD_DIR, type ReleaseRecord } from '../release/store.js';
 import { withLock } from '../lifecycle/with-lock.js';
+import { isStandbyProcess } from '../lifecycle/standby.js';
 import { LOCK_DIR } from '../lock.js';
 
 export interface DeployOptions extends CommonOptions {
@@ -285,7 +286,6 @@ function soakStartedResult(
   };
 }
 
-/** A sha an operator rolled back from (or the health gate reverted) is not deployed again without --force. */
 /**
  * A deploy with nothing to do, found with one look at the state and nothing written but its history line:
  * no lock holder and no soak, HEAD's inputs are the active release's (which already lists the commit), PM2
@@ -349,6 +349,7 @@ async function nothingToDo(
   };
 }
 
+/** A sha an operator rolled back from (or the health gate reverted) is not deployed again without --force. */
 async function refuseBadSha(ctx: Context, sha: string, force: boolean): Promise<void> {
   const mark = (await readBadShas(ctx.config.releasesDir))[sha];
   if (!mark || force) return;
@@ -406,8 +407,7 @@ async function recoverRouted(ctx: Context): Promise<void> {
   if (serving.length === 0) return; // nothing serves the routed port: the generic recovery below starts the record
   // The recorded standby runs unrouted by design (a rollback routes to it): not a leftover.
   const standby = (await ctx.store.readState())?.standby;
-  const isStandby = (p: (typeof procs)[number]) => !!standby && p.releaseId === standby.id && p.vars[portEnv] === standby.app.env[portEnv];
-  for (const p of procs.filter((x) => !serving.includes(x) && !isStandby(x))) {
+  for (const p of procs.filter((x) => !serving.includes(x) && !isStandbyProcess(standby, x, portEnv))) {
     warn(ctx, `${name} (pm2 id ${p.pmId}, ${p.releaseId ?? p.cwd}) is not routed (an interrupted switch): deleting it`);
     await ctx.pm2.delete(p.pmId);
   }

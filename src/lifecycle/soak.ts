@@ -161,8 +161,7 @@ export async function runSoak(ctx: Context, input: SoakInput): Promise<SoakRecor
         rec.judged = rec.judged || v.judged;
         if (v.trip) return trip(v.reason ?? 'the traffic gate tripped');
       }
-      const crashed = watch?.crashesOf(ids) ?? 0;
-      if (crashed > 0) return trip(`PM2 restarted it ${crashed} time(s) during the soak`);
+      // A crash on the bus trips the soak in the loop below, at once; a stop on a command is said here.
       if (watch?.stoppingOf(ids)) return trip('PM2 stopped it (a command, not a crash)');
       if (!watch || Date.now() >= nextList) {
         nextList = Date.now() + LIST_MS;

@@ -53,9 +53,18 @@ export interface StandbyView {
   reason: string | null;
 }
 
+type RecordedStandby = { id: string; app: { env: Record<string, string> } };
+
+/** Pure: whether PM2's process `p` is the recorded standby (its release, on its private port). */
+export function isStandbyProcess(standby: RecordedStandby | undefined, p: { releaseId?: string; vars: Record<string, string> }, portEnv: string): boolean {
+  if (!standby || p.releaseId !== standby.id) return false;
+  const port = standby.app.env[portEnv];
+  return port === undefined || p.vars[portEnv] === port;
+}
+
 /** Pure: the recorded standby (active.json) against the app's PM2 processes now. */
 export function standbyView(
-  recorded: { standby?: { id: string; app: { env: Record<string, string> } }; standbyOff?: string } | undefined,
+  recorded: { standby?: RecordedStandby; standbyOff?: string } | undefined,
   procs: { releaseId?: string; status: string; vars: Record<string, string> }[],
   portEnv: string,
 ): StandbyView {
@@ -65,7 +74,7 @@ export function standbyView(
       ? { state: 'off', release: null, port: null, reason: recorded.standbyOff }
       : { state: 'none', release: null, port: null, reason: null };
   const port = Number(sb.app.env[portEnv]) || null;
-  const mine = procs.filter((p) => p.releaseId === sb.id && (port === null || p.vars[portEnv] === String(port)));
+  const mine = procs.filter((p) => isStandbyProcess(sb, p, portEnv));
   if (mine.length === 0) return { state: 'down', release: sb.id, port, reason: 'not running in PM2' };
   if (!mine.every((p) => p.status === 'online')) return { state: 'down', release: sb.id, port, reason: `${mine.map((p) => p.status).join(', ')} in PM2` };
   return { state: 'warm', release: sb.id, port, reason: null };

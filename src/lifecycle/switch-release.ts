@@ -9,22 +9,19 @@ import { fileURLToPath } from 'node:url';
 import { appPort, healthChecks, healthUrl, isInside } from '../config.js';
 import { failpoint } from '../failpoint.js';
 import { EnvironmentError, ReleaseError, SwitchError } from '../errors.js';
-import { waitHealthy, type HealthOutcome, type StabilitySample } from '../health.js';
+import { probeAll, waitHealthy, type HealthOutcome, type StabilitySample } from '../health.js';
 import { ProcessWatch } from '../pm2/watch.js';
-import { strategyFor, type SwitchStrategy } from '../pm2/switch.js';
+import { strategyFor, type StandbyOutcome, type SwitchStrategy } from '../pm2/switch.js';
 import { loopbackArgs, routedStrategy, routerRunning } from '../pm2/routed-switch.js';
 import { RouterControl } from '../router/client.js';
 import { routerProcessName } from '../router/protocol.js';
-import type { AppDefinition, ReleaseRecord } from '../release/store.js';
+import type { AppDefinition, ReleaseRecord, StandbyRecord } from '../release/store.js';
 import { childEnv, phase, warn, type Context } from './context.js';
 import { record } from './audit.js';
 import { markBad } from '../release/history.js';
 import { runSoak, type SoakRecord } from './soak.js';
 import { linkRetainedAssets } from '../release/assets.js';
-import { probeAll } from '../health.js';
-import type { StandbyOutcome } from '../pm2/switch.js';
-import type { StandbyRecord } from '../release/store.js';
-import { standbyVerdict } from './standby.js';
+import { standbyVerdict, standbyView } from './standby.js';
 
 export interface SwitchResult {
   app: AppDefinition;
@@ -178,12 +175,17 @@ export async function waitForApp(ctx: Context, o: WaitForAppOptions): Promise<He
 
 export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts: SwitchOptions = {}): Promise<SwitchResult> {
   if (release.status !== 'ready') throw new Error(`release ${release.id} is ${release.status}, not ready`);
+  const routed = ctx.config.app.strategy === 'router';
+  // The target is the standby behind the router: one route change, no boot.
+  if (routed) {
+    const flipped = await flipToStandby(ctx, release);
+    if (flipped) return flipped;
+  }
   const app = appDefinition(ctx, release);
   const port = appPort(ctx.config.app);
   const url = healthUrl(ctx.config.app, port);
   const checks = healthChecks(ctx.config.app, port);
   const previous = await currentRelease(ctx);
-  const routed = ctx.config.app.strategy === 'router';
   const strategy: SwitchStrategy = routed
     ? routedStrategy({
         control: routerControl(ctx),
@@ -200,12 +202,6 @@ export async function switchToRelease(ctx: Context, release: ReleaseRecord, opts
         standby: (prev) => standbyVerdict(ctx, prev),
       })
     : strategyFor(ctx.config.app.strategy);
-
-  // The target is the standby behind the router: one route change, no boot.
-  if (routed) {
-    const flipped = await flipToStandby(ctx, release);
-    if (flipped) return flipped;
-  }
 
   // Pages rendered by the other retained builds keep getting their hashed chunks from whichever one serves.
   try {
@@ -436,14 +432,12 @@ export async function flipToStandby(ctx: Context, release: ReleaseRecord): Promi
   const control = routerControl(ctx);
   const live = (await control.readState())?.live;
   if (!live || !Number.isInteger(port) || live.port === port) return undefined;
-  const procs = await ctx.pm2.processes(ctx.config.app.name, { fresh: true });
-  const mine = procs.filter((p) => p.releaseId === release.id && p.vars[portEnv] === String(port));
   const why = (reason: string) => {
     ctx.logger.info(`the standby ${release.id} ${reason}: starting it as usual`);
     return undefined;
   };
-  if (mine.length === 0) return why('is not running in PM2');
-  if (!mine.every((p) => p.status === 'online')) return why(`is ${mine.map((p) => p.status).join(', ')} in PM2`);
+  const view = standbyView(state, await ctx.pm2.processes(ctx.config.app.name, { fresh: true }), portEnv);
+  if (view.state !== 'warm') return why(`is ${view.reason}`);
   if (!(await routerRunning(ctx.pm2, routerProcessName(ctx.config.app.name)).catch(() => false))) return why('cannot be routed to: the router is not running');
   const checks = healthChecks(ctx.config.app, port);
   const appPortUrl = healthUrl(ctx.config.app, appPort(ctx.config.app));

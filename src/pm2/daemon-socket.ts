@@ -64,6 +64,8 @@ interface Pm2ClientInstance {
   launchRPC(cb: (err?: unknown) => void): void;
   disconnectRPC(cb: (err?: unknown) => void): void;
   launchBus(cb: (err: unknown, bus: BusEmitter, sock: BusSocket) => void): void;
+  /** The bus connection launchBus opened (set before it connects). */
+  sub_sock?: BusSocket;
 }
 interface BusEmitter {
   on(event: string, f: (data: unknown) => void): void;
@@ -389,7 +391,7 @@ export class DaemonSocket {
     if (!fs.existsSync(pub)) throw new SocketCallFailed('launchBus', `pm2 launchBus: no PM2 bus socket at ${pub}`);
     const sock = await new Promise<BusSocket>((resolve, reject) => {
       const timer = setTimeout(() => {
-        (this.client as unknown as { sub_sock?: BusSocket }).sub_sock?.close?.();
+        this.client.sub_sock?.close?.();
         reject(new SocketCallFailed('launchBus', `pm2 launchBus: ${pub} did not accept a connection within ${timeoutMs} ms`));
       }, timeoutMs);
       try {
@@ -406,7 +408,7 @@ export class DaemonSocket {
         clearTimeout(timer);
         reject(new SocketCallFailed('launchBus', `pm2 launchBus: ${describe(err)}`));
       }
-      (this.client as unknown as { sub_sock?: BusSocket }).sub_sock?.set?.('retry timeout', 0);
+      this.client.sub_sock?.set?.('retry timeout', 0);
     });
     for (const s of sock.socks ?? []) s.unref?.();
     return () => {

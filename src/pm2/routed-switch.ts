@@ -162,8 +162,14 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
           const prevProcs = prevLive && prevLive.port !== port ? old.filter((p) => portOf(p, routing.portEnv) === prevLive.port) : [];
           // Anything else of the app (the standby before this switch, a leftover) is retired once the route changed.
           const others = old.filter((p) => !prevProcs.includes(p));
-          const retireOthers = async () => {
-            for (const [otherPort, ids] of byPort(others, routing.portEnv)) await retire(otherPort, ids);
+          // After the route changed the new release serves: a failure here is a warning, never a revert.
+          const retireOthers = async (before?: () => void) => {
+            try {
+              before?.();
+              for (const [otherPort, ids] of byPort(others, routing.portEnv)) await retire(otherPort, ids);
+            } catch (err) {
+              routing.warn(`retiring the former standby failed (${(err as Error).message}); the next deploy removes it`);
+            }
           };
           if (routing.soak && prevLive && prevProcs.length > 0) {
             const share = routing.soak.share;
@@ -171,11 +177,7 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
             if (share < 1) await routing.control.route(prevLive, { canary: { upstream: live, share } });
             else await routing.control.route(live, { keep: [prevLive.port] });
             handle.committed = true;
-            try {
-              await retireOthers();
-            } catch (err) {
-              routing.warn(`retiring the former standby failed (${(err as Error).message}); the next deploy removes it`);
-            }
+            await retireOthers();
             const prevList = prevProcs.map((p) => p.pmId);
             handle.soak = {
               previous: prevLive,
@@ -183,7 +185,7 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
               share,
               baseline,
               promote: async () => {
-                const verdict = await standbyVerdict(prevLive, prevProcs);
+                const verdict = await keepAsStandby(prevLive, prevProcs);
                 if (verdict.keep) {
                   if (share < 1) await routing.control.route(live, { keep: [prevLive.port] });
                   return (handle.standby = { release: prevLive.release, port: prevLive.port });
@@ -203,18 +205,12 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
             return;
           }
           if (prevLive && prevProcs.length > 0) {
-            const verdict = await standbyVerdict(prevLive, prevProcs);
+            const verdict = await keepAsStandby(prevLive, prevProcs);
             if (verdict.keep) {
               await routing.control.route(live, { keep: [prevLive.port] });
               handle.committed = true;
               handle.standby = { release: prevLive.release, port: prevLive.port };
-              // From here the new release serves: what follows may fail with a warning, never a revert.
-              try {
-                routing.beforeDrain?.();
-                await retireOthers();
-              } catch (err) {
-                routing.warn(`retiring the former standby failed (${(err as Error).message}); the next deploy removes it`);
-              }
+              await retireOthers(routing.beforeDrain);
               return;
             }
             if (verdict.reason !== undefined) handle.standby = { off: verdict.reason };
@@ -241,7 +237,7 @@ export const routedStrategy = (routing: RoutingInput): SwitchStrategy => ({
       },
     };
     /** Whether the previous release stays as the standby; `reason` undefined: no standby wanted at all. */
-    const standbyVerdict = async (prev: { port: number; release: string }, procs: Pm2Process[]): Promise<{ keep: true } | { keep: false; reason?: string }> => {
+    const keepAsStandby = async (prev: { port: number; release: string }, procs: Pm2Process[]): Promise<{ keep: true } | { keep: false; reason?: string }> => {
       if (!routing.standby) return { keep: false };
       if (!procs.every((p) => p.status === 'online'))
         return { keep: false, reason: `${prev.release} is not online (${procs.map((p) => p.status).join(', ')})` };

@@ -107,6 +107,12 @@ export interface ActiveState {
 /** What a switch decided about the previous release behind the router. */
 export type StandbyRecord = { id: string; app: AppDefinition } | { off: string };
 
+/** The state file's fields for `standby`: the release, or why there is none. */
+function standbyFields(standby: StandbyRecord | undefined): Pick<ActiveState, 'standby' | 'standbyOff'> {
+  if (!standby) return {};
+  return 'id' in standby ? { standby } : { standbyOff: standby.off };
+}
+
 export interface ReleaseRecord {
   id: string;
   dir: string;
@@ -350,10 +356,9 @@ export class ReleaseStore {
       activations,
       app,
       ...(router ? { router } : {}),
-      ...(standby && 'id' in standby ? { standby } : {}),
-      ...(standby && 'off' in standby ? { standbyOff: standby.off } : {}),
+      ...standbyFields(standby),
     };
-    await writeFileAtomic(this.statePath, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
+    await this.writeState(state);
     await this.pointCurrent(id);
     return state;
   }
@@ -364,8 +369,10 @@ export class ReleaseStore {
     if (!state) return;
     delete state.standby;
     delete state.standbyOff;
-    if ('id' in standby) state.standby = standby;
-    else state.standbyOff = standby.off;
+    await this.writeState({ ...state, ...standbyFields(standby) });
+  }
+
+  private async writeState(state: ActiveState): Promise<void> {
     await writeFileAtomic(this.statePath, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
   }
 

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deploy, history, rollback, status } from '../../src/index.js';
-import { cli, createSandbox, releasePortRange, ROOT, type Sandbox, waitServing as waitServingOn } from '../helpers/sandbox.js';
+import { cli, createSandbox, releasePortRange, ROOT, startCli, type Sandbox, waitServing as waitServingOn } from '../helpers/sandbox.js';
 import { startTraffic } from '../helpers/traffic.js';
 
 const APP = 'frontend-dev';
@@ -28,6 +28,24 @@ describe('the warm standby behind the router (real PM2)', () => {
   const routerState = () =>
     JSON.parse(fs.readFileSync(path.join(sb.releasesDir, '.router', `${APP}.state.json`), 'utf8')) as { live: { port: number; release: string } };
   const waitServing = (release: string, ms = 20_000) => waitServingOn(sb.port, release, ms);
+  /** The most app processes PM2 ran at once, sampled every 50 ms until stop(). */
+  const sampleMost = () => {
+    let most = 0;
+    let sampling = true;
+    const loop = (async () => {
+      while (sampling) {
+        most = Math.max(most, app().length);
+        await sleep(50);
+      }
+    })();
+    return {
+      async stop() {
+        sampling = false;
+        await loop;
+        return most;
+      },
+    };
+  };
   const writeConfig = (router: Record<string, unknown>) => {
     const config = JSON.parse(fs.readFileSync(sb.configPath, 'utf8')) as { router: Record<string, unknown> };
     config.router = { ...config.router, ...router };
@@ -81,21 +99,13 @@ describe('the warm standby behind the router (real PM2)', () => {
     await waitServing(v1);
 
     // The next deploy: v3 boots beside live (v1) and standby (v2); after it, v1 is the standby and v2 is gone.
-    let most = 0;
-    let sampling = true;
-    const sampler = (async () => {
-      while (sampling) {
-        most = Math.max(most, app().length);
-        await sleep(50);
-      }
-    })();
+    const sampler = sampleMost();
     sb.commit('v3', { 'version.txt': 'v3\n' });
     const r3 = await deploy(opts());
     v3 = r3.release.id;
     // The former standby is retired by the switch once v3 is routed, not deleted beforehand as a leftover.
     expect(r3.warnings).toEqual([]);
-    sampling = false;
-    await sampler;
+    const most = await sampler.stop();
     await sleep(300);
     const t = await traffic.stop();
     expect(t.failures).toEqual([]);
@@ -164,17 +174,11 @@ describe('the warm standby behind the router (real PM2)', () => {
   it('a deploy with a soak: the former standby is retired at the route change, the previous release soaks warm and then stays as the standby', async () => {
     // Live v1, standby v3 (the ecosystem test above).
     sb.commit('v3b', { 'version.txt': 'v3b\n' });
-    let most = 0;
-    let sampling = true;
-    const sampler = (async () => {
-      while (sampling) {
-        most = Math.max(most, app().length);
-        await sleep(50);
-      }
-    })();
-    const r = cli(sb, ['deploy', '--json', '--soak', '2']);
-    sampling = false;
-    await sampler;
+    const sampler = sampleMost();
+    // Not the synchronous cli(): the sampler must run while the deploy does.
+    const r = await startCli(sb, ['deploy', '--json', '--soak', '2']).done;
+    const most = await sampler.stop();
+    expect(most).toBeGreaterThanOrEqual(2);
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     const out = JSON.parse(r.stdout) as { release: { id: string }; soak: { state: string } };
     expect(out.soak.state).toBe('passed');

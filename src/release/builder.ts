@@ -208,10 +208,12 @@ export async function runStep(
     // The group has exited (run() waits for it): nothing of this step is left to stop.
     if (metaDir) await clearBuildProcess(metaDir).catch(() => undefined);
   }
+  let oomKills = 0;
   if (sg && guarded) {
     const memory = await sg.guard.finish({ scope: sg.scope, heapCapMB: sg.heapCapMB });
     ctx.memory[guarded] = memory;
     onMemory?.(memory);
+    oomKills = memory.oomKills ?? 0;
     if (sg.guard.tripped) {
       const tail = failure instanceof CommandFailure ? ctx.redactor.redact(failure.tail) : undefined;
       const e = memoryStoppedError(guarded, memory, sg.budget, { logFile, outputTail: tail, cause: failure });
@@ -220,18 +222,24 @@ export async function runStep(
     }
   }
   if (failure === undefined) return;
-  if (failure instanceof CommandFailure)
-    throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${formatCommand(command)} ${failure.reason}`, {
+  if (failure instanceof CommandFailure) {
+    // 137: npm's own exit when a script it ran was SIGKILLed. When the kernel killed a grandchild (a build
+    // worker), the script usually exits 1: the host's OOM-kill count is what says the kernel acted.
+    const killed = failure.reason === 'killed by SIGKILL' || failure.exitCode === 137;
+    const oom = oomKills > 0 ? `; the kernel's OOM killer killed ${oomKills} process${oomKills === 1 ? '' : 'es'} on this host meanwhile` : '';
+    throw new BuildError(step === 'install' ? 'INSTALL_FAILED' : 'BUILD_FAILED', `${step} failed: ${formatCommand(command)} ${failure.reason}${oom}`, {
       phase: step,
       hint:
-        // 137: npm's own exit when a script it ran was SIGKILLed.
-        failure.reason === 'killed by SIGKILL' || failure.exitCode === 137
-          ? "killed by SIGKILL, likely by the kernel's OOM killer (`dmesg | grep -i oom`): see build.memoryGuard; the live app was not touched"
-          : `read the build log; the live app was not touched`,
+        oomKills > 0
+          ? "the kernel's OOM killer acted while it ran (`dmesg | grep -i oom`): see build.memoryGuard; the live app was not touched"
+          : killed
+            ? "killed by SIGKILL, likely by the kernel's OOM killer (`dmesg | grep -i oom`): see build.memoryGuard; the live app was not touched"
+            : `read the build log; the live app was not touched`,
       logFile,
       outputTail: ctx.redactor.redact(failure.tail),
       cause: failure,
     });
+  }
   throw asError(failure);
 }
 

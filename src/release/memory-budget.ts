@@ -295,6 +295,18 @@ export interface StepMemory {
   heapCapMB?: number;
   /** From the sample that crossed the budget to the tree gone (ms). */
   stopMs?: number;
+  /**
+   * Processes the kernel's OOM killer killed on this host while the step ran (/proc/vmstat oom_kill, which
+   * counts cgroup OOM kills too); absent when the kernel does not say. A build whose grandchild was killed
+   * often exits 1, not 137: this is what tells the operator the kernel acted.
+   */
+  oomKills?: number;
+}
+
+/** The host's OOM-kill count from /proc/vmstat (Linux 4.13+), or undefined. */
+export function parseOomKills(vmstat: string): number | undefined {
+  const m = /^oom_kill (\d+)$/m.exec(vmstat);
+  return m ? Number(m[1]) : undefined;
 }
 
 /** "312.0 MiB (26 % of 1.2 GiB)". */

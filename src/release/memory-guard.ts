@@ -34,6 +34,7 @@ import {
   overBudget,
   parseLimit,
   parseMeminfo,
+  parseOomKills,
   parseStatus,
   scopePlan,
   STOP_GRACE_MS,
@@ -82,6 +83,11 @@ export function readMemoryFacts(procDir = '/proc'): MemoryFacts {
   }
   const t = tightestCgroup(levels);
   return t ? { meminfo, cgroup: { version: t.level.version, dir: t.level.dir, limit: t.level.limit, free: t.free } } : { meminfo };
+}
+
+/** The host's OOM-kill count (/proc/vmstat oom_kill), or undefined where the kernel does not keep it. */
+export function readOomKills(procDir = '/proc'): number | undefined {
+  return parseOomKills(readSmall(`${procDir}/vmstat`) ?? '');
 }
 
 /** Node's own default heap limit (MiB), as this process runs it. */
@@ -164,9 +170,12 @@ export class MemoryGuard {
   private ticks = 0;
   private finished = false;
   private readonly proc: string;
+  /** The host's OOM-kill count when the guard was made (just before the step starts). */
+  private readonly oomKillsBefore: number | undefined;
 
   constructor(private readonly opts: GuardOptions) {
     this.proc = opts.procDir ?? '/proc';
+    this.oomKillsBefore = readOomKills(this.proc);
   }
 
   watch(pid: number): void {
@@ -188,6 +197,8 @@ export class MemoryGuard {
     await this.stopping;
     const b = this.opts.budget;
     const top = this.tripped ?? this.peak;
+    const oomAfter = readOomKills(this.proc);
+    const oomKills = this.oomKillsBefore !== undefined && oomAfter !== undefined ? oomAfter - this.oomKillsBefore : undefined;
     return {
       peakBytes: this.opts.enabled ? (this.peak?.totalBytes ?? 0) : null,
       budgetBytes: b.bytes,
@@ -201,6 +212,7 @@ export class MemoryGuard {
       scope: extra.scope,
       ...(extra.heapCapMB !== undefined ? { heapCapMB: extra.heapCapMB } : {}),
       ...(this.stopMs !== undefined ? { stopMs: this.stopMs } : {}),
+      ...(oomKills !== undefined ? { oomKills } : {}),
     };
   }
 

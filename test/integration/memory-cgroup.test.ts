@@ -188,8 +188,10 @@ describe.skipIf(!made.cg && !required)(`the guard inside a memory cgroup${made.s
     expect(r.code, r.stderr).toBe(4);
     const { error } = JSON.parse(r.stdout) as { error: { code: string; phase: string; message: string; hint: string } };
     expect(error).toMatchObject({ code: 'BUILD_FAILED', phase: 'build' });
-    expect(error.message).toMatch(/killed by SIGKILL|exited with code 137/);
-    expect(error.hint).toMatch(/OOM killer/);
+    // Which of the hog's two processes the kernel picks varies: npm exits 137 when it was the script's own
+    // process, 1 when it was its child (the script fails on it). Either way the host's count says it acted.
+    expect(error.message).toMatch(/(killed by SIGKILL|exited with code (137|1)); the kernel's OOM killer killed [1-9]\d* process(es)? on this host meanwhile$/);
+    expect(error.hint).toMatch(/OOM killer acted/);
     expect(cg.oomKills() - before, 'kernel OOM kills in the cgroup').toBeGreaterThanOrEqual(1);
     expect(hogPids(trace).filter(running)).toEqual([]);
     await expectLiveUntouched();

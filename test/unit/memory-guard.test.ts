@@ -21,6 +21,7 @@ import {
   overBudget,
   parseLimit,
   parseMeminfo,
+  parseOomKills,
   parseStatus,
   parseSystemctlShow,
   scopePlan,
@@ -40,6 +41,12 @@ describe('what the kernel says', () => {
     });
     expect(parseMeminfo('MemTotal:  1000 kB\nMemFree:  10 kB\n')).toEqual({ total: 1024000, available: 10240 });
     expect(parseMeminfo('')).toBeUndefined();
+  });
+
+  it("reads the host's OOM-kill count from /proc/vmstat (absent on kernels before 4.13)", () => {
+    expect(parseOomKills('pgfault 1200\noom_kill 3\nnr_free_pages 10\n')).toBe(3);
+    expect(parseOomKills('oom_kill_x 9\npgfault 1\n')).toBeUndefined();
+    expect(parseOomKills('')).toBeUndefined();
   });
 
   it("finds the process's memory cgroup: the v1 memory hierarchy's line, else v2's 0::", () => {

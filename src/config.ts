@@ -149,6 +149,11 @@ const buildSchema = z.strictObject({
   memoryBudgetMB: z.number().int().min(64).max(1_048_576).optional(),
   /** Memory kept for the live apps when the budget is derived (MiB); default max(512, 15 % of the total), at most half. */
   memoryReserveMB: z.number().int().min(0).max(1_048_576).optional(),
+  /**
+   * Variables the build bakes into its output besides NEXT_PUBLIC_* (an artifact records their names and value
+   * hashes; a host whose values differ refuses it).
+   */
+  publicEnv: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a variable name')).max(200).optional(),
 });
 
 const hookArgv = z.array(z.string().min(1)).min(1, 'must name a command');
@@ -257,6 +262,7 @@ export interface BuildConfig {
   memoryGuard: boolean;
   memoryBudgetMB?: number;
   memoryReserveMB?: number;
+  publicEnv: string[];
 }
 
 export interface SoakConfig {
@@ -457,6 +463,7 @@ export function loadConfig(opts: LoadConfigOptions): LoadedConfig {
       memoryGuard: file.build?.memoryGuard ?? DEFAULTS.build.memoryGuard,
       memoryBudgetMB: file.build?.memoryBudgetMB,
       memoryReserveMB: file.build?.memoryReserveMB,
+      publicEnv: file.build?.publicEnv ?? [],
     },
     preflight: {
       minFreeDiskMB: file.preflight?.minFreeDiskMB ?? DEFAULTS.preflight.minFreeDiskMB,

@@ -10,7 +10,9 @@ export type Phase =
   | 'lock'
   | 'preflight'
   | 'resolve'
+  | 'artifact'
   | 'archive'
+  | 'unpack'
   | 'env'
   | 'install'
   | 'build'
@@ -28,6 +30,7 @@ export type Phase =
   | 'activate'
   | 'status'
   | 'list'
+  | 'pack'
   | 'internal';
 
 /** Process exit codes. Documented in README and documentation/exit-codes.md; keep them stable. */

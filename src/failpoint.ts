@@ -15,7 +15,9 @@ export const FAILPOINTS = ['archive', 'env', 'install', 'build', 'prune', 'verif
  * after the route changed, before the previous release is drained and deleted.
  */
 export const ROUTER_FAILPOINTS = ['route', 'drain'] as const;
-export type Failpoint = (typeof FAILPOINTS)[number] | (typeof ROUTER_FAILPOINTS)[number];
+/** Points only a deploy from an artifact passes: `unpack` after the app is unpacked, before env and install. */
+export const ARTIFACT_FAILPOINTS = ['unpack'] as const;
+export type Failpoint = (typeof FAILPOINTS)[number] | (typeof ROUTER_FAILPOINTS)[number] | (typeof ARTIFACT_FAILPOINTS)[number];
 
 export function failpoint(env: Record<string, string | undefined>, point: Failpoint): void {
   const spec = env.PM2_RELEASE_FAILPOINT;

@@ -11,6 +11,7 @@ export { build, type BuildOptions } from './commands/build.js';
 export { activate, rollback, type ActivateOptions, type RollbackOptions } from './commands/activate.js';
 export { list, status, history, type ListOptions, type StatusOptions, type HistoryOptions } from './commands/inspect.js';
 export { prune, type PruneOptions } from './commands/prune.js';
+export { pack, type PackOptions } from './commands/pack.js';
 export type { HistoryEntry, HistoryAction, BadMark } from './release/history.js';
 export { init, type InitOptions, type InitResult } from './commands/init.js';
 export { proposeConfig, type InitFacts, type Proposal } from './lifecycle/proposal.js';
@@ -22,6 +23,7 @@ export type {
   ReleaseInfo,
   DeployResult,
   BuildResult,
+  PackResult,
   ActivateResult,
   RollbackResult,
   RollbackSkipped,

@@ -22,6 +22,15 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+// A promise that never settles (a stream that never ends) lets the event loop drain: Node would exit 0 (or 13)
+// with no answer. That is a failure, and says so.
+let answered = false;
+process.on('exit', (c) => {
+  if (answered || c !== 0) return;
+  process.stderr.write('pm2-release: internal error: the operation ended without an answer (nothing left to wait for); see the log\n');
+  process.exitCode = 1;
+});
+
 const code = await main(process.argv.slice(2), {
   stdout: (s) => (child ? void (collected += s) : process.stdout.write(s)),
   stderr: (s) => (child ? undefined : process.stderr.write(s)),
@@ -37,6 +46,7 @@ if (child) {
   send({ type: 'done', text: collected, code });
   if (process.connected) process.disconnect();
 }
+answered = true;
 process.exitCode = code;
 // Flush stdout before leaving; a pipe may still hold the JSON result.
 process.stdout.write('', () => process.exit(code));

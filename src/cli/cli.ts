@@ -16,6 +16,7 @@ import { failureChanged } from '../lifecycle/results.js';
 import {
   formatActivate,
   formatBuild,
+  formatPack,
   formatDeploy,
   formatDoctor,
   formatHistory,
@@ -78,8 +79,19 @@ export type Invocation =
       canaryShare?: number;
       waitSoak: boolean;
       replaceRouter?: true;
+      artifact?: ArtifactFlags;
     }
-  | { command: 'build'; ref?: string; waitMs?: number }
+  | { command: 'build'; ref?: string; waitMs?: number; artifact?: ArtifactFlags }
+  | {
+      command: 'pack';
+      ref?: string;
+      release?: string;
+      out?: string;
+      withDependencies: boolean;
+      compression?: 'gzip' | 'brotli';
+      sign?: string;
+      waitMs?: number;
+    }
   | { command: 'activate'; id: string; waitMs?: number; replaceRouter?: true }
   | { command: 'rollback'; waitMs?: number; ifCurrent?: string; replaceRouter?: true }
   | { command: 'list' }
@@ -89,6 +101,13 @@ export type Invocation =
   | { command: 'history'; limit?: number }
   | { command: 'serve' }
   | { command: 'prune'; keep?: number; dryRun: boolean; waitMs?: number };
+
+/** deploy/build --artifact FILE [--allowed-signers FILE] [--allow-env-mismatch]. */
+export interface ArtifactFlags {
+  file: string;
+  allowedSigners?: string;
+  allowEnvMismatch: boolean;
+}
 
 export interface Parsed {
   global: GlobalOptions;
@@ -134,6 +153,30 @@ interface CommandOpts {
   waitSoak?: boolean;
   ifCurrent?: string;
   replaceRouter?: boolean;
+  artifact?: string;
+  allowedSigners?: string;
+  allowEnvMismatch?: boolean;
+  out?: string;
+  withDependencies?: boolean;
+  compression?: 'gzip' | 'brotli';
+  sign?: string;
+}
+
+/** The artifact flags of deploy and build; --allowed-signers and --allow-env-mismatch need --artifact. */
+function artifactFlags(o: CommandOpts, ref: string | undefined): ArtifactFlags | undefined {
+  if (o.artifact === undefined) {
+    if (o.allowedSigners !== undefined || o.allowEnvMismatch) throw new InvalidArgumentError('--allowed-signers and --allow-env-mismatch only apply with --artifact');
+    return undefined;
+  }
+  if (ref !== undefined && ref !== 'HEAD') throw new InvalidArgumentError('--artifact deploys the commit it was built from: drop --ref');
+  return { file: o.artifact, ...(o.allowedSigners !== undefined ? { allowedSigners: o.allowedSigners } : {}), allowEnvMismatch: !!o.allowEnvMismatch };
+}
+
+function addArtifactOptions(cmd: Command): Command {
+  return cmd
+    .option('--artifact <file>', 'a release artifact (pm2-release pack) instead of the workspace: checked, unpacked, no build')
+    .option('--allowed-signers <file>', "with --artifact: an OpenSSH allowed_signers file; refuse the artifact unless one of its keys signed it")
+    .option('--allow-env-mismatch', "with --artifact: go on although this host's build-time public values (NEXT_PUBLIC_*) differ from the artifact's", false);
 }
 
 /** "10%", "10" or "0.1" is not accepted: a share is given in percent, above 0 and up to 100. */
@@ -193,8 +236,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
 6 git/pm2/filesystem failure, 7 refused (sha marked bad), 1 internal error, 130 cancelled.`,
     );
 
-  program
-    .command('deploy')
+  addArtifactOptions(program.command('deploy'))
     .description('build a release of REF (default HEAD), switch PM2 to it, check health, save, prune old releases')
     .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
     .option(
@@ -211,12 +253,15 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .addOption(waitOption())
     .addHelpText(
       'after',
-      '\nExamples:\n  pm2-release deploy\n  pm2-release deploy --canary 10% --soak 300\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --pull main --ref 3f2a9c1   # a fleet: exactly this commit of main\n  pm2-release deploy --wait=600       # queue behind a running deploy',
+      '\nExamples:\n  pm2-release deploy --artifact frontend-dev-20261121T204233Z-3f2a9c1.tar   # the same bits CI or staging built\n  pm2-release deploy\n  pm2-release deploy --canary 10% --soak 300\n  pm2-release deploy --ref main --json\n  pm2-release deploy --pull main      # cron / no executor: fetch, reset, deploy\n  pm2-release deploy --pull main --ref 3f2a9c1   # a fleet: exactly this commit of main\n  pm2-release deploy --wait=600       # queue behind a running deploy',
     )
     .action((o: CommandOpts) => {
       if (o.ref !== 'HEAD' && o.pull) o.ref = commitSha('--ref with --pull')(o.ref ?? '');
+      const artifact = artifactFlags(o, o.ref);
+      if (artifact && o.pull) throw new InvalidArgumentError('--artifact deploys the commit it was built from: drop --pull');
       invocation = {
         command: 'deploy',
+        ...(artifact ? { artifact } : {}),
         ref: o.ref,
         waitMs: waitMs(o.wait),
         verify: o.verify !== false,
@@ -229,14 +274,44 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
         ...(o.replaceRouter ? { replaceRouter: true as const } : {}),
       };
     });
-  program
-    .command('build')
+  addArtifactOptions(program.command('build'))
     .description('build a release of REF without activating it (archive, env files, install, build, prune caches)')
     .option('-r, --ref <ref>', 'git ref to release', 'HEAD')
     .addOption(waitOption())
-    .addHelpText('after', '\nExample:\n  pm2-release build --ref HEAD && pm2-release activate <id>')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  pm2-release build --ref HEAD && pm2-release activate <id>\n  pm2-release build --artifact frontend-dev-20261121T204233Z-3f2a9c1.tar   # stage it; activate later',
+    )
     .action((o: CommandOpts) => {
-      invocation = { command: 'build', ref: o.ref, waitMs: waitMs(o.wait) };
+      const artifact = artifactFlags(o, o.ref);
+      invocation = { command: 'build', ref: o.ref, waitMs: waitMs(o.wait), ...(artifact ? { artifact } : {}) };
+    });
+  program
+    .command('pack')
+    .description('write a ready release (of REF, built first if needed, or by id) to one artifact file with its .sha256: build once, deploy the same bits elsewhere')
+    .argument('[id]', 'a ready release id, as shown by `pm2-release list` (default: the release of --ref)')
+    .option('-r, --ref <ref>', 'git ref whose release to pack (default HEAD)')
+    .option('-o, --out <file>', 'the artifact file (default ./<app>-<release id>.tar)')
+    .option('--with-dependencies', 'include node_modules (for hosts without registry access)', false)
+    .addOption(new Option('--compression <kind>', 'of the app inside').choices(['gzip', 'brotli']))
+    .option('--sign <key>', 'sign it with this OpenSSH private key (ssh-keygen -Y sign): writes <file>.sig')
+    .addOption(waitOption())
+    .addHelpText(
+      'after',
+      '\nExamples:\n  pm2-release pack --json                       # the release of HEAD\n  pm2-release pack 20261121T204233Z-3f2a9c1 --out /srv/artifacts/frontend.tar\n  pm2-release pack --sign ~/.ssh/release_key   # then: deploy --artifact F --allowed-signers allowed_signers',
+    )
+    .action((id: string | undefined, o: CommandOpts) => {
+      if (id !== undefined && o.ref !== undefined) throw new InvalidArgumentError('pack takes a release id or --ref, not both');
+      invocation = {
+        command: 'pack',
+        ...(o.ref !== undefined ? { ref: o.ref } : {}),
+        ...(id !== undefined ? { release: id } : {}),
+        ...(o.out !== undefined ? { out: o.out } : {}),
+        withDependencies: !!o.withDependencies,
+        ...(o.compression ? { compression: o.compression } : {}),
+        ...(o.sign !== undefined ? { sign: o.sign } : {}),
+        waitMs: waitMs(o.wait),
+      };
     });
   program
     .command('activate')
@@ -405,13 +480,22 @@ export async function main(argv: string[], io: Io): Promise<number> {
           soakMs: inv.soakMs,
           canaryShare: inv.canaryShare,
           replaceRouter: inv.replaceRouter,
+          ...(inv.artifact
+            ? { artifact: inv.artifact.file, allowedSigners: inv.artifact.allowedSigners, allowEnvMismatch: inv.artifact.allowEnvMismatch, ref: undefined }
+            : {}),
           onSoakStarted: !inv.waitSoak && io.soakStarted ? (early) => io.soakStarted!(g.json ? JSON.stringify(early) + '\n' : formatDeploy(early)) : undefined,
         });
         [result, text] = [r, formatDeploy(r)];
         break;
       }
       case 'build': {
-        const r = await api.build({ ...common, ref: inv.ref, waitMs: inv.waitMs });
+        const r = await api.build({
+          ...common,
+          ...(inv.artifact
+            ? { artifact: inv.artifact.file, allowedSigners: inv.artifact.allowedSigners, allowEnvMismatch: inv.artifact.allowEnvMismatch }
+            : { ref: inv.ref }),
+          waitMs: inv.waitMs,
+        });
         [result, text] = [r, formatBuild(r)];
         break;
       }
@@ -465,6 +549,20 @@ export async function main(argv: string[], io: Io): Promise<number> {
         else io.stdout(formatInit(r));
         // An incomplete proposal is a config matter (2); a complete one on a VM doctor fails is 6.
         return r.ok ? ExitCode.ok : r.problems.length ? ExitCode.usage : ExitCode.environment;
+      }
+      case 'pack': {
+        const r = await api.pack({
+          ...common,
+          ref: inv.ref,
+          release: inv.release,
+          out: inv.out,
+          withDependencies: inv.withDependencies,
+          compression: inv.compression,
+          sign: inv.sign,
+          waitMs: inv.waitMs,
+        });
+        [result, text] = [r, formatPack(r)];
+        break;
       }
       case 'prune': {
         const r = await api.prune({ ...common, keep: inv.keep, dryRun: inv.dryRun, waitMs: inv.waitMs });

@@ -4,7 +4,7 @@ import type { DoctorResult } from '../lifecycle/checks.js';
 import type { InitResult } from '../commands/init.js';
 import { renderConfig } from '../lifecycle/proposal.js';
 import type { HistoryResult } from '../lifecycle/results.js';
-import type { ActivateResult, BuildResult, DeployResult, ListResult, PruneResult, ReleaseInfo, StatusResult } from '../lifecycle/results.js';
+import type { ActivateResult, BuildResult, DeployResult, ListResult, PackResult, PruneResult, ReleaseInfo, StatusResult } from '../lifecycle/results.js';
 import { sharePercent } from '../router/protocol.js';
 import { standbyText } from '../lifecycle/standby.js';
 import { bytes, ratePercent } from '../units.js';
@@ -38,6 +38,11 @@ export function formatDeploy(r: DeployResult): string {
   if (r.mode === 'unchanged') return `${r.release.id} (${r.release.shortSha}) is already active${why} → ${r.url}; nothing to do (--rebuild builds it again)\n`;
   if (r.mode === 'reactivated')
     return `reactivated retained ${r.release.id} (${r.release.shortSha})${why} without a build in ${seconds(total(r.durationsMs))} → ${r.url}${r.previous ? ` (was ${r.previous})` : ''}\n`;
+  if (r.mode === 'unpacked')
+    return (
+      `deployed ${r.release.id} (${r.release.shortSha}) from artifact ${r.release.artifact?.file ?? '?'} (sha256 ${r.release.artifact?.sha256.slice(0, 12) ?? '?'}, packed on ${r.release.artifact?.packedOn ?? '?'}; no build) in ${seconds(total(r.durationsMs))} → ${r.url}` +
+      `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n${soakLine(r)}`
+    );
   return (
     `deployed ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))} → ${r.url}` +
     `${r.previous ? ` (was ${r.previous})` : ''}${removed}\n${soakLine(r)}`
@@ -60,7 +65,24 @@ function trafficText(n: { requests: number; rate5xx: number; p99Ms: number | nul
 }
 
 export function formatBuild(r: BuildResult): string {
+  if (r.release.artifact) {
+    const verb = r.changed ? 'unpacked' : `already unpacked as`;
+    return `${verb} ${r.release.id} (${r.release.shortSha}) from artifact ${r.release.artifact.file}; activate it with: pm2-release activate ${r.release.id}\n`;
+  }
   return `built ${r.release.id} (${r.release.shortSha}) in ${seconds(total(r.durationsMs))}; activate it with: pm2-release activate ${r.release.id}\n`;
+}
+
+export function formatPack(r: PackResult): string {
+  const a = r.artifact;
+  const made = r.built ? `built and packed ${r.release.id}` : `packed ${r.release.id}`;
+  return (
+    `${made} (${r.release.shortSha}) into ${a.file}: ${bytes(a.bytes)} (${a.files} files, ${bytes(a.appBytes)} before ${a.compression}` +
+    `${a.withDependencies ? ', node_modules included' : ''}), sha256 ${a.sha256}\n` +
+    `  beside it: ${a.sha256File}${a.signature ? `, ${a.signature}` : ''}\n` +
+    `  build-time public variables baked in: ${a.publicEnv.length ? a.publicEnv.join(', ') : 'none'}\n` +
+    `  deploy it with: pm2-release deploy --artifact ${a.file}\n` +
+    (a.signature ? `  (add --allowed-signers with a file that lists the signing key to refuse it unsigned)\n` : '')
+  );
 }
 
 export function formatActivate(r: ActivateResult): string {
@@ -93,7 +115,13 @@ function releasesTable(r: ListResult): string {
       shortTime(x.createdAt),
       bytes(x.sizeBytes),
       memoryCell(x.memory ?? undefined),
-      [x.bad ? `BAD: ${x.bad.reason}` : x.error ? `${x.error.code} in ${x.error.phase}` : '', alsoServes(x)].filter(Boolean).join('; '),
+      [
+        x.bad ? `BAD: ${x.bad.reason}` : x.error ? `${x.error.code} in ${x.error.phase}` : '',
+        x.artifact ? `artifact ${x.artifact.sha256.slice(0, 12)} from ${x.artifact.packedOn}` : '',
+        alsoServes(x),
+      ]
+        .filter(Boolean)
+        .join('; '),
     ]),
   );
 }

@@ -8,13 +8,14 @@
 import { existsSync } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { asReleaseError, ExitCode, ReleaseError } from '../errors.js';
+import { asReleaseError, ExitCode, ReleaseError, UsageError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { currentBranch, pullBranch, resolveRef } from '../git.js';
 import { clearBad, readBadShas } from '../release/history.js';
 import { findSameInputs, unchangedReason, withCommit } from '../release/inputs.js';
 import { appPort, healthUrl } from '../config.js';
 import { allocateId, buildRelease, markFailed, resolveRelease, type Resolved } from '../lifecycle/build-release.js';
+import { checkArtifact, releaseFromArtifact, sameArtifact } from '../lifecycle/artifact-release.js';
 import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
 import { preflight } from '../lifecycle/checks.js';
 import { audited } from '../lifecycle/audit.js';
@@ -61,6 +62,12 @@ export interface DeployOptions extends CommonOptions {
   onSoakStarted?: (result: DeployResult) => void;
   /** Apply a router change that costs a short gap (a fork-mode router, a new host): the operator's choice. */
   replaceRouter?: boolean;
+  /** Deploy this artifact (pm2-release pack) instead of building: no git, no build (lifecycle/artifact-release.ts). */
+  artifact?: string;
+  /** With `artifact`: an OpenSSH allowed_signers file; the artifact must be signed by one of its keys. */
+  allowedSigners?: string;
+  /** With `artifact`: deploy although this host's build-time public values differ from the artifact's. */
+  allowEnvMismatch?: boolean;
 }
 
 /**
@@ -131,53 +138,12 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
         const same = hit ? releases.find((r) => r.id === hit.id) : undefined;
         if (hit && same?.manifest) {
           to = same.id;
-          let unchanged = same.id === from;
-          // PM2 serves it but the record or the dump may not say so (a run killed after its switch): settle that.
-          if (unchanged && (await ctx.store.readState())?.active !== same.id) {
-            warn(ctx, `PM2 serves ${same.id} but it was not recorded as active (an interrupted deploy): saving it`);
-            if (!(await adoptRunning(ctx, same))) unchanged = false;
-          }
-          const short = resolved.sha.slice(0, 7);
           reason = hit.by === 'inputs' ? unchangedReason(ctx.config.app.dir, same.manifest.sha) : undefined;
           if (!(same.manifest.commits ?? [same.manifest.sha]).includes(resolved.sha)) {
             // The release now also serves this commit: list, status and history say so.
             await ctx.store.writeManifest({ ...same.manifest, commits: withCommit(same.manifest.commits ?? [same.manifest.sha], resolved.sha) });
           }
-          let url = healthUrl(ctx.config.app, appPort(ctx.config.app));
-          let previous: string | null = null;
-          let soak: SoakRecord | null = null;
-          if (unchanged) {
-            ctx.logger.info(`${short} is already served by the active ${same.id}${reason ? ` (${reason})` : ''}: nothing to do`);
-            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `${short} is active: its bad mark is cleared (--force)`);
-          } else {
-            ctx.logger.info(`${short} is retained as ${same.id}${reason ? ` (${reason})` : ''}: activating it without a build`);
-            const switched = await switchToRelease(ctx, same, {
-              soak: true,
-              onSoakStarted: (soakRec) => opts.onSoakStarted?.(soakStartedResult(ctx, 'reactivated', same, from, soakRec, reason)),
-            });
-            soak = switched.soak;
-            if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha))) warn(ctx, `deployed ${short} with --force: its bad mark is cleared`);
-            url = switched.url;
-            previous = switched.previous;
-            const vars = { RELEASE_ID: same.id, RELEASE_SHA: resolved.sha, RELEASE_DIR: same.cwd, PREVIOUS_RELEASE_ID: from };
-            await runHook(ctx, 'postSwitch', vars, same.cwd);
-            await runHook(ctx, 'postDeploy', vars, same.cwd);
-          }
-          const marks = await readBadShas(ctx.config.releasesDir);
-          return {
-            ok: true as const,
-            changed: !unchanged,
-            action: 'deploy' as const,
-            mode: unchanged ? ('unchanged' as const) : ('reactivated' as const),
-            ...(reason ? { reason } : {}),
-            release: releaseInfo((await ctx.store.get(same.id)) ?? same, same.id, ctx.store.buildLog(same.id), marks),
-            previous,
-            url,
-            durationsMs: { ...ctx.durations },
-            removed: [],
-            soak,
-            warnings: ctx.warnings,
-          };
+          return activateRetained(ctx, opts, same, from, resolved.sha, reason);
         }
       }
       const id = await allocateId(ctx, resolved.sha);
@@ -185,57 +151,43 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
       const vars = { RELEASE_ID: id, RELEASE_SHA: resolved.sha, RELEASE_DIR: ctx.store.appCwd(id), PREVIOUS_RELEASE_ID: from };
       await runHook(ctx, 'preDeploy', vars, ctx.config.workspace);
       const release = await buildRelease(ctx, ref, resolved, lock, id);
-      let switched;
-      try {
-        await runHook(ctx, 'postBuild', vars, release.cwd);
-        // Behind the router the health gate runs on the new release's private port before any visitor reaches
-        // it: that is the verify run, so a deploy boots the release once.
-        if (ctx.config.app.strategy !== 'router' && (opts.verify ?? ctx.config.app.verify.enabled)) await verifyRelease(ctx, release);
-        switched = await switchToRelease(ctx, release, {
-          soak: true,
-          onSoakStarted: (soakRec) => opts.onSoakStarted?.(soakStartedResult(ctx, 'built', release, from, soakRec)),
-        });
-      } catch (err) {
-        const e = asReleaseError(err);
-        // A release that could not take over (hook, verify, health gate, save) is never a rollback target.
-        // (A PM2 or filesystem failure says nothing about the release itself: it stays ready.)
-        if (release.manifest && (e.exitCode === ExitCode.switch || e.exitCode === ExitCode.build || e.code === 'CANCELLED'))
-          await markFailed(ctx, release.manifest, e).catch(() => undefined);
-        e.releaseId ??= release.id;
-        throw e;
+      return switchToNew(ctx, opts, release, from, vars, 'built');
+    });
+  };
+  const runArtifact = async (artifact: string) => {
+    if (opts.ref || opts.pull)
+      throw new UsageError('ARTIFACT_WITH_REF', '--artifact deploys the commit the artifact was built from: drop --ref and --pull', { phase: 'config' });
+    // Checked whole (checksum, members, schema, signature, runtime, public env) before the lock and the releases dir.
+    const checked = await checkArtifact(ctx, { artifact, allowedSigners: opts.allowedSigners, allowEnvMismatch: opts.allowEnvMismatch, cwd: opts.cwd });
+    const m = checked.verified.manifest;
+    sha = m.sha;
+    await refuseRouterChange(ctx, routerOpts);
+    return withLock(ctx, 'deploy', opts.waitMs, async (lock): Promise<DeployResult> => {
+      await preflight(ctx);
+      await applyRouterChange(ctx, routerOpts);
+      await recoverInterrupted(ctx);
+      await refuseBadSha(ctx, m.sha, !!opts.force);
+      from = await currentRelease(ctx);
+      // Content-addressed: the same file (its sha256) unpacked before is that release, not a new one.
+      const same = opts.rebuild ? undefined : sameArtifact(await ctx.store.list(), checked.verified.sha256);
+      if (same) {
+        to = same.id;
+        reason = `the same artifact (sha256 ${checked.verified.sha256.slice(0, 12)}) was unpacked as ${same.id}`;
+        return activateRetained(ctx, opts, same, from, m.sha, reason);
       }
-      if (opts.force && (await clearBad(ctx.config.releasesDir, resolved.sha)))
-        warn(ctx, `deployed ${resolved.sha.slice(0, 7)} with --force: its bad mark is cleared`);
-      await runHook(ctx, 'postSwitch', vars, release.cwd);
-      // The new release is live: a failure to delete old ones is worth a warning, not a failed deploy.
-      const removed = await phase(ctx, 'retain', async () =>
-        applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain')),
-      ).catch((err: Error) => {
-        warn(ctx, `removing old releases failed (${err.message}); the next deploy or \`pm2-release prune\` retries`);
-        return [] as { id: string; reason: string }[];
-      });
-      await runHook(ctx, 'postDeploy', vars, release.cwd);
-      const fresh = (await ctx.store.get(release.id)) ?? release;
-      return {
-        ok: true as const,
-        changed: true,
-        action: 'deploy' as const,
-        mode: 'built' as const,
-        release: releaseInfo(fresh, release.id, ctx.store.buildLog(release.id)),
-        previous: switched.previous,
-        url: switched.url,
-        durationsMs: { ...ctx.durations },
-        removed,
-        soak: switched.soak,
-        warnings: ctx.warnings,
-      };
+      const id = await allocateId(ctx, m.sha);
+      to = id;
+      const vars = { RELEASE_ID: id, RELEASE_SHA: m.sha, RELEASE_DIR: ctx.store.appCwd(id), PREVIOUS_RELEASE_ID: from };
+      await runHook(ctx, 'preDeploy', vars, ctx.config.workspace);
+      const release = await releaseFromArtifact(ctx, checked, lock, id);
+      return switchToNew(ctx, opts, release, from, vars, 'unpacked');
     });
   };
   return audited(
     ctx,
     'deploy',
     () => ({ from, to, sha }),
-    run,
+    opts.artifact !== undefined ? () => runArtifact(opts.artifact!) : run,
     // The deployed commit, not the release's own sha: the history shows each commit a release came to serve.
     (r) => ({
       from: r.previous,
@@ -261,10 +213,124 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
   );
 }
 
+/**
+ * A retained ready release serves this deploy (the same inputs, or the same artifact): when it is the active
+ * one nothing is switched (`unchanged`), else it is activated without a build (`reactivated`).
+ */
+async function activateRetained(
+  ctx: Context,
+  opts: DeployOptions,
+  same: ReleaseRecord,
+  from: string | null,
+  sha: string,
+  reason: string | undefined,
+): Promise<DeployResult> {
+  let unchanged = same.id === from;
+  // PM2 serves it but the record or the dump may not say so (a run killed after its switch): settle that.
+  if (unchanged && (await ctx.store.readState())?.active !== same.id) {
+    warn(ctx, `PM2 serves ${same.id} but it was not recorded as active (an interrupted deploy): saving it`);
+    if (!(await adoptRunning(ctx, same))) unchanged = false;
+  }
+  const short = sha.slice(0, 7);
+  let url = healthUrl(ctx.config.app, appPort(ctx.config.app));
+  let previous: string | null = null;
+  let soak: SoakRecord | null = null;
+  if (unchanged) {
+    ctx.logger.info(`${short} is already served by the active ${same.id}${reason ? ` (${reason})` : ''}: nothing to do`);
+    if (opts.force && (await clearBad(ctx.config.releasesDir, sha))) warn(ctx, `${short} is active: its bad mark is cleared (--force)`);
+  } else {
+    ctx.logger.info(`${short} is retained as ${same.id}${reason ? ` (${reason})` : ''}: activating it without a build`);
+    const switched = await switchToRelease(ctx, same, {
+      soak: true,
+      onSoakStarted: (soakRec) => opts.onSoakStarted?.(soakStartedResult(ctx, 'reactivated', same, from, soakRec, reason)),
+    });
+    soak = switched.soak;
+    if (opts.force && (await clearBad(ctx.config.releasesDir, sha))) warn(ctx, `deployed ${short} with --force: its bad mark is cleared`);
+    url = switched.url;
+    previous = switched.previous;
+    const vars = { RELEASE_ID: same.id, RELEASE_SHA: sha, RELEASE_DIR: same.cwd, PREVIOUS_RELEASE_ID: from };
+    await runHook(ctx, 'postSwitch', vars, same.cwd);
+    await runHook(ctx, 'postDeploy', vars, same.cwd);
+  }
+  const marks = await readBadShas(ctx.config.releasesDir);
+  return {
+    ok: true as const,
+    changed: !unchanged,
+    action: 'deploy' as const,
+    mode: unchanged ? ('unchanged' as const) : ('reactivated' as const),
+    ...(reason ? { reason } : {}),
+    release: releaseInfo((await ctx.store.get(same.id)) ?? same, same.id, ctx.store.buildLog(same.id), marks),
+    previous,
+    url,
+    durationsMs: { ...ctx.durations },
+    removed: [],
+    soak,
+    warnings: ctx.warnings,
+  };
+}
+
+/**
+ * A new ready release (built, or unpacked from an artifact) takes over: postBuild hook → verify (restart and
+ * cluster strategies) → switch → health → save (→ soak) → postSwitch hook → retain → postDeploy hook.
+ */
+async function switchToNew(
+  ctx: Context,
+  opts: DeployOptions,
+  release: ReleaseRecord,
+  from: string | null,
+  vars: Record<string, string | null>,
+  mode: 'built' | 'unpacked',
+): Promise<DeployResult> {
+  const sha = release.manifest?.sha ?? '';
+  let switched;
+  try {
+    await runHook(ctx, 'postBuild', vars, release.cwd);
+    // Behind the router the health gate runs on the new release's private port before any visitor reaches
+    // it: that is the verify run, so a deploy boots the release once.
+    if (ctx.config.app.strategy !== 'router' && (opts.verify ?? ctx.config.app.verify.enabled)) await verifyRelease(ctx, release);
+    switched = await switchToRelease(ctx, release, {
+      soak: true,
+      onSoakStarted: (soakRec) => opts.onSoakStarted?.(soakStartedResult(ctx, mode, release, from, soakRec)),
+    });
+  } catch (err) {
+    const e = asReleaseError(err);
+    // A release that could not take over (hook, verify, health gate, save) is never a rollback target.
+    // (A PM2 or filesystem failure says nothing about the release itself: it stays ready.)
+    if (release.manifest && (e.exitCode === ExitCode.switch || e.exitCode === ExitCode.build || e.code === 'CANCELLED'))
+      await markFailed(ctx, release.manifest, e).catch(() => undefined);
+    e.releaseId ??= release.id;
+    throw e;
+  }
+  if (opts.force && (await clearBad(ctx.config.releasesDir, sha))) warn(ctx, `deployed ${sha.slice(0, 7)} with --force: its bad mark is cleared`);
+  await runHook(ctx, 'postSwitch', vars, release.cwd);
+  // The new release is live: a failure to delete old ones is worth a warning, not a failed deploy.
+  const removed = await phase(ctx, 'retain', async () =>
+    applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain')),
+  ).catch((err: Error) => {
+    warn(ctx, `removing old releases failed (${err.message}); the next deploy or \`pm2-release prune\` retries`);
+    return [] as { id: string; reason: string }[];
+  });
+  await runHook(ctx, 'postDeploy', vars, release.cwd);
+  const fresh = (await ctx.store.get(release.id)) ?? release;
+  return {
+    ok: true as const,
+    changed: true,
+    action: 'deploy' as const,
+    mode,
+    release: releaseInfo(fresh, release.id, ctx.store.buildLog(release.id)),
+    previous: switched.previous,
+    url: switched.url,
+    durationsMs: { ...ctx.durations },
+    removed,
+    soak: switched.soak,
+    warnings: ctx.warnings,
+  };
+}
+
 /** The early answer of a deploy whose soak has just started (`waitSoak: false`, `--no-wait-soak`). */
 function soakStartedResult(
   ctx: Context,
-  mode: 'built' | 'reactivated',
+  mode: 'built' | 'reactivated' | 'unpacked',
   release: ReleaseRecord,
   previous: string | null,
   soak: SoakRecord,

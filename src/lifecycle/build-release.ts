@@ -20,6 +20,7 @@ import {
   giveBackSpace,
   isNoSpace,
   lockfileHash,
+  parseEnvFile,
   pruneCaches,
   readEnvFiles,
   requireEnv,
@@ -27,7 +28,8 @@ import {
   toolVersions,
   type EnvFile,
 } from '../release/builder.js';
-import { phase, warn, type Context } from './context.js';
+import { childEnv, phase, warn, type Context } from './context.js';
+import { publicEnv } from '../release/artifact.js';
 import type { HeldLock } from '../lock.js';
 
 export interface Resolved {
@@ -89,6 +91,18 @@ export async function resolveRelease(ctx: Context, ref: string): Promise<Resolve
 }
 
 /**
+ * The build-time public variables a build of this host bakes in (release/artifact.ts publicEnv): from the
+ * process env and app.env, then the env files. Names and hashes only.
+ */
+export function bakedPublicEnv(ctx: Context, envFiles: EnvFile[]): { name: string; hash: string }[] {
+  return publicEnv(
+    envFiles.map((f) => ({ name: f.name, vars: parseEnvFile(f.text) })),
+    { ...childEnv(ctx.env), ...ctx.config.app.env },
+    ctx.config.build.publicEnv,
+  );
+}
+
+/**
  * A fresh release id. Ids sort by their one-second timestamp, and two releases of the same second would
  * sort by sha instead of by age: wait for a second no existing release uses.
  */
@@ -108,12 +122,6 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
   const id = preallocated ?? (await allocateId(ctx, sha));
   await lock?.setRelease(id);
   const subject = await commitSubject(config.workspace, sha, ctx.logger);
-  // Built in `<releasesDir>/.build` (the same absolute path for every build: the framework's cache keys on
-  // it), renamed to `<id>` when the build ends, failed or not. Until then every store path of `id` is there.
-  store.beginBuild(id);
-  const logFile = store.buildLog(id);
-  const cwd = store.appCwd(id);
-  const track = { id, dir: store.releaseDir(id) };
   const manifest: Manifest = {
     version: MANIFEST_VERSION,
     id,
@@ -131,15 +139,10 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     inputKey: resolved.inputKey,
     tree: resolved.tree,
     commits: [sha],
+    source: 'git',
+    publicEnv: bakedPublicEnv(ctx, resolved.envFiles),
   };
-  const before = { ...ctx.durations };
-  const ownDurations = () => {
-    const out: Record<string, number> = {};
-    for (const [k, v] of Object.entries(ctx.durations)) if (v - (before[k] ?? 0) > 0) out[k] = v - (before[k] ?? 0);
-    return out;
-  };
-
-  try {
+  return makeRelease(ctx, manifest, async ({ cwd, logFile, track }) => {
     await phase(ctx, 'archive', async () => {
       await store.create(manifest);
       await archive(config.workspace, sha, store.releaseDir(id), ctx.logger, ctx.signal);
@@ -152,44 +155,7 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
     });
     const env = buildEnv(ctx, id, sha);
     const versions = resolved.versions;
-    const lockfile = await fsp.readFile(path.join(cwd, 'package-lock.json')).catch(() => undefined);
-    // Reuse only when installing would do nothing but lay out the lockfile: the app's own install
-    // lifecycle scripts (postinstall, prepare…) must run, so such apps always install.
-    const lifecycle = await installScripts(cwd);
-    if (lifecycle.length && config.app.reuseDependencies) ctx.logger.info(`package.json has ${lifecycle.join(', ')}: node_modules is installed, not reused`);
-    const key =
-      lockfile && lifecycle.length === 0
-        ? dependencyKey(Buffer.concat([lockfile, Buffer.from(`\0${config.app.install.join('\0')}\0${env.NODE_ENV ?? ''}`)]), versions.node, versions.npm)
-        : undefined;
-    const shares = new SharedDeps(store.releasesDir, (rid) => path.join(store.appCwd(rid), 'node_modules'));
-    const freshInstall = async (note?: string) => {
-      const started = performance.now();
-      await runStep(
-        ctx,
-        'install',
-        config.app.install,
-        cwd,
-        logFile,
-        installEnv(ctx, id, sha),
-        track,
-        (m) => (manifest.memory = { ...manifest.memory, install: m }),
-      );
-      // The install's end: a node_modules file changed after it was written by the build and is never shared.
-      manifest.dependencies = {
-        method: 'install',
-        key,
-        installedAt: Date.now(),
-        durationMs: Math.round(performance.now() - started),
-        ...(note ? { note } : {}),
-      };
-    };
-    await phase(ctx, 'install', async () => {
-      const started = performance.now();
-      const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile, id, shares) : undefined;
-      if (!reused) await freshInstall();
-      else manifest.dependencies = { method: reused.method, key, from: reused.from, durationMs: Math.round(performance.now() - started) };
-      failpoint(ctx.env, 'install');
-    });
+    const { key, shares, freshInstall } = await installDependencies(ctx, { id, sha, cwd, logFile, track, manifest, versions, nodeEnv: env.NODE_ENV });
     const buildAndPrune = async () => {
       if (config.app.build.length > 0)
         await phase(ctx, 'build', async () => {
@@ -248,6 +214,34 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
         await buildAndPrune();
       } else if (buildError) throw buildError;
     }
+  });
+}
+
+/**
+ * The life of a release directory, whatever lays it out: built in `<releasesDir>/.build` (the same absolute
+ * path for every build: the framework's cache keys on it), renamed to `<id>` when the steps end, failed or
+ * not; ready only once its manifest says so (written last, atomically). A failure marks it failed, gives a
+ * full disk's or a memory stop's space back, and keeps its manifest and log under its id.
+ */
+export async function makeRelease(
+  ctx: Context,
+  manifest: Manifest,
+  steps: (at: { cwd: string; logFile: string; track: { id: string; dir: string } }) => Promise<void>,
+): Promise<ReleaseRecord> {
+  const { store } = ctx;
+  const { id } = manifest;
+  store.beginBuild(id);
+  const logFile = store.buildLog(id);
+  const cwd = store.appCwd(id);
+  const track = { id, dir: store.releaseDir(id) };
+  const before = { ...ctx.durations };
+  const ownDurations = () => {
+    const out: Record<string, number> = {};
+    for (const [k, v] of Object.entries(ctx.durations)) if (v - (before[k] ?? 0) > 0) out[k] = v - (before[k] ?? 0);
+    return out;
+  };
+  try {
+    await steps({ cwd, logFile, track });
     manifest.lockfileHash = await lockfileHash(cwd);
     manifest.sizeBytes = await diskUsage(store.releaseDir(id));
     // Renamed to its id before it is marked ready: a run killed in between leaves a `building` release whose
@@ -276,6 +270,65 @@ export async function buildRelease(ctx: Context, ref: string, resolved: Resolved
   const record = await store.get(id);
   if (!record) throw new Error(`release ${id} vanished after its build`);
   return record;
+}
+
+/**
+ * The install phase of a release whose app dir is laid out (built from git, or unpacked from an artifact):
+ * node_modules from a retained release with the same dependency key (lockfile, install command, NODE_ENV,
+ * node, npm), else the install command under the memory guard. Records it in the manifest. Returns the key,
+ * the shared set and the fresh install (a build that wrote through shared files installs again).
+ */
+export async function installDependencies(
+  ctx: Context,
+  a: {
+    id: string;
+    sha: string;
+    cwd: string;
+    logFile: string;
+    track: { id: string; dir: string };
+    manifest: Manifest;
+    versions: { node: string; npm?: string };
+    nodeEnv: string | undefined;
+  },
+): Promise<{ key: string | undefined; shares: SharedDeps; freshInstall: (note?: string) => Promise<void> }> {
+  const { config, store } = ctx;
+  const { id, sha, cwd, logFile, track, manifest, versions } = a;
+  const lockfile = await fsp.readFile(path.join(cwd, 'package-lock.json')).catch(() => undefined);
+  // Reuse only when installing would do nothing but lay out the lockfile: the app's own install
+  // lifecycle scripts (postinstall, prepare…) must run, so such apps always install.
+  const lifecycle = await installScripts(cwd);
+  if (lifecycle.length && config.app.reuseDependencies) ctx.logger.info(`package.json has ${lifecycle.join(', ')}: node_modules is installed, not reused`);
+  const key =
+    lockfile && lifecycle.length === 0
+      ? dependencyKey(Buffer.concat([lockfile, Buffer.from(`\0${config.app.install.join('\0')}\0${a.nodeEnv ?? ''}`)]), versions.node, versions.npm)
+      : undefined;
+  const shares = new SharedDeps(store.releasesDir, (rid) => path.join(store.appCwd(rid), 'node_modules'));
+  const freshInstall = async (note?: string) => {
+    const started = performance.now();
+    await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha), track, (m) => (manifest.memory = { ...manifest.memory, install: m }));
+    // The install's end: a node_modules file changed after it was written by the build and is never shared.
+    manifest.dependencies = {
+      method: 'install',
+      key,
+      installedAt: Date.now(),
+      durationMs: Math.round(performance.now() - started),
+      ...(note ? { note } : {}),
+    };
+  };
+  await phase(ctx, 'install', async () => {
+    const started = performance.now();
+    if (manifest.source === 'artifact' && existsSync(path.join(cwd, 'node_modules'))) {
+      // Packed with its dependencies (for a host without registry access): nothing to install.
+      manifest.dependencies = { method: 'artifact', key, durationMs: 0 };
+      ctx.logger.info('node_modules came with the artifact: nothing to install');
+    } else {
+      const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile, id, shares) : undefined;
+      if (!reused) await freshInstall();
+      else manifest.dependencies = { method: reused.method, key, from: reused.from, durationMs: Math.round(performance.now() - started) };
+    }
+    failpoint(ctx.env, 'install');
+  });
+  return { key, shares, freshInstall };
 }
 
 /** Moves the carried build cache into the app dir before its build (release/build-cache.ts). */

@@ -37,6 +37,10 @@ export interface ReleaseInfo {
   memory: { install: StepMemory | null; build: StepMemory | null } | null;
   /** The former releases dir that holds it (built before a `releasesDir` move), null for this dir's own. */
   elsewhere: string | null;
+  /** Built here from git, or unpacked from an artifact (null: a release of before pm2-release recorded it). */
+  source: 'git' | 'artifact' | null;
+  /** The artifact it was unpacked from: its sha256, file name, the host and release it was packed from. */
+  artifact: { sha256: string; file: string; packedOn: string; release: string; packedAt: string; signedBy?: string } | null;
 }
 
 export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string, marks: Record<string, BadMark> = {}): ReleaseInfo {
@@ -62,6 +66,8 @@ export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog:
     commits: m?.commits ?? (m?.sha ? [m.sha] : []),
     memory: m?.memory ? { install: m.memory.install ?? null, build: m.memory.build ?? null } : null,
     elsewhere: r.elsewhere ?? null,
+    source: m ? (m.source ?? 'git') : null,
+    artifact: m?.artifact ?? null,
   };
 }
 
@@ -70,8 +76,11 @@ export interface DeployResult {
   /** The live release changed: false exactly when `mode` is `unchanged`. */
   changed: boolean;
   action: 'deploy';
-  /** built: a new release; reactivated: a retained release of this sha was switched to; unchanged: it was already active. */
-  mode: 'built' | 'reactivated' | 'unchanged';
+  /**
+   * built: a new release; unpacked: a new release from an artifact (no build); reactivated: a retained release of
+   * this sha (or this artifact) was switched to; unchanged: it was already active.
+   */
+  mode: 'built' | 'unpacked' | 'reactivated' | 'unchanged';
   /** Set when the commit was matched by its inputs, not its sha: "frontend tree unchanged since 3f2a9c1". */
   reason?: string;
   release: ReleaseInfo;
@@ -109,10 +118,41 @@ export type RollbackResult = ActivateResult | RollbackSkipped;
 
 export interface BuildResult {
   ok: true;
-  /** Always true: a new ready release exists (the live one did not change). */
-  changed: true;
+  /**
+   * A new ready release exists (the live one did not change); false only for `build --artifact` of an artifact
+   * already unpacked here (that release is returned).
+   */
+  changed: boolean;
   action: 'build';
   release: ReleaseInfo;
+  durationsMs: Record<string, number>;
+  warnings: string[];
+}
+
+export interface PackResult {
+  ok: true;
+  /** A file was written (the live release did not change). */
+  changed: true;
+  action: 'pack';
+  /** The release was built for this pack (no ready release had the ref's inputs). */
+  built: boolean;
+  release: ReleaseInfo;
+  artifact: {
+    file: string;
+    sha256File: string;
+    /** `<file>.sig`, when packed with --sign. */
+    signature: string | null;
+    /** sha256 of the file: what deploy --artifact checks and what makes a second deploy of it a no-op. */
+    sha256: string;
+    bytes: number;
+    compression: 'gzip' | 'brotli';
+    withDependencies: boolean;
+    /** Files in the packed app dir and their bytes before compression. */
+    files: number;
+    appBytes: number;
+    /** The build-time public variables it baked in (names only). */
+    publicEnv: string[];
+  };
   durationsMs: Record<string, number>;
   warnings: string[];
 }
@@ -236,7 +276,10 @@ const BEFORE_SWITCH: ReadonlySet<Phase> = new Set<Phase>([
   'preflight',
   'pull',
   'resolve',
+  'artifact',
   'archive',
+  'unpack',
+  'pack',
   'env',
   'install',
   'build',

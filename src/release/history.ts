@@ -15,7 +15,7 @@ export const BAD_SHAS_FILE = 'bad-shas.json';
 const MAX_BYTES = 1024 * 1024;
 const KEEP_LINES_AFTER_TRIM = 2000;
 
-export type HistoryAction = 'deploy' | 'build' | 'activate' | 'rollback' | 'revert' | 'prune';
+export type HistoryAction = 'deploy' | 'build' | 'activate' | 'rollback' | 'revert' | 'prune' | 'pack';
 
 export interface HistoryEntry {
   time: string;

@@ -54,7 +54,7 @@ export interface Manifest {
    * link (hard links to the read-only shared set, release/shared-deps.ts). `installedAt` (ms since the epoch)
    * ends a fresh install: a file changed after it was written by the build, and is never shared.
    */
-  dependencies?: { method: 'install' | 'reflink' | 'copy' | 'link'; key?: string; from?: string; durationMs?: number; installedAt?: number; note?: string };
+  dependencies?: { method: 'install' | 'reflink' | 'copy' | 'link' | 'artifact'; key?: string; from?: string; durationMs?: number; installedAt?: number; note?: string };
   /** The build cache around its build (release/build-cache.ts): the entry, whether it was warm, what was kept. */
   buildCache?: { key: string; warm: boolean; bytes?: number; dropped?: string };
   /** The input key (release/inputs.ts): a later commit with the same key is served by this release. */
@@ -68,6 +68,12 @@ export interface Manifest {
   memory?: { install?: StepMemory; build?: StepMemory };
   envFiles: string[];
   error?: { code: string; phase: string; message: string };
+  /** How it was laid out: archived from git and built here, or unpacked from an artifact (absent: git). */
+  source?: 'git' | 'artifact';
+  /** The artifact it was unpacked from (release/artifact.ts): its sha256 identifies it. */
+  artifact?: { sha256: string; file: string; packedOn: string; release: string; packedAt: string; signedBy?: string };
+  /** The build-time public variables its build baked in: names and sha256 of `name=value`, never values. */
+  publicEnv?: { name: string; hash: string }[];
 }
 
 /** PM2 app definition as started (and as ecosystem.config.cjs starts it after a reboot). */

@@ -37,6 +37,8 @@ function release(id: string, over: Partial<ReleaseInfo> = {}): ReleaseInfo {
     error: null,
     bad: null,
     elsewhere: null,
+    source: 'git',
+    artifact: null,
     ...over,
   };
 }

@@ -1,0 +1,190 @@
+/**
+ * pack: lock → clean up → pre-flight → the ready release to pack (by id, or the one whose inputs match the ref,
+ * else built now with the usual guards) → one artifact file, its .sha256 and, with a key, its .sig
+ * (release/artifact.ts, release/signing.ts). The live release is not touched. One line in the history.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { ExitCode, ReleaseError, UsageError } from '../errors.js';
+import { ARTIFACT_FORMAT, ARTIFACT_KIND, artifactFileName, hostLibc, nodeMajor, publicEnv, writeArtifact, type ArtifactManifest, type Compression } from '../release/artifact.js';
+import { parseEnvFile } from '../release/builder.js';
+import { findSameInputs } from '../release/inputs.js';
+import { SignatureProblem, signArtifact } from '../release/signing.js';
+import type { ReleaseRecord } from '../release/store.js';
+import { allocateId, buildRelease, resolveRelease } from '../lifecycle/build-release.js';
+import { preflight } from '../lifecycle/checks.js';
+import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
+import { audited } from '../lifecycle/audit.js';
+import { cleanupInterrupted } from '../lifecycle/retain.js';
+import { releaseInfo, type PackResult } from '../lifecycle/results.js';
+import { withLock } from '../lifecycle/with-lock.js';
+
+/** Chosen by measurement on the bench's Next.js app (documentation/performance.md, "Artifacts"). */
+export const DEFAULT_COMPRESSION: Compression = 'gzip';
+
+export interface PackOptions extends CommonOptions {
+  /** The git ref to pack (default HEAD): its ready release, built first when there is none. */
+  ref?: string;
+  /** A ready release to pack, by id (instead of a ref). */
+  release?: string;
+  /** The artifact file (default `<app>-<release id>.tar` in the current directory). */
+  out?: string;
+  /** Put node_modules in (for hosts without registry access). */
+  withDependencies?: boolean;
+  compression?: Compression;
+  /** An OpenSSH private key: writes `<out>.sig` (ssh-keygen -Y sign). */
+  sign?: string;
+  waitMs?: number;
+}
+
+export async function pack(opts: PackOptions = {}): Promise<PackResult> {
+  const ctx = createContext(opts);
+  let to: string | null = null;
+  let sha: string | null = null;
+  if (opts.ref !== undefined && opts.release !== undefined) throw new UsageError('PACK_TARGET', 'pack takes a ref or a release id, not both', { phase: 'config' });
+  const compression = opts.compression ?? DEFAULT_COMPRESSION;
+  if (compression !== 'gzip' && compression !== 'brotli')
+    throw new UsageError('PACK_COMPRESSION', `unknown compression ${JSON.stringify(compression)}: gzip or brotli`, { phase: 'config' });
+  const run = () =>
+    withLock(ctx, 'pack', opts.waitMs, async (lock): Promise<PackResult> => {
+      await cleanupInterrupted(ctx);
+      let built = false;
+      let release: ReleaseRecord;
+      if (opts.release !== undefined) {
+        release = await ctx.store.resolveId(opts.release);
+        if (release.status !== 'ready' || !release.manifest)
+          throw new UsageError('RELEASE_NOT_READY', `${release.id} is ${release.status}: only a ready release can be packed`, { phase: 'pack' });
+      } else {
+        await preflight(ctx);
+        const resolved = await resolveRelease(ctx, opts.ref ?? 'HEAD');
+        const ready = (await ctx.store.list()).filter((r) => r.status === 'ready');
+        const hit = findSameInputs(ready, null, resolved.sha, resolved.inputKey);
+        const found = hit ? ready.find((r) => r.id === hit.id) : undefined;
+        if (found) release = found;
+        else {
+          const id = await allocateId(ctx, resolved.sha);
+          to = id;
+          release = await buildRelease(ctx, opts.ref ?? 'HEAD', resolved, lock, id);
+          built = true;
+        }
+      }
+      to = release.id;
+      const m = release.manifest!;
+      sha = m.sha;
+      if (m.source === 'artifact') warn(ctx, `${release.id} was itself unpacked from ${m.artifact?.file ?? 'an artifact'}: packing it again`);
+      const out = path.resolve(opts.cwd ?? process.cwd(), opts.out ?? artifactFileName(ctx.config.app.name, release.id));
+      const outDir = path.dirname(out);
+      if (!(await fsp.stat(outDir).catch(() => undefined))?.isDirectory())
+        throw new UsageError('PACK_OUT', `the directory of ${out} does not exist`, { phase: 'pack', hint: 'create it, or pass --out with an existing directory' });
+      if (isInside(out, ctx.config.releasesDir))
+        throw new UsageError('PACK_OUT', `${out} is inside the releases dir ${ctx.config.releasesDir}`, { phase: 'pack', hint: 'write artifacts elsewhere (retention owns the releases dir)' });
+      const manifest = await artifactManifest(ctx, release, !!opts.withDependencies);
+      const written = await phase(ctx, 'pack', async () => {
+        const r = await writeArtifact({
+          appCwd: release.cwd,
+          exclude: [...new Set([...ctx.config.app.envFiles, ...m.envFiles])],
+          withDependencies: !!opts.withDependencies,
+          compression,
+          manifest,
+          out,
+        });
+        // A signature of an earlier pack at this name would not match this one.
+        await fsp.rm(`${out}.sig`, { force: true });
+        let sig: string | undefined;
+        if (opts.sign) {
+          try {
+            sig = await signArtifact(out, path.resolve(opts.cwd ?? process.cwd(), opts.sign), ctx.logger);
+          } catch (err) {
+            if (err instanceof SignatureProblem)
+              throw new ReleaseError('ARTIFACT_SIGNATURE', ExitCode.environment, err.message, { phase: 'pack', hint: 'check the key: ssh-keygen -y -f KEY prints its public half' });
+            throw err;
+          }
+        }
+        return { ...r, sig };
+      });
+      const state = await ctx.store.readState();
+      ctx.logger.info(`packed ${release.id} into ${out} (${written.bytes} bytes, sha256 ${written.sha256.slice(0, 12)}…)`);
+      return {
+        ok: true as const,
+        changed: true as const,
+        action: 'pack' as const,
+        built,
+        release: releaseInfo((await ctx.store.get(release.id)) ?? release, state?.active ?? null, ctx.store.buildLog(release.id)),
+        artifact: {
+          file: out,
+          sha256File: `${out}.sha256`,
+          signature: written.sig ?? null,
+          sha256: written.sha256,
+          bytes: written.bytes,
+          compression,
+          withDependencies: !!opts.withDependencies,
+          files: written.manifest.content.files,
+          appBytes: written.manifest.content.bytes,
+          publicEnv: written.manifest.publicEnv.map((e) => e.name),
+        },
+        durationsMs: { ...ctx.durations },
+        warnings: ctx.warnings,
+      };
+    });
+  return audited(
+    ctx,
+    'pack',
+    () => ({ from: null, to, sha }),
+    run,
+    (r) => ({ to: r.release.id, sha: r.release.sha, detail: `${path.basename(r.artifact.file)} sha256 ${r.artifact.sha256.slice(0, 12)}` }),
+  );
+}
+
+/** The artifact's manifest from a ready release's own record. */
+async function artifactManifest(ctx: Context, release: ReleaseRecord, withDependencies: boolean): Promise<Omit<ArtifactManifest, 'content'>> {
+  const m = release.manifest!;
+  const { config } = ctx;
+  let baked = m.publicEnv;
+  if (!baked) {
+    // Built before releases recorded it: from the env files copied into it and the environment now.
+    warn(ctx, `${release.id} predates the record of its build-time public variables: taken from its env files and this environment`);
+    const files = [];
+    for (const name of m.envFiles) {
+      const text = await fsp.readFile(path.join(release.cwd, name), 'utf8').catch(() => undefined);
+      if (text !== undefined) files.push({ name, vars: parseEnvFile(text) });
+    }
+    baked = publicEnv(files, { ...childEnv(ctx.env), ...config.app.env }, config.build.publicEnv);
+  }
+  if (withDependencies && !fs.existsSync(path.join(release.cwd, 'node_modules')))
+    throw new UsageError('PACK_NO_DEPENDENCIES', `${release.id} has no node_modules to pack`, { phase: 'pack' });
+  return {
+    kind: ARTIFACT_KIND,
+    format: ARTIFACT_FORMAT,
+    createdAt: ctx.now().toISOString(),
+    packedOn: os.hostname(),
+    app: { name: config.app.name, dir: config.app.dir },
+    release: release.id,
+    sha: m.sha,
+    ...(m.subject !== undefined ? { subject: m.subject } : {}),
+    ...(m.inputKey ? { inputKey: m.inputKey } : {}),
+    dependencies: {
+      ...(m.lockfileHash ? { lockfileHash: m.lockfileHash } : {}),
+      install: config.app.install,
+      node: m.node,
+      nodeMajor: nodeMajor(m.node),
+      ...(m.npm ? { npm: m.npm } : {}),
+      platform: process.platform,
+      arch: process.arch,
+      libc: hostLibc(),
+      included: withDependencies,
+    },
+    build: {
+      command: config.app.build,
+      ...(m.durationsMs.build !== undefined ? { durationMs: Math.round(m.durationsMs.build) } : {}),
+      ...(m.memory?.build ? { peakBytes: m.memory.build.peakBytes } : {}),
+    },
+    publicEnv: baked,
+  };
+}
+
+function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(path.resolve(parent), child);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}

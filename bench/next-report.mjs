@@ -167,6 +167,8 @@ export function renderNextSection(R) {
       verdict(S.guardCost === undefined ? undefined : S.guardCost <= 1.02),
     ],
   ];
+  const AR = artifactRows(R, S, L);
+  T.push(...AR);
   L.push(table(['target (Next.js app)', 'measured', 'result'], T));
   L.push('');
   const why = reasonsNext(R, S);
@@ -180,6 +182,64 @@ export function renderNextSection(R) {
   if (R.notes.length) L.push('');
   L.push(END);
   return L.join('\n');
+}
+
+/**
+ * Issue 20 on the Next.js app: the compression choice (gzip vs brotli, time and size), the artifact against a
+ * hand-made tar.gz of the same app dir, and deploys from an artifact on a second host. Writes its paragraph into
+ * L, returns its target rows.
+ */
+function artifactRows(R, S, L) {
+  const A = R.artifact;
+  if (!A) return [['artifact targets', 'not measured in this run', 'n/a']];
+  const by = (c) => A.packs.filter((p) => p.compression === c);
+  const g = { ms: med(by('gzip').map((p) => p.ms)), bytes: med(by('gzip').map((p) => p.bytes)) };
+  const b = { ms: med(by('brotli').map((p) => p.ms)), bytes: med(by('brotli').map((p) => p.bytes)) };
+  const app = med(A.packs.map((p) => p.appBytes));
+  const ref = med(A.reference.map((r) => r.bytes));
+  const dep = med(A.deploys.map((d) => d.ms));
+  L.push('### Artifacts: build once, deploy the same bits (issue 20)');
+  L.push('');
+  L.push(
+    `The ${A.packs.length / 2} releases the rebuilds left, each packed with both compressions (app dir without node_modules and env files: ${fmtBytes(app)} in ${med(A.packs.map((p) => p.files))} files, medians):`,
+  );
+  L.push('');
+  L.push(
+    table(
+      ['compression', 'pack time', 'artifact size', 'vs the app dir'],
+      [
+        ['gzip (level 6)', fmtMs(g.ms), fmtBytes(g.bytes), ratio(g.bytes, app)],
+        ['brotli (quality 5)', fmtMs(b.ms), fmtBytes(b.bytes), ratio(b.bytes, app)],
+        ['`tar -czf` by hand (reference)', fmtMs(med(A.reference.map((r) => r.ms))), fmtBytes(ref), ratio(ref, app)],
+      ],
+    ),
+  );
+  L.push('');
+  L.push(
+    `The choice: ${b.bytes < g.bytes ? 'brotli' : 'gzip'} (pack's default is brotli): ${ratio(b.bytes, g.bytes)} of gzip's size in ${ratio(b.ms, g.ms)} of its pack time; both unpack in ~0.1 s on the second host below (phase \`unpack\`: ${A.deploys.map((d) => fmtMs(d.durations?.unpack)).join(', ')}). ` +
+      '`pack --compression gzip` writes one a plain `tar -xzf` opens where brotli is not installed.',
+  );
+  L.push('');
+  L.push(
+    `Then a second host (its own PM2 daemon; its workspace holds only the app dir's env file, no git): the first artifact ${fmtMs(A.cold?.ms)} (npm ci: ${A.cold?.dep}), ` +
+      `then ${A.deploys.length} artifacts with the lockfile unchanged: ${A.deploys.map((d) => `${fmtMs(d.ms)} (${d.dep})`).join(', ')}; every page answered (${A.deploys.every((d) => d.served.failed.length === 0) ? 'yes' : 'no'}). ` +
+      `The same file again: ${fmtMs(A.again?.ms)}, mode ${A.again?.mode}, changed ${A.again?.changed}.`,
+  );
+  L.push('');
+  for (const n of A.notes) L.push(`- ${n}`);
+  if (A.notes.length) L.push('');
+  return [
+    [
+      'artifact deploy, unchanged lockfile ≤ 0.2× the seed flow',
+      `${fmtMs(dep)} vs ${fmtMs(S.seed.total)} = ${ratio(dep, S.seed.total)}`,
+      verdict(dep <= 0.2 * S.seed.total),
+    ],
+    [
+      'artifact size ≤ 1.2× the app dir without node_modules, compressed',
+      `brotli (the default) ${fmtBytes(b.bytes)}, gzip ${fmtBytes(g.bytes)}, vs ${fmtBytes(ref)} (\`tar -czf\`) = ${ratio(b.bytes, ref)} and ${ratio(g.bytes, ref)}`,
+      verdict(Math.max(b.bytes, g.bytes) <= 1.2 * ref),
+    ],
+  ];
 }
 
 function noopPhases(R) {

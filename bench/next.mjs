@@ -127,6 +127,7 @@ export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
     rebuild: [],
     noop: [],
     disk: undefined,
+    artifact: undefined,
     serves: [],
     notes: [],
   });
@@ -327,12 +328,103 @@ export async function runNextSection({ runs = 3, signal, results = {} } = {}) {
       R.disk = { ids, one, together, methods: ids.map((id) => manifest(id).dependencies?.method), cacheBytes: cache };
       log(`next: disk ${ids.length} releases ${together} vs one ${median(one)} bytes; cache ${cache}`);
     }
+    R.artifact = await artifactSection(api, sb, { runs, manifest, call, cfg: cfg.nocache, first, pages, signal });
     R.machine.loadEnd = os.loadavg();
     R.finished = new Date().toISOString();
     return R;
   } finally {
     await sb.close();
   }
+}
+
+/**
+ * Build once, deploy the same bits (issue 20), on the releases the rebuilds left (same lockfile, different
+ * pages). The compression, by measurement: each packed with gzip and with brotli (time, size), against a
+ * plain `tar -czf` of the same app dir without node_modules and env files (the size target's reference).
+ * Then a second host (its own sandbox, PM2 daemon, workspace with the same env file): the first artifact
+ * deploys cold (npm ci), the next ones with the lockfile unchanged (node_modules reused): those are the
+ * target's runs, against the seed flow's median measured at the start of this section.
+ */
+async function artifactSection(api, sb, { runs, manifest, call, cfg, first, pages, signal }) {
+  const A = { packs: [], reference: [], cold: null, deploys: [], notes: [] };
+  const ids = fs
+    .readdirSync(sb.releasesDir)
+    .filter((n) => /^\d{8}T/.test(n) && manifest(n).status === 'ready')
+    .sort()
+    .slice(-3);
+  const outDir = path.join(sb.root, 'artifacts');
+  fs.mkdirSync(outDir, { recursive: true });
+  const files = {};
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i];
+    const order = i % 2 ? ['brotli', 'gzip'] : ['gzip', 'brotli'];
+    for (const compression of order) {
+      const out = path.join(outDir, `${id}.${compression}.tar`);
+      const t = now();
+      const r = await api.pack({ ...call(cfg, `pack ${compression}`), release: id, out, compression });
+      const ms = now() - t;
+      A.packs.push({ id, compression, ms, bytes: r.artifact.bytes, appBytes: r.artifact.appBytes, files: r.artifact.files });
+      files[`${id}.${compression}`] = out;
+      log(`next: pack ${id} ${compression}: ${fmtMs(ms)}, ${fmtBytes(r.artifact.bytes)} of ${fmtBytes(r.artifact.appBytes)}`);
+    }
+    // The reference: the app dir as an operator would tar it by hand (no node_modules, no env files).
+    const cwd = path.join(sb.releasesDir, id, 'frontend');
+    const ref = path.join(outDir, `${id}.reference.tar.gz`);
+    const t = now();
+    await run(['tar', '-czf', ref, '--exclude=./node_modules', ...ENV_FILES.map((f) => `--exclude=./${f}`), '-C', cwd, '.'], { cwd: sb.root, env: cleanEnv() });
+    A.reference.push({ id, ms: now() - t, bytes: fs.statSync(ref).size });
+  }
+  // The second host: its own PM2 daemon, workspace (not a git repository: it never builds) and env file.
+  const web = await createSandbox();
+  try {
+    writeNextApp(web.appDir);
+    const webFirst = first === 20_000 ? 21_000 : first - 1_000;
+    const webConfig = path.join(web.root, 'web.config.json');
+    fs.writeFileSync(
+      webConfig,
+      JSON.stringify({
+        workspace: web.ws,
+        releasesDir: web.releasesDir,
+        keep: 3,
+        app: { env: { FRONT_PORT: String(web.port) }, prune: ['.next/cache', '.turbo', 'build/cache'], buildLowPriority: false },
+        router: { releasePorts: [webFirst, webFirst + 99] },
+        soak: { durationMs: 0 },
+      }),
+    );
+    await web.pm2(['ping']);
+    const webCall = (label) => ({
+      configPath: webConfig,
+      env: web.env,
+      cwd: web.root,
+      signal,
+      onEvent: (e) => {
+        if (e.type === 'phase' && e.state === 'start') log(`  web ${label}: ${e.phase}…`);
+      },
+    });
+    const deployArtifact = async (file, label) => {
+      const t = now();
+      const r = await api.deploy({ ...webCall(label), artifact: file });
+      const ms = now() - t;
+      const a = await waitAnswer(web.url, { marker: `release=${r.release.id}`, timeoutMs: 60_000 });
+      if (!a.ok) throw new Error(`${label}: ${web.url} never answered for ${r.release.id}`);
+      const m = JSON.parse(fs.readFileSync(path.join(web.releasesDir, r.release.id, '.pm2-release/manifest.json'), 'utf8'));
+      const serves = await checkServes(web.url, pages(null, r.release.id));
+      if (serves.failed.length) A.notes.push(`${label}: ${serves.failed.length} request(s) failed: ${serves.failed.slice(0, 3).join(', ')}`);
+      log(`next: web ${label}: ${fmtMs(ms)} (${r.mode}; deps ${m.dependencies?.method} ${fmtMs(m.dependencies?.durationMs ?? 0)})`);
+      return { label, id: r.release.id, ms, mode: r.mode, durations: r.durationsMs, dep: m.dependencies?.method, served: serves };
+    };
+    A.cold = await deployArtifact(files[`${ids[0]}.gzip`], 'cold (npm ci)');
+    // Lockfile unchanged from here on: node_modules comes from the release deployed before.
+    const timed = [files[`${ids[1]}.gzip`], files[`${ids[2]}.gzip`], files[`${ids[0]}.brotli`], files[`${ids[1]}.brotli`]].slice(0, Math.max(runs, 1) + 1);
+    for (let i = 0; i < timed.length; i++) A.deploys.push(await deployArtifact(timed[i], `artifact ${i + 1}`));
+    // The same file again: content-addressed, nothing to do.
+    const t = now();
+    const again = await api.deploy({ ...webCall('again'), artifact: timed[timed.length - 1] });
+    A.again = { ms: now() - t, mode: again.mode, changed: again.changed };
+  } finally {
+    await web.close();
+  }
+  return A;
 }
 
 export async function main(argv = process.argv.slice(2)) {

@@ -293,7 +293,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .option('-r, --ref <ref>', 'git ref whose release to pack (default HEAD)')
     .option('-o, --out <file>', 'the artifact file (default ./<app>-<release id>.tar)')
     .option('--with-dependencies', 'include node_modules (for hosts without registry access)', false)
-    .addOption(new Option('--compression <kind>', 'of the app inside').choices(['gzip', 'brotli']))
+    .addOption(new Option('--compression <kind>', 'of the app inside (default brotli; gzip: one plain `tar -xzf` opens)').choices(['gzip', 'brotli']))
     .option('--sign <key>', 'sign it with this OpenSSH private key (ssh-keygen -Y sign): writes <file>.sig')
     .addOption(waitOption())
     .addHelpText(

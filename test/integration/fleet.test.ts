@@ -25,7 +25,7 @@ interface History {
   entries: { action: string; sha: string | null; result: string; from: string | null; to: string | null }[];
 }
 interface List {
-  releases: { id: string; sha: string; status: string }[];
+  releases: { id: string; sha: string; status: string; source: 'git' | 'artifact' | null; durationsMs: Record<string, number> }[];
 }
 
 /** The result lines of one task of a run ("changed: [h1]", …), sorted. */
@@ -196,4 +196,27 @@ describe.skipIf(!!unavailable)('fleet rollout on Ansible (3 namespace hosts: h1 
     });
     expect(r.stdout).toMatch(/h3 {2}from \S+ {2}to \S+ {2}UNREACHABLE \(before its deploy/);
   }, 180_000);
+
+  it('artifact mode builds once for the whole fleet: h1 packs, every host deploys the same bits without a build', async () => {
+    const v4 = fleet.commit('v4', { 'version.txt': '4.0.0\n' });
+    const artifacts = path.join(fleet.root, 'artifacts');
+    const r = await fleet.playbook('rollout.yml', { pm2_release_artifact_mode: true, pm2_release_artifact_dir: artifacts });
+    expect(r.code, tail(r)).toBe(0);
+    // Packed on the first canary (no build group), once; copied to every host.
+    expect(taskResults(r, 'Build and pack the pinned commit')).toEqual(['changed: [h1]']);
+    expect(fs.readdirSync(artifacts).sort()).toEqual([`pm2-release-${v4}.tar`, `pm2-release-${v4}.tar.sha256`]);
+    for (const h of fleet.hosts) expect(serving(h), h.name).toBe(v4);
+    // Exactly one build in the whole fleet: h1's packed release. Every live release came from the artifact.
+    const releases = fleet.hosts.flatMap((h) => releasesOf(h, v4).map((x) => ({ host: h.name, ...x })));
+    expect(releases.filter((x) => x.durationsMs.build !== undefined).map((x) => [x.host, x.source])).toEqual([['h1', 'git']]);
+    for (const h of fleet.hosts) {
+      const live = fleet.cli<Status>(h, 'status').json.active!;
+      expect(releasesOf(h, v4).find((x) => x.id === live.id)?.source, h.name).toBe('artifact');
+    }
+    expect(fleet.summary().map((s) => [s.host, s.result])).toEqual([
+      ['h1', 'deployed (unpacked)'],
+      ['h2', 'deployed (unpacked)'],
+      ['h3', 'deployed (unpacked)'],
+    ]);
+  }, 240_000);
 });

@@ -57,6 +57,33 @@ describe('parseArgv', () => {
     expect(parseArgv(['deploy']).invocation).toMatchObject({ soakMs: undefined, canaryShare: undefined, waitSoak: true });
   });
 
+  it('artifacts: pack [ID | --ref REF] with its flags; deploy/build --artifact, whose other flags need it', () => {
+    expect(parseArgv(['pack']).invocation).toEqual({ command: 'pack', withDependencies: false, waitMs: undefined });
+    expect(
+      parseArgv(['pack', '20261121T204233Z-3f2a9c1', '--out', 'a.tar', '--with-dependencies', '--compression', 'brotli', '--sign', 'k']).invocation,
+    ).toEqual({
+      command: 'pack',
+      release: '20261121T204233Z-3f2a9c1',
+      out: 'a.tar',
+      withDependencies: true,
+      compression: 'brotli',
+      sign: 'k',
+      waitMs: undefined,
+    });
+    expect(parseArgv(['pack', '--ref', 'v1.2']).invocation).toMatchObject({ command: 'pack', ref: 'v1.2' });
+    expect(() => parseArgv(['pack', '20261121T204233Z-3f2a9c1', '--ref', 'v1'])).toThrow(/a release id or --ref, not both/);
+    expect(() => parseArgv(['pack', '--compression', 'zip'])).toThrow(/Allowed choices are gzip, brotli/);
+    expect(parseArgv(['deploy', '--artifact', 'a.tar', '--allowed-signers', 's', '--allow-env-mismatch']).invocation).toMatchObject({
+      command: 'deploy',
+      artifact: { file: 'a.tar', allowedSigners: 's', allowEnvMismatch: true },
+    });
+    expect(parseArgv(['build', '--artifact', 'a.tar']).invocation).toMatchObject({ command: 'build', artifact: { file: 'a.tar', allowEnvMismatch: false } });
+    expect(() => parseArgv(['deploy', '--allow-env-mismatch'])).toThrow(/only apply with --artifact/);
+    expect(() => parseArgv(['deploy', '--artifact', 'a.tar', '--ref', 'v1'])).toThrow(/drop --ref/);
+    expect(() => parseArgv(['deploy', '--artifact', 'a.tar', '--pull'])).toThrow(/drop --pull/);
+    expect(parseArgv(['deploy']).invocation).not.toHaveProperty('artifact');
+  });
+
   it("init's --config is the global one: the file to write", () => {
     const p = parseArgv(['init', '--write', '--config', '/home/ubuntu/pm2-release/pm2-release.config.json', '--json']);
     expect(p.global).toMatchObject({ config: '/home/ubuntu/pm2-release/pm2-release.config.json', json: true });

@@ -153,7 +153,10 @@ const buildSchema = z.strictObject({
    * Variables the build bakes into its output besides NEXT_PUBLIC_* (an artifact records their names and value
    * hashes; a host whose values differ refuses it).
    */
-  publicEnv: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a variable name')).max(200).optional(),
+  publicEnv: z
+    .array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a variable name'))
+    .max(200)
+    .optional(),
 });
 
 const hookArgv = z.array(z.string().min(1)).min(1, 'must name a command');

@@ -165,7 +165,8 @@ interface CommandOpts {
 /** The artifact flags of deploy and build; --allowed-signers and --allow-env-mismatch need --artifact. */
 function artifactFlags(o: CommandOpts, ref: string | undefined): ArtifactFlags | undefined {
   if (o.artifact === undefined) {
-    if (o.allowedSigners !== undefined || o.allowEnvMismatch) throw new InvalidArgumentError('--allowed-signers and --allow-env-mismatch only apply with --artifact');
+    if (o.allowedSigners !== undefined || o.allowEnvMismatch)
+      throw new InvalidArgumentError('--allowed-signers and --allow-env-mismatch only apply with --artifact');
     return undefined;
   }
   if (ref !== undefined && ref !== 'HEAD') throw new InvalidArgumentError('--artifact deploys the commit it was built from: drop --ref');
@@ -175,7 +176,7 @@ function artifactFlags(o: CommandOpts, ref: string | undefined): ArtifactFlags |
 function addArtifactOptions(cmd: Command): Command {
   return cmd
     .option('--artifact <file>', 'a release artifact (pm2-release pack) instead of the workspace: checked, unpacked, no build')
-    .option('--allowed-signers <file>', "with --artifact: an OpenSSH allowed_signers file; refuse the artifact unless one of its keys signed it")
+    .option('--allowed-signers <file>', 'with --artifact: an OpenSSH allowed_signers file; refuse the artifact unless one of its keys signed it')
     .option('--allow-env-mismatch', "with --artifact: go on although this host's build-time public values (NEXT_PUBLIC_*) differ from the artifact's", false);
 }
 
@@ -288,7 +289,9 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     });
   program
     .command('pack')
-    .description('write a ready release (of REF, built first if needed, or by id) to one artifact file with its .sha256: build once, deploy the same bits elsewhere')
+    .description(
+      'write a ready release (of REF, built first if needed, or by id) to one artifact file with its .sha256: build once, deploy the same bits elsewhere',
+    )
     .argument('[id]', 'a ready release id, as shown by `pm2-release list` (default: the release of --ref)')
     .option('-r, --ref <ref>', 'git ref whose release to pack (default HEAD)')
     .option('-o, --out <file>', 'the artifact file (default ./<app>-<release id>.tar)')

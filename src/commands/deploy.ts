@@ -304,12 +304,12 @@ async function switchToNew(
   if (opts.force && (await clearBad(ctx.config.releasesDir, sha))) warn(ctx, `deployed ${sha.slice(0, 7)} with --force: its bad mark is cleared`);
   await runHook(ctx, 'postSwitch', vars, release.cwd);
   // The new release is live: a failure to delete old ones is worth a warning, not a failed deploy.
-  const removed = await phase(ctx, 'retain', async () =>
-    applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain')),
-  ).catch((err: Error) => {
-    warn(ctx, `removing old releases failed (${err.message}); the next deploy or \`pm2-release prune\` retries`);
-    return [] as { id: string; reason: string }[];
-  });
+  const removed = await phase(ctx, 'retain', async () => applyRetention(ctx, await retentionPlan(ctx, [release.id]), () => failpoint(ctx.env, 'retain'))).catch(
+    (err: Error) => {
+      warn(ctx, `removing old releases failed (${err.message}); the next deploy or \`pm2-release prune\` retries`);
+      return [] as { id: string; reason: string }[];
+    },
+  );
   await runHook(ctx, 'postDeploy', vars, release.cwd);
   const fresh = (await ctx.store.get(release.id)) ?? release;
   return {

@@ -8,7 +8,17 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { ExitCode, ReleaseError, UsageError } from '../errors.js';
-import { ARTIFACT_FORMAT, ARTIFACT_KIND, artifactFileName, hostLibc, nodeMajor, publicEnv, writeArtifact, type ArtifactManifest, type Compression } from '../release/artifact.js';
+import {
+  ARTIFACT_FORMAT,
+  ARTIFACT_KIND,
+  artifactFileName,
+  hostLibc,
+  nodeMajor,
+  publicEnv,
+  writeArtifact,
+  type ArtifactManifest,
+  type Compression,
+} from '../release/artifact.js';
 import { parseEnvFile } from '../release/builder.js';
 import { findSameInputs, withCommit } from '../release/inputs.js';
 import { SignatureProblem, signArtifact } from '../release/signing.js';
@@ -47,7 +57,8 @@ export async function pack(opts: PackOptions = {}): Promise<PackResult> {
   const ctx = createContext(opts);
   let to: string | null = null;
   let sha: string | null = null;
-  if (opts.ref !== undefined && opts.release !== undefined) throw new UsageError('PACK_TARGET', 'pack takes a ref or a release id, not both', { phase: 'config' });
+  if (opts.ref !== undefined && opts.release !== undefined)
+    throw new UsageError('PACK_TARGET', 'pack takes a ref or a release id, not both', { phase: 'config' });
   const compression = opts.compression ?? DEFAULT_COMPRESSION;
   if (compression !== 'gzip' && compression !== 'brotli')
     throw new UsageError('PACK_COMPRESSION', `unknown compression ${JSON.stringify(compression)}: gzip or brotli`, { phase: 'config' });
@@ -74,8 +85,7 @@ export async function pack(opts: PackOptions = {}): Promise<PackResult> {
           // It serves this commit too: list, status and the artifact say so.
           if (!(found.manifest.commits ?? [found.manifest.sha]).includes(resolved.sha))
             await ctx.store.writeManifest({ ...found.manifest, commits: withCommit(found.manifest.commits ?? [found.manifest.sha], resolved.sha) });
-        }
-        else {
+        } else {
           const id = await allocateId(ctx, resolved.sha);
           to = id;
           release = await buildRelease(ctx, opts.ref ?? 'HEAD', resolved, lock, id);
@@ -89,9 +99,15 @@ export async function pack(opts: PackOptions = {}): Promise<PackResult> {
       const out = path.resolve(opts.cwd ?? process.cwd(), opts.out ?? artifactFileName(ctx.config.app.name, release.id));
       const outDir = path.dirname(out);
       if (!(await fsp.stat(outDir).catch(() => undefined))?.isDirectory())
-        throw new UsageError('PACK_OUT', `the directory of ${out} does not exist`, { phase: 'pack', hint: 'create it, or pass --out with an existing directory' });
+        throw new UsageError('PACK_OUT', `the directory of ${out} does not exist`, {
+          phase: 'pack',
+          hint: 'create it, or pass --out with an existing directory',
+        });
       if (isInside(out, ctx.config.releasesDir))
-        throw new UsageError('PACK_OUT', `${out} is inside the releases dir ${ctx.config.releasesDir}`, { phase: 'pack', hint: 'write artifacts elsewhere (retention owns the releases dir)' });
+        throw new UsageError('PACK_OUT', `${out} is inside the releases dir ${ctx.config.releasesDir}`, {
+          phase: 'pack',
+          hint: 'write artifacts elsewhere (retention owns the releases dir)',
+        });
       const manifest = await artifactManifest(ctx, release, !!opts.withDependencies, sha);
       const written = await phase(ctx, 'pack', async () => {
         const r = await writeArtifact({
@@ -110,7 +126,10 @@ export async function pack(opts: PackOptions = {}): Promise<PackResult> {
             sig = await signArtifact(out, path.resolve(opts.cwd ?? process.cwd(), opts.sign), ctx.logger);
           } catch (err) {
             if (err instanceof SignatureProblem)
-              throw new ReleaseError('ARTIFACT_SIGNATURE', ExitCode.environment, err.message, { phase: 'pack', hint: 'check the key: ssh-keygen -y -f KEY prints its public half' });
+              throw new ReleaseError('ARTIFACT_SIGNATURE', ExitCode.environment, err.message, {
+                phase: 'pack',
+                hint: 'check the key: ssh-keygen -y -f KEY prints its public half',
+              });
             throw err;
           }
         }

@@ -43,7 +43,8 @@ const HINT = 'copy the artifact again with its .sha256 (and .sig), or pack it ag
 export async function checkArtifact(ctx: Context, opts: ArtifactOptions): Promise<CheckedArtifact> {
   const { config } = ctx;
   return phase(ctx, 'artifact', async () => {
-    if (opts.artifact.includes('\0') || opts.artifact.trim() === '') throw new UsageError('ARTIFACT_INVALID', 'the artifact path is empty or malformed', { phase: 'artifact' });
+    if (opts.artifact.includes('\0') || opts.artifact.trim() === '')
+      throw new UsageError('ARTIFACT_INVALID', 'the artifact path is empty or malformed', { phase: 'artifact' });
     const file = path.resolve(opts.cwd ?? process.cwd(), opts.artifact);
     const versionsP = toolVersions(ctx, existsSync(config.workspace) ? config.workspace : os.tmpdir());
     versionsP.catch(() => undefined);
@@ -68,10 +69,14 @@ export async function checkArtifact(ctx: Context, opts: ArtifactOptions): Promis
     }
     const m = verified.manifest;
     if (m.app.dir !== config.app.dir || m.app.name !== config.app.name)
-      throw new UsageError('ARTIFACT_FOREIGN', `the artifact is of app ${m.app.name} (dir ${m.app.dir}); this config deploys ${config.app.name} (dir ${config.app.dir})`, {
-        phase: 'artifact',
-        hint: 'deploy it with the config of the app it was packed from',
-      });
+      throw new UsageError(
+        'ARTIFACT_FOREIGN',
+        `the artifact is of app ${m.app.name} (dir ${m.app.dir}); this config deploys ${config.app.name} (dir ${config.app.dir})`,
+        {
+          phase: 'artifact',
+          hint: 'deploy it with the config of the app it was packed from',
+        },
+      );
     const versions = await versionsP;
     const here = { nodeMajor: nodeMajor(versions.node), platform: process.platform, arch: process.arch, libc: hostLibc() };
     const deps = m.dependencies;

@@ -305,7 +305,16 @@ export async function installDependencies(
   const shares = new SharedDeps(store.releasesDir, (rid) => path.join(store.appCwd(rid), 'node_modules'));
   const freshInstall = async (note?: string) => {
     const started = performance.now();
-    await runStep(ctx, 'install', config.app.install, cwd, logFile, installEnv(ctx, id, sha), track, (m) => (manifest.memory = { ...manifest.memory, install: m }));
+    await runStep(
+      ctx,
+      'install',
+      config.app.install,
+      cwd,
+      logFile,
+      installEnv(ctx, id, sha),
+      track,
+      (m) => (manifest.memory = { ...manifest.memory, install: m }),
+    );
     // The install's end: a node_modules file changed after it was written by the build and is never shared.
     manifest.dependencies = {
       method: 'install',

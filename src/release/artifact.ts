@@ -280,7 +280,10 @@ export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
   // The checksum first: a truncated or altered file is told as such, before its contents are looked at.
   const actual = await hashFile(file);
   if (actual !== expected)
-    throw new ArtifactProblem(`sha256 of ${path.basename(file)} is ${actual.slice(0, 12)}…, its .sha256 says ${expected.slice(0, 12)}…: truncated or altered`, 'ARTIFACT_CHECKSUM');
+    throw new ArtifactProblem(
+      `sha256 of ${path.basename(file)} is ${actual.slice(0, 12)}…, its .sha256 says ${expected.slice(0, 12)}…: truncated or altered`,
+      'ARTIFACT_CHECKSUM',
+    );
   try {
     await pipeline(fs.createReadStream(file), parser);
   } catch (err) {
@@ -289,7 +292,14 @@ export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
   await innerDone;
   if (parseProblem) throw new ArtifactProblem(`${path.basename(file)} is not a readable tar: ${parseProblem}`);
   if (members.length !== 2 || members[0].path !== MANIFEST_MEMBER || !Object.values(INNER).includes(members[1].path))
-    throw new ArtifactProblem(`${path.basename(file)} is not a pm2-release artifact: expected ${MANIFEST_MEMBER} and app.tar.gz (or .br), found ${members.map((m) => m.path).slice(0, 4).join(', ') || 'nothing'}`);
+    throw new ArtifactProblem(
+      `${path.basename(file)} is not a pm2-release artifact: expected ${MANIFEST_MEMBER} and app.tar.gz (or .br), found ${
+        members
+          .map((m) => m.path)
+          .slice(0, 4)
+          .join(', ') || 'nothing'
+      }`,
+    );
   let json: unknown;
   try {
     json = JSON.parse(manifestText);
@@ -307,7 +317,8 @@ export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
     throw new ArtifactProblem(`${MANIFEST_MEMBER}: ${i.path.join('.') || '(root)'}: ${i.message}`);
   }
   const manifest = parsed.data;
-  if (manifest.content.member !== members[1].path) throw new ArtifactProblem(`${MANIFEST_MEMBER} names ${manifest.content.member}, the file holds ${members[1].path}`);
+  if (manifest.content.member !== members[1].path)
+    throw new ArtifactProblem(`${MANIFEST_MEMBER} names ${manifest.content.member}, the file holds ${members[1].path}`);
   if (inner.digest('hex') !== manifest.content.sha256) throw new ArtifactProblem(`${manifest.content.member} does not match the sha256 its manifest records`);
   if (innerProblem) throw new ArtifactProblem(innerProblem);
   if (innerEntries.length === 0) throw new ArtifactProblem(`${manifest.content.member} is empty`);
@@ -325,7 +336,8 @@ export function entryProblem(p: string, type: string, linkpath?: string): string
   if (p.startsWith('/') || /^[A-Za-z]:/.test(p)) return `entry ${p}: an absolute path`;
   if (norm.split('/').includes('..')) return `entry ${p}: leaves the app dir`;
   if (norm === '' || norm === '.') return undefined;
-  if (!['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink', 'Link'].includes(type)) return `entry ${p}: a ${type} (only files, directories and links)`;
+  if (!['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink', 'Link'].includes(type))
+    return `entry ${p}: a ${type} (only files, directories and links)`;
   if (type === 'SymbolicLink' || type === 'Link') {
     const target = linkpath ?? '';
     if (target.startsWith('/')) return `entry ${p}: a link to an absolute path`;

@@ -35,8 +35,10 @@ export async function signArtifact(artifact: string, key: string, logger: Logger
 export async function verifySignature(artifact: string, allowedSigners: string, logger: Logger): Promise<string> {
   const sig = `${artifact}.sig`;
   const sums = await fsp.readFile(`${artifact}.sha256`, 'utf8');
-  if (!(await fsp.stat(sig).catch(() => undefined))?.isFile()) throw new SignatureProblem(`${path.basename(artifact)} is not signed (no ${path.basename(sig)} beside it)`);
-  if (!(await fsp.stat(allowedSigners).catch(() => undefined))?.isFile()) throw new SignatureProblem(`the allowed signers file ${allowedSigners} does not exist`);
+  if (!(await fsp.stat(sig).catch(() => undefined))?.isFile())
+    throw new SignatureProblem(`${path.basename(artifact)} is not signed (no ${path.basename(sig)} beside it)`);
+  if (!(await fsp.stat(allowedSigners).catch(() => undefined))?.isFile())
+    throw new SignatureProblem(`the allowed signers file ${allowedSigners} does not exist`);
   const cwd = path.dirname(artifact);
   let principal: string;
   try {
@@ -49,7 +51,9 @@ export async function verifySignature(artifact: string, allowedSigners: string, 
   try {
     await run(['ssh-keygen', '-Y', 'verify', '-f', allowedSigners, '-I', principal, '-n', SIGNATURE_NAMESPACE, '-s', sig], { cwd, logger, input: sums });
   } catch {
-    throw new SignatureProblem(`the signature of ${path.basename(artifact)} does not verify for ${principal} (namespace ${SIGNATURE_NAMESPACE}): altered, or signed for something else`);
+    throw new SignatureProblem(
+      `the signature of ${path.basename(artifact)} does not verify for ${principal} (namespace ${SIGNATURE_NAMESPACE}): altered, or signed for something else`,
+    );
   }
   return principal;
 }

@@ -54,7 +54,14 @@ export interface Manifest {
    * link (hard links to the read-only shared set, release/shared-deps.ts). `installedAt` (ms since the epoch)
    * ends a fresh install: a file changed after it was written by the build, and is never shared.
    */
-  dependencies?: { method: 'install' | 'reflink' | 'copy' | 'link' | 'artifact'; key?: string; from?: string; durationMs?: number; installedAt?: number; note?: string };
+  dependencies?: {
+    method: 'install' | 'reflink' | 'copy' | 'link' | 'artifact';
+    key?: string;
+    from?: string;
+    durationMs?: number;
+    installedAt?: number;
+    note?: string;
+  };
   /** The build cache around its build (release/build-cache.ts): the entry, whether it was warm, what was kept. */
   buildCache?: { key: string; warm: boolean; bytes?: number; dropped?: string };
   /** The input key (release/inputs.ts): a later commit with the same key is served by this release. */

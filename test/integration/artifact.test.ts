@@ -49,7 +49,11 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
   let art: string;
   let packed: PackResult;
   const dir = () => path.join(ci.root, 'artifacts');
-  const webReleases = () => fs.readdirSync(web.releasesDir).filter((n) => /^\d{8}T/.test(n) || n.startsWith('.')).sort();
+  const webReleases = () =>
+    fs
+      .readdirSync(web.releasesDir)
+      .filter((n) => /^\d{8}T/.test(n) || n.startsWith('.'))
+      .sort();
   const body = async () => (await get(`http://127.0.0.1:${web.port}/health`)).body ?? '';
 
   beforeAll(async () => {
@@ -72,7 +76,12 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     expect(r.code, r.stderr).toBe(0);
     packed = JSON.parse(r.stdout);
     art = packed.artifact.file;
-    expect(packed).toMatchObject({ ok: true, action: 'pack', built: true, artifact: { compression: 'brotli', withDependencies: false, publicEnv: ['NEXT_PUBLIC_GREETING'] } });
+    expect(packed).toMatchObject({
+      ok: true,
+      action: 'pack',
+      built: true,
+      artifact: { compression: 'brotli', withDependencies: false, publicEnv: ['NEXT_PUBLIC_GREETING'] },
+    });
     expect(packed.artifact.sha256).toBe(sha256(art));
     // sha256sum reads the file beside the artifact exactly as written.
     expect(execFileSync('sha256sum', ['-c', `${path.basename(art)}.sha256`], { cwd: dir(), encoding: 'utf8' })).toContain('OK');
@@ -87,7 +96,9 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
       build: { command: ['npm', 'run', 'build'] },
     });
     expect(manifest.dependencies.lockfileHash).toMatch(/^[0-9a-f]{64}$/);
-    expect(manifest.publicEnv).toEqual([{ name: 'NEXT_PUBLIC_GREETING', hash: crypto.createHash('sha256').update('NEXT_PUBLIC_GREETING=hello').digest('hex') }]);
+    expect(manifest.publicEnv).toEqual([
+      { name: 'NEXT_PUBLIC_GREETING', hash: crypto.createHash('sha256').update('NEXT_PUBLIC_GREETING=hello').digest('hex') },
+    ]);
     const entries: string[] = [];
     tar.t({ file: inner, sync: true, onReadEntry: (e) => entries.push(e.path) });
     expect(entries).toContain('build/build.json');
@@ -199,14 +210,22 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
       'ARTIFACT_INCOMPATIBLE',
       new RegExp(`Node 18 there, ${process.versions.node.split('.')[0]} here`),
     );
-    refused(forge(art, path.join(bad, 'other.tar'), (m) => (m.app.name = 'shop')), 'ARTIFACT_FOREIGN', /of app shop/);
+    refused(
+      forge(art, path.join(bad, 'other.tar'), (m) => (m.app.name = 'shop')),
+      'ARTIFACT_FOREIGN',
+      /of app shop/,
+    );
     // Garbage where the compressed app should be, every checksum consistent: told, not hung on.
     refused(
       forge(art, path.join(bad, 'garbage.tar'), (m, d) => fs.writeFileSync(path.join(d, m.content.member), crypto.randomBytes(4096))),
       'ARTIFACT_INVALID',
       /inner archive: /,
     );
-    refused(forge(art, path.join(bad, 'schema.tar'), (m) => (m.sha = 'not-a-sha')), 'ARTIFACT_INVALID', /artifact\.json: sha:/);
+    refused(
+      forge(art, path.join(bad, 'schema.tar'), (m) => (m.sha = 'not-a-sha')),
+      'ARTIFACT_INVALID',
+      /artifact\.json: sha:/,
+    );
   }, 120_000);
 
   it("web's public value differs: ARTIFACT_ENV_MISMATCH names the variable, never a value; --allow-env-mismatch overrides with a warning", () => {
@@ -242,7 +261,12 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     const keygen = (name: string) => {
       const r = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', name, '-f', path.join(keys, name)], { encoding: 'utf8' });
       expect(r.status, r.stderr).toBe(0);
-      return fs.readFileSync(path.join(keys, `${name}.pub`), 'utf8').trim().split(' ').slice(0, 2).join(' ');
+      return fs
+        .readFileSync(path.join(keys, `${name}.pub`), 'utf8')
+        .trim()
+        .split(' ')
+        .slice(0, 2)
+        .join(' ');
     };
     const ciKey = keygen('ci');
     keygen('mallory');

@@ -12,12 +12,24 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import * as tar from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { PackResult } from '../../src/index.js';
+import { build, deploy, pack, type PackResult, type ReleaseError } from '../../src/index.js';
 import type { ArtifactManifest } from '../../src/release/artifact.js';
 import { cli, createSandbox, get, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
 
 const SECRET_CI = 'ci-secret-never-in-artifact-5c1f';
 const SECRET_WEB = 'web-secret-of-the-target-9a7e';
+
+/** The library, in this process (its coverage counts), with a host's config and environment. */
+const on = (sb: Sandbox) => ({ configPath: sb.configPath, env: sb.env, cwd: sb.root });
+/** The ReleaseError a library call fails with (the test fails if it succeeds). */
+async function failure(p: Promise<unknown>): Promise<ReleaseError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err as ReleaseError,
+  );
+  expect(e, 'the call should have failed').toBeDefined();
+  return e!;
+}
 
 const sha256 = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 const writeSums = (file: string) => fs.writeFileSync(`${file}.sha256`, `${sha256(file)}  ${path.basename(file)}\n`);
@@ -71,10 +83,8 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     await Promise.all([ci?.close(), web?.close()]);
   });
 
-  it('pack builds the release of HEAD and writes the artifact, its .sha256 (sha256sum -c passes) and no secret', () => {
-    const r = cli(ci, ['pack', '--out', path.join(dir(), 'front.tar'), '--json']);
-    expect(r.code, r.stderr).toBe(0);
-    packed = JSON.parse(r.stdout);
+  it('pack builds the release of HEAD and writes the artifact, its .sha256 (sha256sum -c passes) and no secret', async () => {
+    packed = await pack({ ...on(ci), out: path.join(dir(), 'front.tar') });
     art = packed.artifact.file;
     expect(packed).toMatchObject({
       ok: true,
@@ -145,22 +155,31 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     expect(cli(web, ['list']).stdout).toContain(`artifact ${out.release.artifact.sha256.slice(0, 12)}`);
   }, 120_000);
 
-  it('the same artifact again is a no-op (changed false); the other file of the same release is another artifact, reused by its digest only', () => {
+  it('the same artifact again is a no-op (changed false), deployed or staged', async () => {
     const before = webReleases();
-    const r = cli(web, ['deploy', '--artifact', path.join(dir(), 'front2.tar'), '--json']);
-    expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, changed: false, mode: 'unchanged' });
+    const r = await deploy({ ...on(web), artifact: path.join(dir(), 'front2.tar') });
+    expect(r).toMatchObject({ ok: true, changed: false, mode: 'unchanged' });
     expect(webReleases()).toEqual(before);
-    const staged = cli(web, ['build', '--artifact', path.join(dir(), 'front2.tar'), '--json']);
-    expect(JSON.parse(staged.stdout)).toMatchObject({ ok: true, changed: false });
+    const staged = await build({ ...on(web), artifact: path.join(dir(), 'front2.tar') });
+    expect(staged).toMatchObject({ ok: true, changed: false });
   }, 60_000);
 
-  it('refused before anything is written: tampered, truncated, missing checksum, foreign, hostile, newer format, other runtime, other app', () => {
+  it('refused before anything is written: tampered, truncated, missing checksum, foreign, hostile, newer format, other runtime, other app', async () => {
     const before = webReleases();
-    const refused = (file: string, code: string, msg: RegExp) => {
-      const r = cli(web, ['deploy', '--artifact', file, '--json']);
-      expect(r.code, `${file}: ${r.stdout}`).toBe(2);
-      const e = JSON.parse(r.stdout).error;
+    // The first through the CLI (exit 2, one JSON object); the rest through the library.
+    let viaCli = true;
+    const refused = async (file: string, code: string, msg: RegExp) => {
+      let e: { code: string; phase: string; message: string };
+      if (viaCli) {
+        const r = cli(web, ['deploy', '--artifact', file, '--json']);
+        expect(r.code, `${file}: ${r.stdout}`).toBe(2);
+        e = JSON.parse(r.stdout).error;
+        viaCli = false;
+      } else {
+        const err = await failure(deploy({ ...on(web), artifact: file }));
+        expect(err.exitCode, `${file}: ${err.message}`).toBe(2);
+        e = err;
+      }
       expect(e).toMatchObject({ code, phase: 'artifact' });
       expect(e.message).toMatch(msg);
       expect(e.message).not.toContain('\n');
@@ -174,21 +193,21 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     buf[buf.length - 2048] ^= 0xff;
     fs.writeFileSync(tampered, buf);
     fs.copyFileSync(`${art}.sha256`, `${tampered}.sha256`);
-    refused(tampered, 'ARTIFACT_CHECKSUM', /truncated or altered/);
+    await refused(tampered, 'ARTIFACT_CHECKSUM', /truncated or altered/);
     // Truncated, with a checksum made for the truncated file: the tar itself is short.
     const truncated = path.join(bad, 'truncated.tar');
     fs.writeFileSync(truncated, fs.readFileSync(art).subarray(0, Math.floor(fs.statSync(art).size / 2)));
     writeSums(truncated);
-    refused(truncated, 'ARTIFACT_INVALID', /not a readable tar|does not match|not a pm2-release artifact|inner archive/);
+    await refused(truncated, 'ARTIFACT_INVALID', /not a readable tar|does not match|not a pm2-release artifact|inner archive/);
     const nosum = path.join(bad, 'nosum.tar');
     fs.copyFileSync(art, nosum);
-    refused(nosum, 'ARTIFACT_INVALID', /nosum\.tar\.sha256 is missing/);
+    await refused(nosum, 'ARTIFACT_INVALID', /nosum\.tar\.sha256 is missing/);
     // A plain tarball of something else.
     const foreign = path.join(bad, 'foreign.tar');
     fs.writeFileSync(path.join(bad, 'readme.txt'), 'hello\n');
     tar.c({ file: foreign, cwd: bad, sync: true }, ['readme.txt']);
     writeSums(foreign);
-    refused(foreign, 'ARTIFACT_INVALID', /not a pm2-release artifact/);
+    await refused(foreign, 'ARTIFACT_INVALID', /not a pm2-release artifact/);
     // A hostile inner archive: an entry that climbs out of the app dir, every checksum consistent.
     const hostile = forge(art, path.join(bad, 'hostile.tar'), (m, d) => {
       const inner = path.join(d, m.content.member);
@@ -198,56 +217,53 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
       const compress = m.content.compression === 'brotli' ? { brotli: true } : { gzip: true };
       tar.c({ file: inner, cwd: path.join(d, 'evil/app'), ...compress, sync: true, preservePaths: true }, ['../escape.txt']);
     });
-    refused(hostile, 'ARTIFACT_INVALID', /entry \.\.\/escape\.txt: leaves the app dir/);
+    await refused(hostile, 'ARTIFACT_INVALID', /entry \.\.\/escape\.txt: leaves the app dir/);
     expect(fs.existsSync(path.join(web.releasesDir, 'escape.txt'))).toBe(false);
-    refused(
+    await refused(
       forge(art, path.join(bad, 'future.tar'), (m) => (m.format = 2)),
       'ARTIFACT_INVALID',
       /artifact format 2 is newer than this pm2-release reads \(1\): upgrade pm2-release here/,
     );
-    refused(
+    await refused(
       forge(art, path.join(bad, 'node18.tar'), (m) => (m.dependencies.nodeMajor = 18)),
       'ARTIFACT_INCOMPATIBLE',
       new RegExp(`Node 18 there, ${process.versions.node.split('.')[0]} here`),
     );
-    refused(
+    await refused(
       forge(art, path.join(bad, 'other.tar'), (m) => (m.app.name = 'shop')),
       'ARTIFACT_FOREIGN',
       /of app shop/,
     );
     // Garbage where the compressed app should be, every checksum consistent: told, not hung on.
-    refused(
+    await refused(
       forge(art, path.join(bad, 'garbage.tar'), (m, d) => fs.writeFileSync(path.join(d, m.content.member), crypto.randomBytes(4096))),
       'ARTIFACT_INVALID',
       /inner archive: /,
     );
-    refused(
+    await refused(
       forge(art, path.join(bad, 'schema.tar'), (m) => (m.sha = 'not-a-sha')),
       'ARTIFACT_INVALID',
       /artifact\.json: sha:/,
     );
   }, 120_000);
 
-  it("web's public value differs: ARTIFACT_ENV_MISMATCH names the variable, never a value; --allow-env-mismatch overrides with a warning", () => {
+  it("web's public value differs: ARTIFACT_ENV_MISMATCH names the variable, never a value; --allow-env-mismatch overrides with a warning", async () => {
     const envFile = path.join(web.appDir, '.env.local');
     const saved = fs.readFileSync(envFile, 'utf8');
     fs.writeFileSync(envFile, `NEXT_PUBLIC_GREETING=bonjour-secret-ish\nNEXT_PUBLIC_EXTRA=1\nAPI_TOKEN=${SECRET_WEB}\n`, { mode: 0o600 });
     try {
       const before = webReleases();
-      const r = cli(web, ['build', '--artifact', art, '--json']);
-      expect(r.code).toBe(2);
-      const e = JSON.parse(r.stdout).error;
-      expect(e).toMatchObject({ code: 'ARTIFACT_ENV_MISMATCH', phase: 'artifact' });
+      const e = await failure(build({ ...on(web), artifact: art }));
+      expect(e).toMatchObject({ code: 'ARTIFACT_ENV_MISMATCH', phase: 'artifact', exitCode: 2 });
       expect(e.message).toContain('NEXT_PUBLIC_GREETING (a different value here)');
       expect(e.message).toContain('NEXT_PUBLIC_EXTRA (set here, not when it was built)');
-      expect(r.stdout + r.stderr).not.toMatch(/bonjour|hello/);
+      expect(`${e.message} ${e.hint}`).not.toMatch(/bonjour|hello/);
       expect(webReleases()).toEqual(before);
       const human = cli(web, ['deploy', '--artifact', art]);
       expect(human.code).toBe(2);
       expect(human.stderr).toContain('--allow-env-mismatch');
-      const ok = cli(web, ['build', '--artifact', art, '--allow-env-mismatch', '--json']);
-      expect(ok.code, ok.stdout).toBe(0);
-      const res = JSON.parse(ok.stdout);
+      expect(human.stdout + human.stderr).not.toMatch(/bonjour|hello/);
+      const res = await build({ ...on(web), artifact: art, allowEnvMismatch: true });
       expect(res).toMatchObject({ ok: true, changed: true, release: { source: 'artifact', status: 'ready', active: false } });
       expect(res.warnings.join(' ')).toContain('NEXT_PUBLIC_GREETING');
     } finally {
@@ -255,7 +271,7 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     }
   }, 120_000);
 
-  it('signed with ssh-keygen: --allowed-signers accepts the signer, refuses unsigned or another key (exit 7)', () => {
+  it('signed with ssh-keygen: --allowed-signers accepts the signer, refuses unsigned or another key (exit 7)', async () => {
     const keys = path.join(ci.root, 'keys');
     fs.mkdirSync(keys);
     const keygen = (name: string) => {
@@ -273,17 +289,14 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     const allowed = path.join(web.root, 'allowed_signers');
     fs.writeFileSync(allowed, `ci@example.org ${ciKey}\n`);
     const signed = path.join(dir(), 'signed.tar');
-    const p = cli(ci, ['pack', packed.release.id, '--out', signed, '--sign', path.join(keys, 'ci'), '--json']);
-    expect(p.code, p.stderr).toBe(0);
-    expect(JSON.parse(p.stdout).artifact.signature).toBe(`${signed}.sig`);
-    const ok = cli(web, ['build', '--artifact', signed, '--allowed-signers', allowed, '--json']);
-    expect(ok.code, ok.stdout).toBe(0);
-    expect(JSON.parse(ok.stdout).release.artifact).toMatchObject({ signedBy: 'ci@example.org' });
+    const p = await pack({ ...on(ci), release: packed.release.id, out: signed, sign: path.join(keys, 'ci') });
+    expect(p.artifact.signature).toBe(`${signed}.sig`);
+    const ok = await build({ ...on(web), artifact: signed, allowedSigners: allowed });
+    expect(ok.release.artifact).toMatchObject({ signedBy: 'ci@example.org' });
     const before = webReleases();
     // Unsigned: the earlier artifact has no .sig.
-    const unsigned = cli(web, ['deploy', '--artifact', art, '--allowed-signers', allowed, '--json']);
-    expect(unsigned.code).toBe(7);
-    expect(JSON.parse(unsigned.stdout).error).toMatchObject({ code: 'ARTIFACT_SIGNATURE', message: expect.stringContaining('is not signed') });
+    const unsigned = await failure(deploy({ ...on(web), artifact: art, allowedSigners: allowed }));
+    expect(unsigned).toMatchObject({ exitCode: 7, code: 'ARTIFACT_SIGNATURE', message: expect.stringContaining('is not signed') });
     // Signed by a key the file does not list.
     const forged = path.join(dir(), 'mallory.tar');
     const m = cli(ci, ['pack', packed.release.id, '--out', forged, '--sign', path.join(keys, 'mallory'), '--json']);
@@ -291,6 +304,9 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     const wrong = cli(web, ['deploy', '--artifact', forged, '--allowed-signers', allowed, '--json']);
     expect(wrong.code).toBe(7);
     expect(JSON.parse(wrong.stdout).error.message).toMatch(/made by no key in/);
+    // An allowed signers file that is not there: refused, not a crash.
+    const nofile = await failure(deploy({ ...on(web), artifact: signed, allowedSigners: path.join(web.root, 'nope') }));
+    expect(nofile).toMatchObject({ exitCode: 7, message: expect.stringContaining('does not exist') });
     // ci's signature moved onto another artifact: the .sha256 it signed names other bytes.
     fs.copyFileSync(`${signed}.sig`, `${forged}.sig`);
     fs.copyFileSync(`${signed}.sha256`, `${forged}.sha256`);
@@ -302,12 +318,9 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
 
   it('--with-dependencies (and gzip) carries node_modules: web installs nothing; the release serves', async () => {
     const full = path.join(dir(), 'full.tar');
-    const p = cli(ci, ['pack', packed.release.id, '--out', full, '--with-dependencies', '--compression', 'gzip', '--json']);
-    expect(p.code, p.stderr).toBe(0);
-    expect(JSON.parse(p.stdout).artifact).toMatchObject({ withDependencies: true, compression: 'gzip' });
-    const r = cli(web, ['deploy', '--artifact', full, '--json']);
-    expect(r.code, r.stdout + r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout);
+    const p = await pack({ ...on(ci), release: packed.release.id, out: full, withDependencies: true, compression: 'gzip' });
+    expect(p.artifact).toMatchObject({ withDependencies: true, compression: 'gzip' });
+    const out = await deploy({ ...on(web), artifact: full });
     expect(out).toMatchObject({ mode: 'unpacked', changed: true });
     const manifest = JSON.parse(fs.readFileSync(path.join(web.releasesDir, out.release.id, '.pm2-release/manifest.json'), 'utf8'));
     expect(manifest.dependencies).toMatchObject({ method: 'artifact' });

@@ -11,7 +11,7 @@ import { audited } from '../lifecycle/audit.js';
 import { cleanupInterrupted } from '../lifecycle/retain.js';
 import { releaseInfo, type BuildResult } from '../lifecycle/results.js';
 import { withLock } from '../lifecycle/with-lock.js';
-import { checkArtifact, releaseFromArtifact, sameArtifact, type ArtifactOptions } from '../lifecycle/artifact-release.js';
+import { checkArtifact, noteSigner, releaseFromArtifact, sameArtifact, type ArtifactOptions } from '../lifecycle/artifact-release.js';
 import { UsageError } from '../errors.js';
 import type { ReleaseRecord } from '../release/store.js';
 
@@ -33,8 +33,9 @@ export async function build(opts: BuildOptions = {}): Promise<BuildResult> {
       await cleanupInterrupted(ctx);
       await preflight(ctx);
       const state = await ctx.store.readState();
-      const same = sameArtifact(await ctx.store.list(), checked.verified.sha256);
-      if (same) {
+      const found = sameArtifact(await ctx.store.list(), checked);
+      if (found) {
+        const same = await noteSigner(ctx, found, checked);
         to = same.id;
         ctx.logger.info(`the same artifact was unpacked as ${same.id}: nothing to do`);
         return result(same, state?.active ?? null, false);

@@ -15,7 +15,7 @@ import { clearBad, readBadShas } from '../release/history.js';
 import { findSameInputs, unchangedReason, withCommit } from '../release/inputs.js';
 import { appPort, healthUrl } from '../config.js';
 import { allocateId, buildRelease, markFailed, resolveRelease, type Resolved } from '../lifecycle/build-release.js';
-import { checkArtifact, releaseFromArtifact, sameArtifact } from '../lifecycle/artifact-release.js';
+import { checkArtifact, noteSigner, releaseFromArtifact, sameArtifact } from '../lifecycle/artifact-release.js';
 import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
 import { preflight } from '../lifecycle/checks.js';
 import { audited } from '../lifecycle/audit.js';
@@ -169,8 +169,9 @@ async function deployNow(opts: DeployOptions): Promise<DeployResult> {
       await refuseBadSha(ctx, m.sha, !!opts.force);
       from = await currentRelease(ctx);
       // Content-addressed: the same file (its sha256) unpacked before is that release, not a new one.
-      const same = opts.rebuild ? undefined : sameArtifact(await ctx.store.list(), checked.verified.sha256);
-      if (same) {
+      const found = opts.rebuild ? undefined : sameArtifact(await ctx.store.list(), checked);
+      if (found) {
+        const same = await noteSigner(ctx, found, checked);
         to = same.id;
         reason = `the same artifact (sha256 ${checked.verified.sha256.slice(0, 12)}) was unpacked as ${same.id}`;
         return activateRetained(ctx, opts, same, from, m.sha, reason);

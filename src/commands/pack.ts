@@ -11,6 +11,7 @@ import { ExitCode, ReleaseError, UsageError } from '../errors.js';
 import {
   ARTIFACT_FORMAT,
   ARTIFACT_KIND,
+  ArtifactProblem,
   artifactFileName,
   hostLibc,
   nodeMajor,
@@ -21,7 +22,7 @@ import {
 } from '../release/artifact.js';
 import { parseEnvFile } from '../release/builder.js';
 import { findSameInputs, withCommit } from '../release/inputs.js';
-import { SignatureProblem, signArtifact } from '../release/signing.js';
+import { SignatureProblem, signSums } from '../release/signing.js';
 import type { ReleaseRecord } from '../release/store.js';
 import { allocateId, buildRelease, resolveRelease } from '../lifecycle/build-release.js';
 import { preflight } from '../lifecycle/checks.js';
@@ -110,30 +111,29 @@ export async function pack(opts: PackOptions = {}): Promise<PackResult> {
         });
       const manifest = await artifactManifest(ctx, release, !!opts.withDependencies, sha);
       const written = await phase(ctx, 'pack', async () => {
-        const r = await writeArtifact({
-          appCwd: release.cwd,
-          exclude: [...new Set([...ctx.config.app.envFiles, ...m.envFiles])],
-          withDependencies: !!opts.withDependencies,
-          compression,
-          manifest,
-          out,
-        });
-        // A signature of an earlier pack at this name would not match this one.
-        await fsp.rm(`${out}.sig`, { force: true });
-        let sig: string | undefined;
-        if (opts.sign) {
-          try {
-            sig = await signArtifact(out, path.resolve(opts.cwd ?? process.cwd(), opts.sign), ctx.logger);
-          } catch (err) {
-            if (err instanceof SignatureProblem)
-              throw new ReleaseError('ARTIFACT_SIGNATURE', ExitCode.environment, err.message, {
-                phase: 'pack',
-                hint: 'check the key: ssh-keygen -y -f KEY prints its public half',
-              });
-            throw err;
-          }
+        const key = opts.sign ? path.resolve(opts.cwd ?? process.cwd(), opts.sign) : undefined;
+        try {
+          const r = await writeArtifact({
+            appCwd: release.cwd,
+            exclude: [...new Set([...ctx.config.app.envFiles, ...m.envFiles.map((f) => path.basename(f))])],
+            withDependencies: !!opts.withDependencies,
+            compression,
+            manifest,
+            out,
+            // The release's build time: packing it again writes the same bytes (the same sha256).
+            mtime: new Date(m.finishedAt ?? m.createdAt),
+            ...(key ? { sign: (sums: string) => signSums(sums, key, ctx.logger) } : {}),
+          });
+          return { ...r, sig: r.signature };
+        } catch (err) {
+          if (err instanceof SignatureProblem)
+            throw new ReleaseError('ARTIFACT_SIGNATURE', ExitCode.environment, err.message, {
+              phase: 'pack',
+              hint: 'check the key: ssh-keygen -y -f KEY prints its public half',
+            });
+          if (err instanceof ArtifactProblem) throw new UsageError('PACK_OUT', err.message, { phase: 'pack' });
+          throw err;
         }
-        return { ...r, sig };
       });
       const state = await ctx.store.readState();
       ctx.logger.info(`packed ${release.id} into ${out} (${written.bytes} bytes, sha256 ${written.sha256.slice(0, 12)}…)`);
@@ -188,7 +188,8 @@ async function artifactManifest(ctx: Context, release: ReleaseRecord, withDepend
   return {
     kind: ARTIFACT_KIND,
     format: ARTIFACT_FORMAT,
-    createdAt: ctx.now().toISOString(),
+    // When the release was built (not when it was packed): packing it again gives the same bytes.
+    createdAt: m.finishedAt ?? m.createdAt,
     packedOn: os.hostname(),
     app: { name: config.app.name, dir: config.app.dir },
     release: release.id,

@@ -3,6 +3,7 @@
  * into a new `<UTC timestamp>-<sha>` release that takes this host's env files and dependencies as a built one
  * does. No git, no build.
  */
+import crypto from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { ExitCode, ReleaseError, UsageError } from '../errors.js';
@@ -29,6 +30,8 @@ export interface ArtifactOptions {
 export interface CheckedArtifact {
   verified: VerifiedArtifact;
   envFiles: EnvFile[];
+  /** This host's env files, hashed: the same artifact with other env files is another release. */
+  envKey: string;
   versions: { node: string; npm?: string };
 }
 
@@ -50,14 +53,14 @@ export async function checkArtifact(ctx: Context, opts: ArtifactOptions): Promis
     versionsP.catch(() => undefined);
     let verified: VerifiedArtifact;
     try {
-      verified = await verifyArtifact(file);
+      verified = await verifyArtifact(file, { envNames: config.app.envFiles });
     } catch (err) {
       if (err instanceof ArtifactProblem) throw new UsageError(err.code, err.message, { phase: 'artifact', hint: HINT });
       throw err;
     }
     if (opts.allowedSigners) {
       try {
-        verified.signedBy = await verifySignature(file, path.resolve(opts.cwd ?? process.cwd(), opts.allowedSigners), ctx.logger);
+        verified.signedBy = await verifySignature(file, verified.sumsText, path.resolve(opts.cwd ?? process.cwd(), opts.allowedSigners), ctx.logger);
       } catch (err) {
         if (err instanceof SignatureProblem)
           throw new ReleaseError('ARTIFACT_SIGNATURE', ExitCode.refused, err.message, {
@@ -105,13 +108,37 @@ export async function checkArtifact(ctx: Context, opts: ArtifactOptions): Promis
         });
       warn(ctx, `deploying with build-time public values that differ from this host's (--allow-env-mismatch): ${what}`);
     }
-    return { verified, envFiles, versions };
+    return { verified, envFiles, versions, envKey: envFilesKey(envFiles) };
   });
 }
 
-/** A ready release already unpacked from this very artifact (its sha256), newest first. */
-export function sameArtifact(releases: ReleaseRecord[], sha256: string): ReleaseRecord | undefined {
-  return releases.find((r) => r.status === 'ready' && r.manifest?.artifact?.sha256 === sha256);
+/** sha256 over the env files' names and contents (never logged: it only says whether they changed). */
+export function envFilesKey(files: EnvFile[]): string {
+  const h = crypto.createHash('sha256');
+  for (const f of [...files].sort((a, b) => a.name.localeCompare(b.name))) h.update(`${f.name}\0${f.text}\0`);
+  return h.digest('hex');
+}
+
+/**
+ * A ready release already unpacked from this very artifact (its sha256) with the env files this host has now,
+ * newest first. Env files edited since (a rotated secret) make a new release, as a git deploy's input key does.
+ */
+export function sameArtifact(releases: ReleaseRecord[], checked: Pick<CheckedArtifact, 'verified' | 'envKey'>): ReleaseRecord | undefined {
+  return releases.find(
+    (r) => r.status === 'ready' && r.manifest?.artifact?.sha256 === checked.verified.sha256 && r.manifest.artifact.envKey === checked.envKey,
+  );
+}
+
+/**
+ * The release this artifact became before serves again; a signature checked now (the same bits, signed since)
+ * is recorded on it.
+ */
+export async function noteSigner(ctx: Context, same: ReleaseRecord, checked: CheckedArtifact): Promise<ReleaseRecord> {
+  const signer = checked.verified.signedBy;
+  const m = same.manifest;
+  if (!signer || !m?.artifact || m.artifact.signedBy === signer) return same;
+  await ctx.store.writeManifest({ ...m, artifact: { ...m.artifact, signedBy: signer } });
+  return (await ctx.store.get(same.id)) ?? same;
 }
 
 /** Unpacks a checked artifact into a new release: unpack → env → install (or reuse). Never touches PM2. */
@@ -144,6 +171,7 @@ export async function releaseFromArtifact(ctx: Context, checked: CheckedArtifact
       packedOn: m.packedOn,
       release: m.release,
       packedAt: m.createdAt,
+      envKey: checked.envKey,
       ...(verified.signedBy ? { signedBy: verified.signedBy } : {}),
     },
     publicEnv: m.publicEnv,

@@ -328,7 +328,8 @@ export async function installDependencies(
     const started = performance.now();
     if (manifest.source === 'artifact' && existsSync(path.join(cwd, 'node_modules'))) {
       // Packed with its dependencies (for a host without registry access): nothing to install.
-      manifest.dependencies = { method: 'artifact', key, durationMs: 0 };
+      // No key: installed on another host (its exact node and npm unknown here), it is never reused from.
+      manifest.dependencies = { method: 'artifact', durationMs: 0 };
       ctx.logger.info('node_modules came with the artifact: nothing to install');
     } else {
       const reused = key && config.app.reuseDependencies ? await reuseDependencies(ctx, key, cwd, logFile, id, shares) : undefined;

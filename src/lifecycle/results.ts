@@ -40,7 +40,7 @@ export interface ReleaseInfo {
   /** Built here from git, or unpacked from an artifact (null: a release of before pm2-release recorded it). */
   source: 'git' | 'artifact' | null;
   /** The artifact it was unpacked from: its sha256, file name, the host and release it was packed from. */
-  artifact: { sha256: string; file: string; packedOn: string; release: string; packedAt: string; signedBy?: string } | null;
+  artifact: { sha256: string; file: string; packedOn: string; release: string; packedAt: string; envKey?: string; signedBy?: string } | null;
 }
 
 export function releaseInfo(r: ReleaseRecord, activeId: string | null, buildLog: string, marks: Record<string, BadMark> = {}): ReleaseInfo {

@@ -25,6 +25,8 @@ import { z } from 'zod';
 export const ARTIFACT_KIND = 'pm2-release-artifact';
 export const ARTIFACT_FORMAT = 1;
 export const MANIFEST_MEMBER = 'artifact.json';
+/** A release's own records (store.ts META_DIR): never packed, never unpacked. */
+const META_NAME = '.pm2-release';
 /** The namespace of its OpenSSH signatures: a signature made for anything else does not verify. */
 export const SIGNATURE_NAMESPACE = 'pm2-release-artifact';
 export type Compression = 'gzip' | 'brotli';
@@ -163,38 +165,43 @@ async function hashFile(file: string): Promise<string> {
 export interface PackInput {
   /** The release's app dir. */
   appCwd: string;
-  /** Top-level names in the app dir that never go in (the env files: they hold secrets). */
+  /** File names that never go in, at any depth (the env files: they hold secrets; a Next.js standalone build copies them). */
   exclude: string[];
   withDependencies: boolean;
   compression: Compression;
   /** The manifest without `content` (filled here). */
   manifest: Omit<ArtifactManifest, 'content'>;
   out: string;
+  /** Every entry's mtime in the outer archive (the release's build time): packing a release again gives the same bytes. */
+  mtime: Date;
+  /** Signs the .sha256 (still under its temporary name) and returns the signature file: renamed with the rest. */
+  sign?: (sumsFile: string) => Promise<string>;
 }
 
 /**
  * Writes the artifact and its .sha256 next to it, each through a temporary name and a rename: a pack that is
  * killed leaves no file that looks complete. Returns the manifest and the artifact's sha256.
  */
-export async function writeArtifact(input: PackInput): Promise<{ manifest: ArtifactManifest; sha256: string; bytes: number }> {
+export async function writeArtifact(input: PackInput): Promise<{ manifest: ArtifactManifest; sha256: string; bytes: number; signature?: string }> {
+  if ((await fsp.stat(input.out).catch(() => undefined))?.isDirectory()) throw new ArtifactProblem(`${input.out} is a directory: name the artifact file`);
   const stage = await fsp.mkdtemp(path.join(path.dirname(input.out), '.pack-'));
-  const partial = `${input.out}.partial-${process.pid}`;
+  const tmp = (suffix: string) => `${input.out}${suffix}.partial-${process.pid}`;
   try {
     const member = INNER[input.compression];
-    const exclude = new Set(input.exclude);
-    if (!input.withDependencies) exclude.add('node_modules');
-    const top = (await fsp.readdir(input.appCwd)).filter((n) => !exclude.has(n) && n !== '.pm2-release').sort();
+    const names = new Set(input.exclude);
+    const top = (await fsp.readdir(input.appCwd)).filter((n) => !names.has(n) && n !== META_NAME && (input.withDependencies || n !== 'node_modules')).sort();
     let files = 0;
     let bytes = 0;
     const innerFile = path.join(stage, member);
-    const count = (_p: string, st: fs.Stats | tar.ReadEntry) => {
+    const keep = (p: string, st: fs.Stats | tar.ReadEntry) => {
+      if (names.has(path.posix.basename(p.replace(/\/+$/, '')))) return false;
       if ('isFile' in st && st.isFile()) {
         files++;
         bytes += st.size;
       }
       return true;
     };
-    const common = { cwd: input.appCwd, file: innerFile, portable: true, filter: count };
+    const common = { cwd: input.appCwd, file: innerFile, portable: true, filter: keep };
     if (input.compression === 'gzip') await tar.c({ ...common, gzip: { level: 6 } }, top);
     // node-tar passes the options on to zlib's BrotliCompress; its types only name gzip's.
     else await tar.c({ ...common, brotli: { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: BROTLI_QUALITY } } as unknown as { level?: number } }, top);
@@ -203,17 +210,20 @@ export async function writeArtifact(input: PackInput): Promise<{ manifest: Artif
       content: { member, compression: input.compression, sha256: await hashFile(innerFile), files, bytes },
     };
     await fsp.writeFile(path.join(stage, MANIFEST_MEMBER), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o644 });
-    await tar.c({ cwd: stage, file: partial, portable: true }, [MANIFEST_MEMBER, member]);
-    const sha256 = await hashFile(partial);
-    const size = (await fsp.stat(partial)).size;
-    await fsp.writeFile(`${input.out}.sha256.partial-${process.pid}`, checksumLine(sha256, input.out));
-    await fsp.rename(partial, input.out);
-    await fsp.rename(`${input.out}.sha256.partial-${process.pid}`, `${input.out}.sha256`);
-    return { manifest, sha256, bytes: size };
+    await tar.c({ cwd: stage, file: tmp(''), portable: true, mtime: input.mtime }, [MANIFEST_MEMBER, member]);
+    const sha256 = await hashFile(tmp(''));
+    const size = (await fsp.stat(tmp(''))).size;
+    await fsp.writeFile(tmp('.sha256'), checksumLine(sha256, input.out));
+    // Signed before anything is renamed: a signing failure leaves no artifact that looks complete.
+    const sig = input.sign ? await input.sign(tmp('.sha256')) : undefined;
+    await fsp.rm(`${input.out}.sig`, { force: true });
+    await fsp.rename(tmp(''), input.out);
+    await fsp.rename(tmp('.sha256'), `${input.out}.sha256`);
+    if (sig) await fsp.rename(sig, `${input.out}.sig`);
+    return { manifest, sha256, bytes: size, ...(sig ? { signature: `${input.out}.sig` } : {}) };
   } finally {
     await fsp.rm(stage, { recursive: true, force: true });
-    await fsp.rm(partial, { force: true });
-    await fsp.rm(`${input.out}.sha256.partial-${process.pid}`, { force: true });
+    for (const suffix of ['', '.sha256', '.sha256.partial-sig']) await fsp.rm(tmp(suffix), { force: true });
   }
 }
 
@@ -222,8 +232,18 @@ export interface VerifiedArtifact {
   /** sha256 of the whole file: the artifact's identity (content-addressed). */
   sha256: string;
   manifest: ArtifactManifest;
+  /** The .sha256 line as read once: the signature is checked over exactly this text. */
+  sumsText: string;
   /** The signer's principal, when a signature was checked. */
   signedBy?: string;
+}
+
+/** A read of the file that hashes what it reads: what is parsed is what was hashed. */
+function tappedRead(file: string): { stream: fs.ReadStream; digest: () => string } {
+  const h = crypto.createHash('sha256');
+  const stream = fs.createReadStream(file);
+  stream.on('data', (c) => h.update(c));
+  return { stream, digest: () => h.digest('hex') };
 }
 
 /**
@@ -231,7 +251,7 @@ export interface VerifiedArtifact {
  * and format, the inner archive's sha256 against the manifest and each of its entries. Writes nothing.
  * Throws ArtifactProblem with a one-line cause.
  */
-export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
+export async function verifyArtifact(file: string, opts: { envNames?: string[] } = {}): Promise<VerifiedArtifact> {
   const st = await fsp.lstat(file).catch(() => undefined);
   if (!st) throw new ArtifactProblem(`${file} does not exist`);
   if (!st.isFile()) throw new ArtifactProblem(`${file} is not a regular file`);
@@ -244,6 +264,7 @@ export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
   let manifestText = '';
   const inner = crypto.createHash('sha256');
   const innerEntries: string[] = [];
+  const checker = new EntryChecker(opts.envNames ?? []);
   let innerProblem: string | undefined;
   let innerDone: Promise<void> | undefined;
 
@@ -259,7 +280,7 @@ export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
         const list = new tar.Parser({
           strict: true,
           onReadEntry: (e) => {
-            const why = entryProblem(e.path, e.type, e.linkpath);
+            const why = checker.check(e.path, e.type, e.linkpath);
             if (why && !innerProblem) innerProblem = why;
             innerEntries.push(e.path);
             e.resume();
@@ -284,11 +305,14 @@ export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
       `sha256 of ${path.basename(file)} is ${actual.slice(0, 12)}…, its .sha256 says ${expected.slice(0, 12)}…: truncated or altered`,
       'ARTIFACT_CHECKSUM',
     );
+  const read = tappedRead(file);
   try {
-    await pipeline(fs.createReadStream(file), parser);
+    await pipeline(read.stream, parser);
   } catch (err) {
     parseProblem ??= (err as Error).message;
   }
+  // Changed since the checksum was taken: what was parsed is not what was hashed.
+  if (!parseProblem && read.digest() !== expected) throw new ArtifactProblem(`${path.basename(file)} changed while it was checked`, 'ARTIFACT_CHECKSUM');
   await innerDone;
   if (parseProblem) throw new ArtifactProblem(`${path.basename(file)} is not a readable tar: ${parseProblem}`);
   if (members.length !== 2 || members[0].path !== MANIFEST_MEMBER || !Object.values(INNER).includes(members[1].path))
@@ -322,12 +346,59 @@ export async function verifyArtifact(file: string): Promise<VerifiedArtifact> {
   if (inner.digest('hex') !== manifest.content.sha256) throw new ArtifactProblem(`${manifest.content.member} does not match the sha256 its manifest records`);
   if (innerProblem) throw new ArtifactProblem(innerProblem);
   if (innerEntries.length === 0) throw new ArtifactProblem(`${manifest.content.member} is empty`);
-  return { file, sha256: actual, manifest };
+  return { file, sha256: actual, manifest, sumsText: sumText };
 }
 
 /** The inner archive's decompression, by its member name (node-tar only sniffs gzip; zlib says what failed). */
 function decompressor(member: string): zlib.Gunzip | zlib.BrotliDecompress {
   return member === INNER.brotli ? zlib.createBrotliDecompress() : zlib.createGunzip();
+}
+
+/**
+ * The entries of one inner archive, in order: each checked alone (entryProblem), then against the links
+ * before it. A path or a link target that goes through an earlier symbolic link is refused (`s -> .`, then
+ * `e -> s/..` would leave the app dir on disk while every string looks inside), and so are env files (the
+ * host supplies its own) and pm2-release's own records.
+ */
+export class EntryChecker {
+  private readonly links = new Set<string>();
+  constructor(private readonly envNames: string[]) {}
+
+  check(p: string, type: string, linkpath?: string): string | undefined {
+    const alone = entryProblem(p, type, linkpath);
+    if (alone) return alone;
+    const norm = path.posix.normalize(p.replace(/\/+$/, '')).replace(/^\.\//, '');
+    if (norm === '.' || norm === '') return undefined;
+    const parts = norm.split('/');
+    if (parts[0] === META_NAME) return `entry ${p}: pm2-release's own records`;
+    if (type !== 'Directory' && this.envNames.includes(parts[parts.length - 1])) return `entry ${p}: an env file (each host supplies its own)`;
+    if (this.walk(parts.slice(0, -1)) !== 'inside') return `entry ${p}: goes through a link`;
+    if (type === 'SymbolicLink' || type === 'Link') {
+      // Walked component by component, not normalized first: `s/..` through the link s is not `.`.
+      const base = type === 'Link' ? [] : parts.slice(0, -1);
+      const walked = this.walk([...base, ...(linkpath ?? '').split('/')]);
+      if (walked === 'through') return `entry ${p}: a link through a link`;
+      if (walked === 'outside') return `entry ${p}: a link that leaves the app dir`;
+    }
+    if (type === 'SymbolicLink') this.links.add(norm);
+    return undefined;
+  }
+
+  /** Follows path parts from the app dir: leaves it, passes an earlier symbolic link, or stays inside. */
+  private walk(parts: string[]): 'inside' | 'outside' | 'through' {
+    const at: string[] = [];
+    for (const part of parts) {
+      if (part === '' || part === '.') continue;
+      if (part === '..') {
+        if (at.length === 0) return 'outside';
+        at.pop();
+        continue;
+      }
+      at.push(part);
+      if (this.links.has(at.join('/'))) return 'through';
+    }
+    return 'inside';
+  }
 }
 
 /** Why one entry of the inner archive may not be unpacked, or undefined. */
@@ -363,12 +434,19 @@ export async function extractApp(v: VerifiedArtifact, dest: string, signal?: Abo
       }
       const x = tar.x({ cwd: dest, strict: true, preserveOwner: false, noMtime: false });
       done = pipeline(entry, decompressor(entry.path), x, { signal });
+      // Settled below; a cancel rejects both pipelines at once.
+      done.catch(() => undefined);
     },
   });
-  await pipeline(fs.createReadStream(v.file), parser, { signal });
-  if (!done) throw new ArtifactProblem(`${v.manifest.content.member} vanished from ${v.file} since it was verified`);
-  await done;
-  // The file may have changed between the check and this read: the checksum is taken again.
-  const again = await hashFile(v.file);
-  if (again !== v.sha256) throw new ArtifactProblem(`${v.file} changed while it was unpacked`, 'ARTIFACT_CHECKSUM');
+  const read = tappedRead(v.file);
+  try {
+    await pipeline(read.stream, parser, { signal });
+    if (!done) throw new ArtifactProblem(`${v.manifest.content.member} vanished from ${v.file} since it was verified`);
+    await done;
+  } catch (err) {
+    if (signal?.aborted || err instanceof ArtifactProblem) throw err;
+    throw new ArtifactProblem(`${path.basename(v.file)} could not be unpacked: ${(err as Error).message.split('\n')[0]}`);
+  }
+  // What was unpacked is what was verified: the bytes read now are hashed as they are read.
+  if (read.digest() !== v.sha256) throw new ArtifactProblem(`${v.file} changed between its check and its unpacking`, 'ARTIFACT_CHECKSUM');
 }

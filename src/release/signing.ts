@@ -12,29 +12,26 @@ import { SIGNATURE_NAMESPACE } from './artifact.js';
 
 export class SignatureProblem extends Error {}
 
-/** Signs `<artifact>.sha256` with the private key `key`: writes `<artifact>.sig`. */
-export async function signArtifact(artifact: string, key: string, logger: Logger): Promise<string> {
-  const sums = `${artifact}.sha256`;
-  const sig = `${artifact}.sig`;
+/** Signs the .sha256 file `sums` with the private key `key`: returns the signature file ssh-keygen wrote (`<sums>.sig`). */
+export async function signSums(sums: string, key: string, logger: Logger): Promise<string> {
   // ssh-keygen writes <file>.sig beside the file it signs and will not overwrite one.
   const made = `${sums}.sig`;
   await fsp.rm(made, { force: true });
   try {
-    await run(['ssh-keygen', '-q', '-Y', 'sign', '-f', key, '-n', SIGNATURE_NAMESPACE, sums], { cwd: path.dirname(artifact), logger });
+    await run(['ssh-keygen', '-q', '-Y', 'sign', '-f', key, '-n', SIGNATURE_NAMESPACE, sums], { cwd: path.dirname(sums), logger });
   } catch (err) {
+    await fsp.rm(made, { force: true });
     throw new SignatureProblem(`ssh-keygen -Y sign with ${key} failed: ${firstLine((err as Error).message)}`);
   }
-  await fsp.rename(made, sig);
-  return sig;
+  return made;
 }
 
 /**
- * The principal of `allowedSigners` whose key made `<artifact>.sig` over `<artifact>.sha256`, or a
- * SignatureProblem: no signature, or one no allowed key made.
+ * The principal of `allowedSigners` whose key made `<artifact>.sig` over `sums` (the .sha256 line as the
+ * checksum check read it, not read again), or a SignatureProblem: no signature, or one no allowed key made.
  */
-export async function verifySignature(artifact: string, allowedSigners: string, logger: Logger): Promise<string> {
+export async function verifySignature(artifact: string, sums: string, allowedSigners: string, logger: Logger): Promise<string> {
   const sig = `${artifact}.sig`;
-  const sums = await fsp.readFile(`${artifact}.sha256`, 'utf8');
   if (!(await fsp.stat(sig).catch(() => undefined))?.isFile())
     throw new SignatureProblem(`${path.basename(artifact)} is not signed (no ${path.basename(sig)} beside it)`);
   if (!(await fsp.stat(allowedSigners).catch(() => undefined))?.isFile())

@@ -78,7 +78,7 @@ export interface Manifest {
   /** How it was laid out: archived from git and built here, or unpacked from an artifact (absent: git). */
   source?: 'git' | 'artifact';
   /** The artifact it was unpacked from (release/artifact.ts): its sha256 identifies it. */
-  artifact?: { sha256: string; file: string; packedOn: string; release: string; packedAt: string; signedBy?: string };
+  artifact?: { sha256: string; file: string; packedOn: string; release: string; packedAt: string; envKey?: string; signedBy?: string };
   /** The build-time public variables its build baked in: names and sha256 of `name=value`, never values. */
   publicEnv?: { name: string; hash: string }[];
 }

@@ -119,9 +119,13 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     expect(plain).not.toContain(SECRET_CI);
     expect(fs.readFileSync(art).toString('latin1')).not.toContain(SECRET_CI);
     // The human form prints a command that runs as printed (the next test runs it on web).
+    // An env file deeper in the app dir (as a Next.js standalone build copies them) never goes in either: packing
+    // the same release again gives the same bytes (its build time, not the pack's, in the file).
+    fs.writeFileSync(path.join(packed.release.cwd, 'build', '.env.local'), `API_TOKEN=${SECRET_CI}\n`);
     const again = cli(ci, ['pack', packed.release.id, '--out', path.join(dir(), 'front2.tar')]);
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toContain(`deploy it with: pm2-release deploy --artifact ${path.join(dir(), 'front2.tar')}\n`);
+    expect(sha256(path.join(dir(), 'front2.tar'))).toBe(packed.artifact.sha256);
     expect(cli(ci, ['history', '--json']).stdout).toContain('"action":"pack"');
   }, 120_000);
 
@@ -155,13 +159,19 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     expect(cli(web, ['list']).stdout).toContain(`artifact ${out.release.artifact.sha256.slice(0, 12)}`);
   }, 120_000);
 
-  it('the same artifact again is a no-op (changed false), deployed or staged', async () => {
+  it('the same artifact again is a no-op (changed false), deployed or staged; with edited env files it is a new release', async () => {
     const before = webReleases();
     const r = await deploy({ ...on(web), artifact: path.join(dir(), 'front2.tar') });
     expect(r).toMatchObject({ ok: true, changed: false, mode: 'unchanged' });
     expect(webReleases()).toEqual(before);
     const staged = await build({ ...on(web), artifact: path.join(dir(), 'front2.tar') });
     expect(staged).toMatchObject({ ok: true, changed: false });
+    // A rotated secret in web's env files: the same file is a new release with them (as a git deploy's inputs).
+    const envFile = path.join(web.appDir, '.env.local');
+    fs.writeFileSync(envFile, `NEXT_PUBLIC_GREETING=hello\nAPI_TOKEN=${SECRET_WEB}-rotated\n`, { mode: 0o600 });
+    const rotated = await deploy({ ...on(web), artifact: path.join(dir(), 'front2.tar') });
+    expect(rotated).toMatchObject({ changed: true, mode: 'unpacked' });
+    expect(fs.readFileSync(path.join(rotated.release.cwd, '.env.local'), 'utf8')).toContain(`${SECRET_WEB}-rotated`);
   }, 60_000);
 
   it('refused before anything is written: tampered, truncated, missing checksum, foreign, hostile, newer format, other runtime, other app', async () => {
@@ -299,7 +309,8 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     expect(unsigned).toMatchObject({ exitCode: 7, code: 'ARTIFACT_SIGNATURE', message: expect.stringContaining('is not signed') });
     // Signed by a key the file does not list.
     const forged = path.join(dir(), 'mallory.tar');
-    const m = cli(ci, ['pack', packed.release.id, '--out', forged, '--sign', path.join(keys, 'mallory'), '--json']);
+    // gzip: other bytes than ci's (a pack of the same release with the same options is the same file).
+    const m = cli(ci, ['pack', packed.release.id, '--out', forged, '--compression', 'gzip', '--sign', path.join(keys, 'mallory'), '--json']);
     expect(m.code, m.stderr).toBe(0);
     const wrong = cli(web, ['deploy', '--artifact', forged, '--allowed-signers', allowed, '--json']);
     expect(wrong.code).toBe(7);

@@ -1,6 +1,15 @@
 import crypto from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { artifactFileName, entryProblem, nodeMajor, parseChecksumLine, publicEnv, publicEnvHash, publicEnvMismatch } from '../../src/release/artifact.js';
+import {
+  artifactFileName,
+  EntryChecker,
+  entryProblem,
+  nodeMajor,
+  parseChecksumLine,
+  publicEnv,
+  publicEnvHash,
+  publicEnvMismatch,
+} from '../../src/release/artifact.js';
 
 const h = (name: string, value: string) => crypto.createHash('sha256').update(`${name}=${value}`).digest('hex');
 
@@ -57,6 +66,26 @@ describe('what may be unpacked', () => {
     expect(entryProblem('l', 'SymbolicLink', '/etc/shadow')).toMatch(/link to an absolute path/);
     expect(entryProblem('a/l', 'SymbolicLink', '../../etc')).toMatch(/link that leaves/);
     expect(entryProblem('a/h', 'Link', '../x')).toMatch(/link that leaves/);
+  });
+});
+
+describe('entries against the ones before them', () => {
+  it('refuses a path or a link target through an earlier symbolic link, env files at any depth, and pm2-release records', () => {
+    const c = new EntryChecker(['.env', '.env.local']);
+    expect(c.check('s', 'SymbolicLink', '.')).toBeUndefined();
+    // Every string stays inside, but s is the app dir itself: s/.. is its parent.
+    expect(c.check('e', 'SymbolicLink', 's/..')).toMatch(/a link through a link/);
+    expect(c.check('s/file', 'File')).toMatch(/goes through a link/);
+    expect(c.check('h', 'Link', 's/x')).toMatch(/a link through a link/);
+    expect(c.check('.next/standalone/.env', 'File')).toMatch(/an env file/);
+    expect(c.check('.env.local', 'File')).toMatch(/an env file/);
+    expect(c.check('.pm2-release/build.log', 'SymbolicLink', '../x')).toMatch(/pm2-release's own records/);
+    // npm's own layout passes: a file: dependency and the .bin links.
+    const ok = new EntryChecker(['.env']);
+    expect(ok.check('node_modules/greeting', 'SymbolicLink', '../lib/greeting')).toBeUndefined();
+    expect(ok.check('node_modules/.bin/next', 'SymbolicLink', '../next/dist/bin/next')).toBeUndefined();
+    expect(ok.check('node_modules/next/dist/bin/next', 'File')).toBeUndefined();
+    expect(ok.check('./', 'Directory')).toBeUndefined();
   });
 });
 

@@ -132,7 +132,9 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
   it('deploy --artifact on web: checked, unpacked, its own env files and install, no build; the router serves it', async () => {
     const printed = /deploy it with: (pm2-release .*)\n/.exec(cli(ci, ['pack', packed.release.id, '--out', path.join(dir(), 'front2.tar')]).stdout)![1];
     const argv = printed.split(' ').slice(1);
-    const r = cli(web, [...argv, '--json']);
+    // The example build appends to BUILD_TRACE whenever it runs: on web it must never run.
+    const trace = path.join(web.root, 'build-trace.log');
+    const r = cli(web, [...argv, '--json'], { BUILD_TRACE: trace });
     expect(r.code, r.stderr + r.stdout).toBe(0);
     expect(r.stdout, r.stderr).not.toBe('');
     const out = JSON.parse(r.stdout);
@@ -147,6 +149,16 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     expect(health.release).toBe(out.release.id);
     const built = JSON.parse(fs.readFileSync(path.join(out.release.cwd, 'build/build.json'), 'utf8'));
     expect(built.release).toBe(packed.release.id);
+    expect(fs.existsSync(trace), 'the build command ran on web').toBe(false);
+    // Byte-identical pages: every chunk web's page references is the file ci's build wrote.
+    const page = (await get(`http://127.0.0.1:${web.port}/page`)).body ?? '';
+    const chunks = [...page.matchAll(/src="\/_next\/static\/([^"]+)"/g)].map((x) => x[1]);
+    expect(chunks.length).toBeGreaterThan(1);
+    for (const c of chunks) {
+      const served = await get(`http://127.0.0.1:${web.port}/_next/static/${c}`);
+      expect(served.status, c).toBe(200);
+      expect(served.body, c).toBe(fs.readFileSync(path.join(packed.release.cwd, 'build/static', c), 'utf8'));
+    }
     // web's own env file (its secret), never ci's.
     const env = fs.readFileSync(path.join(out.release.cwd, '.env.local'), 'utf8');
     expect(env).toContain(SECRET_WEB);
@@ -176,6 +188,12 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
 
   it('refused before anything is written: tampered, truncated, missing checksum, foreign, hostile, newer format, other runtime, other app', async () => {
     const before = webReleases();
+    const live = () =>
+      web
+        .jlist()
+        .filter((x) => x.name === 'frontend-dev')
+        .map((x) => ({ pid: x.pid, restarts: x.pm2_env.restart_time }));
+    const liveBefore = { procs: live(), serving: JSON.parse(await body()).release as string };
     // The first through the CLI (exit 2, one JSON object); the rest through the library.
     let viaCli = true;
     const refused = async (file: string, code: string, msg: RegExp) => {
@@ -255,9 +273,11 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
       'ARTIFACT_INVALID',
       /artifact\.json: sha:/,
     );
+    // The live app untouched by all of it: the same processes, the same release answering.
+    expect({ procs: live(), serving: JSON.parse(await body()).release as string }).toEqual(liveBefore);
   }, 120_000);
 
-  it("web's public value differs: ARTIFACT_ENV_MISMATCH names the variable, never a value; --allow-env-mismatch overrides with a warning", async () => {
+  it("web's public value differs: ARTIFACT_ENV_MISMATCH names the variable, never a value; --allow-env-mismatch deploys with a warning", async () => {
     const envFile = path.join(web.appDir, '.env.local');
     const saved = fs.readFileSync(envFile, 'utf8');
     fs.writeFileSync(envFile, `NEXT_PUBLIC_GREETING=bonjour-secret-ish\nNEXT_PUBLIC_EXTRA=1\nAPI_TOKEN=${SECRET_WEB}\n`, { mode: 0o600 });
@@ -273,8 +293,10 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
       expect(human.code).toBe(2);
       expect(human.stderr).toContain('--allow-env-mismatch');
       expect(human.stdout + human.stderr).not.toMatch(/bonjour|hello/);
-      const res = await build({ ...on(web), artifact: art, allowEnvMismatch: true });
-      expect(res).toMatchObject({ ok: true, changed: true, release: { source: 'artifact', status: 'ready', active: false } });
+      const res = await deploy({ ...on(web), artifact: art, allowEnvMismatch: true });
+      expect(res).toMatchObject({ mode: 'unpacked', changed: true });
+      expect(JSON.parse(await body()).release).toBe(res.release.id);
+      expect(res).toMatchObject({ ok: true, changed: true, release: { source: 'artifact', status: 'ready', active: true } });
       expect(res.warnings.join(' ')).toContain('NEXT_PUBLIC_GREETING');
     } finally {
       fs.writeFileSync(envFile, saved, { mode: 0o600 });

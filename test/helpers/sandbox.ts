@@ -160,9 +160,9 @@ export async function createSandbox(opts: { keep?: number; app?: Record<string, 
 }
 
 /** GET on loopback over a fresh connection (no keep-alive pool); resolves to {status, body} or {error}. */
-export function get(url: string): Promise<{ status?: number; body?: string; error?: string }> {
+export function get(url: string, timeoutMs = 3_000): Promise<{ status?: number; body?: string; error?: string }> {
   return new Promise((resolve) => {
-    const req = http.get(url, { agent: false, timeout: 3_000, headers: { connection: 'close' } }, (res) => {
+    const req = http.get(url, { agent: false, timeout: timeoutMs, headers: { connection: 'close' } }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d) => (body += d));

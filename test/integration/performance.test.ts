@@ -17,7 +17,9 @@ function poller(url: string) {
   const bodies = new Set<string>();
   const loop = (async () => {
     while (!stop) {
-      const r = await get(url);
+      // 20 s, as the shared traffic loop (test/helpers/traffic.ts): a request that waits through a reload on a
+      // busy CI host is slow, not dropped. A fresh clone's run counted one past 3 s as a failure.
+      const r = await get(url, 20_000);
       if (r.status === 200) {
         ok++;
         bodies.add(r.body!.trim());

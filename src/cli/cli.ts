@@ -90,6 +90,7 @@ export type Invocation =
       withDependencies: boolean;
       compression?: 'gzip' | 'brotli';
       sign?: string;
+      force: boolean;
       waitMs?: number;
     }
   | { command: 'activate'; id: string; waitMs?: number; replaceRouter?: true }
@@ -298,6 +299,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
     .option('--with-dependencies', 'include node_modules (for hosts without registry access)', false)
     .addOption(new Option('--compression <kind>', 'of the app inside (default brotli; gzip: one plain `tar -xzf` opens)').choices(['gzip', 'brotli']))
     .option('--sign <key>', 'sign it with this OpenSSH private key (ssh-keygen -Y sign): writes <file>.sig')
+    .option('-f, --force', 'pack a sha marked bad by a rollback here', false)
     .addOption(waitOption())
     .addHelpText(
       'after',
@@ -313,6 +315,7 @@ Exit codes: 0 ok, 2 usage/config, 3 locked, 4 build failed, 5 switch/health fail
         withDependencies: !!o.withDependencies,
         ...(o.compression ? { compression: o.compression } : {}),
         ...(o.sign !== undefined ? { sign: o.sign } : {}),
+        force: !!o.force,
         waitMs: waitMs(o.wait),
       };
     });
@@ -562,6 +565,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
           withDependencies: inv.withDependencies,
           compression: inv.compression,
           sign: inv.sign,
+          force: inv.force,
           waitMs: inv.waitMs,
         });
         [result, text] = [r, formatPack(r)];

@@ -30,6 +30,7 @@ import { applyRouterChange, checkRouterConfig, refuseRouterChange } from '../lif
 import { readSoak, soakRunning, writeSoakRecord, type SoakRecord } from '../lifecycle/soak.js';
 import { BUILD_DIR, type ReleaseRecord } from '../release/store.js';
 import { withLock } from '../lifecycle/with-lock.js';
+import { refuseBadSha } from '../lifecycle/bad-sha.js';
 import { isStandbyProcess } from '../lifecycle/standby.js';
 import { LOCK_DIR } from '../lock.js';
 
@@ -414,21 +415,6 @@ async function nothingToDo(
       warnings: ctx.warnings,
     },
   };
-}
-
-/** A sha an operator rolled back from (or the health gate reverted) is not deployed again without --force. */
-async function refuseBadSha(ctx: Context, sha: string, force: boolean): Promise<void> {
-  const mark = (await readBadShas(ctx.config.releasesDir))[sha];
-  if (!mark || force) return;
-  throw new ReleaseError(
-    'SHA_MARKED_BAD',
-    ExitCode.refused,
-    `${sha.slice(0, 7)} was marked bad ${mark.markedAt.replace('T', ' ').slice(0, 19)} UTC (${mark.reason}): not deploying it again`,
-    {
-      phase: 'resolve',
-      hint: 'push a fix (a newer commit deploys normally), or pass --force to deploy this sha anyway',
-    },
-  );
 }
 
 /**

@@ -31,6 +31,7 @@ import { audited } from '../lifecycle/audit.js';
 import { cleanupInterrupted } from '../lifecycle/retain.js';
 import { releaseInfo, type PackResult } from '../lifecycle/results.js';
 import { withLock } from '../lifecycle/with-lock.js';
+import { refuseBadSha } from '../lifecycle/bad-sha.js';
 
 /**
  * Chosen by measurement on the bench's Next.js app (documentation/performance.md, "Artifacts"): brotli at
@@ -51,6 +52,8 @@ export interface PackOptions extends CommonOptions {
   compression?: Compression;
   /** An OpenSSH private key: writes `<out>.sig` (ssh-keygen -Y sign). */
   sign?: string;
+  /** Pack a commit marked bad here (rolled back from, or reverted by the health gate). */
+  force?: boolean;
   waitMs?: number;
 }
 
@@ -96,6 +99,8 @@ export async function pack(opts: PackOptions = {}): Promise<PackResult> {
       to = release.id;
       const m = release.manifest!;
       sha = commit ?? m.sha;
+      // A commit rolled back from here is not shipped to other hosts either.
+      await refuseBadSha(ctx, sha, !!opts.force, 'packing');
       if (m.source === 'artifact') warn(ctx, `${release.id} was itself unpacked from ${m.artifact?.file ?? 'an artifact'}: packing it again`);
       const out = path.resolve(opts.cwd ?? process.cwd(), opts.out ?? artifactFileName(ctx.config.app.name, release.id));
       const outDir = path.dirname(out);

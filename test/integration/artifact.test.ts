@@ -14,6 +14,7 @@ import * as tar from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { build, deploy, pack, type PackResult, type ReleaseError } from '../../src/index.js';
 import type { ArtifactManifest } from '../../src/release/artifact.js';
+import { clearBad, markBad } from '../../src/release/history.js';
 import { cli, createSandbox, get, releasePortRange, type Sandbox } from '../helpers/sandbox.js';
 
 const SECRET_CI = 'ci-secret-never-in-artifact-5c1f';
@@ -127,6 +128,20 @@ describe('release artifacts: build once on ci, deploy the same bits on web', () 
     expect(again.stdout).toContain(`deploy it with: pm2-release deploy --artifact ${path.join(dir(), 'front2.tar')}\n`);
     expect(sha256(path.join(dir(), 'front2.tar'))).toBe(packed.artifact.sha256);
     expect(cli(ci, ['history', '--json']).stdout).toContain('"action":"pack"');
+    // A commit rolled back from on ci is not shipped from it either, unless forced.
+    await markBad(ci.releasesDir, {
+      sha: packed.release.sha!,
+      release: packed.release.id,
+      reason: 'rolled back from by test',
+      markedAt: new Date().toISOString(),
+      by: 'test',
+    });
+    const bad = cli(ci, ['pack', '--out', path.join(dir(), 'bad.tar'), '--json']);
+    expect(bad.code).toBe(7);
+    expect(JSON.parse(bad.stdout).error).toMatchObject({ code: 'SHA_MARKED_BAD', message: expect.stringContaining('not packing it again') });
+    expect(fs.existsSync(path.join(dir(), 'bad.tar'))).toBe(false);
+    expect(cli(ci, ['pack', '--force', '--out', path.join(dir(), 'bad.tar'), '--json']).code).toBe(0);
+    await clearBad(ci.releasesDir, packed.release.sha!);
   }, 120_000);
 
   it('deploy --artifact on web: checked, unpacked, its own env files and install, no build; the router serves it', async () => {

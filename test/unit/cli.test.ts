@@ -58,7 +58,7 @@ describe('parseArgv', () => {
   });
 
   it('artifacts: pack [ID | --ref REF] with its flags; deploy/build --artifact, whose other flags need it', () => {
-    expect(parseArgv(['pack']).invocation).toEqual({ command: 'pack', withDependencies: false, waitMs: undefined });
+    expect(parseArgv(['pack']).invocation).toEqual({ command: 'pack', withDependencies: false, force: false, waitMs: undefined });
     expect(
       parseArgv(['pack', '20261121T204233Z-3f2a9c1', '--out', 'a.tar', '--with-dependencies', '--compression', 'brotli', '--sign', 'k']).invocation,
     ).toEqual({
@@ -68,6 +68,7 @@ describe('parseArgv', () => {
       withDependencies: true,
       compression: 'brotli',
       sign: 'k',
+      force: false,
       waitMs: undefined,
     });
     expect(parseArgv(['pack', '--ref', 'v1.2']).invocation).toMatchObject({ command: 'pack', ref: 'v1.2' });

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { isInside } from '../config.js';
 import { ExitCode, ReleaseError, UsageError } from '../errors.js';
 import {
   ARTIFACT_FORMAT,
@@ -15,18 +16,16 @@ import {
   artifactFileName,
   hostLibc,
   nodeMajor,
-  publicEnv,
   writeArtifact,
   type ArtifactManifest,
   type Compression,
 } from '../release/artifact.js';
-import { parseEnvFile } from '../release/builder.js';
 import { findSameInputs, withCommit } from '../release/inputs.js';
 import { SignatureProblem, signSums } from '../release/signing.js';
 import type { ReleaseRecord } from '../release/store.js';
-import { allocateId, buildRelease, resolveRelease } from '../lifecycle/build-release.js';
+import { allocateId, bakedPublicEnv, buildRelease, resolveRelease } from '../lifecycle/build-release.js';
 import { preflight } from '../lifecycle/checks.js';
-import { childEnv, createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
+import { createContext, phase, warn, type CommonOptions, type Context } from '../lifecycle/context.js';
 import { audited } from '../lifecycle/audit.js';
 import { cleanupInterrupted } from '../lifecycle/retain.js';
 import { releaseInfo, type PackResult } from '../lifecycle/results.js';
@@ -109,7 +108,7 @@ export async function pack(opts: PackOptions = {}): Promise<PackResult> {
           phase: 'pack',
           hint: 'create it, or pass --out with an existing directory',
         });
-      if (isInside(out, ctx.config.releasesDir))
+      if (isInside(out, path.resolve(ctx.config.releasesDir)))
         throw new UsageError('PACK_OUT', `${out} is inside the releases dir ${ctx.config.releasesDir}`, {
           phase: 'pack',
           hint: 'write artifacts elsewhere (retention owns the releases dir)',
@@ -184,9 +183,9 @@ async function artifactManifest(ctx: Context, release: ReleaseRecord, withDepend
     const files = [];
     for (const name of m.envFiles) {
       const text = await fsp.readFile(path.join(release.cwd, name), 'utf8').catch(() => undefined);
-      if (text !== undefined) files.push({ name, vars: parseEnvFile(text) });
+      if (text !== undefined) files.push({ name, text });
     }
-    baked = publicEnv(files, { ...childEnv(ctx.env), ...config.app.env }, config.build.publicEnv);
+    baked = bakedPublicEnv(ctx, files);
   }
   if (withDependencies && !fs.existsSync(path.join(release.cwd, 'node_modules')))
     throw new UsageError('PACK_NO_DEPENDENCIES', `${release.id} has no node_modules to pack`, { phase: 'pack' });
@@ -219,9 +218,4 @@ async function artifactManifest(ctx: Context, release: ReleaseRecord, withDepend
     },
     publicEnv: baked,
   };
-}
-
-function isInside(child: string, parent: string): boolean {
-  const rel = path.relative(path.resolve(parent), child);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }

@@ -94,7 +94,7 @@ export async function resolveRelease(ctx: Context, ref: string): Promise<Resolve
  * The build-time public variables a build of this host bakes in (release/artifact.ts publicEnv): from the
  * process env and app.env, then the env files. Names and hashes only.
  */
-export function bakedPublicEnv(ctx: Context, envFiles: EnvFile[]): { name: string; hash: string }[] {
+export function bakedPublicEnv(ctx: Context, envFiles: Pick<EnvFile, 'name' | 'text'>[]): { name: string; hash: string }[] {
   return publicEnv(
     envFiles.map((f) => ({ name: f.name, vars: parseEnvFile(f.text) })),
     { ...childEnv(ctx.env), ...ctx.config.app.env },

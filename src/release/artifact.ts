@@ -223,7 +223,8 @@ export async function writeArtifact(input: PackInput): Promise<{ manifest: Artif
     return { manifest, sha256, bytes: size, ...(sig ? { signature: `${input.out}.sig` } : {}) };
   } finally {
     await fsp.rm(stage, { recursive: true, force: true });
-    for (const suffix of ['', '.sha256', '.sha256.partial-sig']) await fsp.rm(tmp(suffix), { force: true });
+    // What a failure after the signature left: the temporary artifact, .sha256 and the .sig ssh-keygen wrote beside it.
+    for (const f of [tmp(''), tmp('.sha256'), `${tmp('.sha256')}.sig`]) await fsp.rm(f, { force: true });
   }
 }
 

@@ -6,6 +6,7 @@
  */
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { firstLine } from '../errors.js';
 import { run } from '../exec.js';
 import type { Logger } from '../log.js';
 import { SIGNATURE_NAMESPACE } from './artifact.js';
@@ -53,8 +54,4 @@ export async function verifySignature(artifact: string, sums: string, allowedSig
     );
   }
   return principal;
-}
-
-function firstLine(t: string): string {
-  return t.split('\n').find((l) => l.trim()) ?? t;
 }
